@@ -1,0 +1,34 @@
+# Two commands do everything (see README): `make demo` and `make test`.
+# TORCH_SPEC pins the CPU build that this machine kind keeps on local disk (seconds to install).
+# On a GPU machine: `make demo TORCH_SPEC=torch` (PyPI's CUDA build) or just `pip install -e .`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+CONFIG ?= configs/01_deep_sigmoid.yaml
+
+.PHONY: install install-test demo test bench bench-quick clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(BIN)/vgrad run $(CONFIG)
+
+test: install-test
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) *.egg-info

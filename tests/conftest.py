@@ -1,0 +1,65 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+def small(**over) -> dict:
+    """A tiny, fast config as a dict; keyword args are merged section by section."""
+    cfg = {
+        "name": "t",
+        "seed": 0,
+        "model": {"kind": "mlp", "depth": 3, "width": 16, "activation": "tanh", "init": "xavier_normal"},
+        "task": {"name": "blobs", "train_size": 256, "eval_size": 128},
+        "train": {"steps": 20, "batch_size": 32, "lr": 0.1, "device": "cpu"},
+        "log": {"every": 5, "eval_every": 10},
+    }
+    for section, values in over.items():
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:
+            cfg[section] = values
+    return cfg
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    def write(data, name="cfg.yaml") -> Path:
+        p = tmp_path / name
+        p.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
+        return p
+
+    return write
+
+
+@pytest.fixture
+def cli():
+    """Run the typer app in-process; returns the click Result (exit_code, stdout, stderr)."""
+    from vgrad_cli.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+def vgrad_subprocess(*args, **kw) -> subprocess.CompletedProcess:
+    """Run `python -m vgrad_cli.cli ...` as a user would (real stdout/stderr, real signals)."""
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "vgrad_cli.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=kw.pop("cwd", ROOT), **kw)
+
+
+def only_run_dir(out: Path) -> Path:
+    dirs = [d for d in out.iterdir() if d.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]

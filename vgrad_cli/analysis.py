@@ -1,0 +1,70 @@
+"""From measurements to words: first/last-layer ratios and the run's verdict.
+
+The verdict rule (also in docs/run-format.md):
+  ratio = (value at layer 0, the input side) / (value at the output layer), for grad_norm and
+  delta_norm, at the first and at the last logged step. All four go into summary.json; the
+  verdict reads the delta_norm ratios, the back-propagated error signal that theory speaks of.
+  (grad_norm = delta x the layer's input, so it also carries the forward signal's scale: a
+  residual stream that grows, or a 2-D input, moves it without any gradient vanishing.)
+  1. status diverged (a non-finite loss)                             -> exploding
+  2. a delta_norm ratio > EXPLODING_RATIO (100)                      -> exploding
+  3. grad_norm_total at a logged step > GROWTH (1000) x its step-0 value -> exploding
+  4. a delta_norm ratio < VANISHING_RATIO (0.01)                     -> vanishing
+  5. otherwise                                                       -> healthy
+Two orders of magnitude is where early layers learn ~100x slower than late ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+VANISHING_RATIO = 1e-2
+EXPLODING_RATIO = 1e2
+GROWTH = 1e3
+VERDICT_COLUMN = "delta_norm"
+
+
+def first_last_ratio(rows: list[dict], column: str) -> float | None:
+    """Layer 0 over the last layer for one logged step's rows (sorted by layer)."""
+    if not rows:
+        return None
+    first, last = rows[0].get(column), rows[-1].get(column)
+    if first is None or last is None:
+        return None
+    if last == 0:
+        return math.inf if first > 0 else None
+    return first / last
+
+
+def ratios(first_rows: list[dict], last_rows: list[dict]) -> dict:
+    return {
+        f"{col}_ratio_{when}_step": first_last_ratio(rows, col)
+        for col in ("grad_norm", "delta_norm")
+        for when, rows in (("first", first_rows), ("last", last_rows))
+    }
+
+
+def verdict(status: str, ratio: dict, diverged_step: int | None, grad_total_growth: float | None) -> tuple[str, str]:
+    if status == "diverged":
+        return "exploding", f"the loss became non-finite at step {diverged_step}"
+    finite = {k: v for k, v in ratio.items() if k.startswith(VERDICT_COLUMN) and v is not None and not math.isnan(v)}
+    if finite:
+        k_hi = max(finite, key=finite.get)
+        if finite[k_hi] > EXPLODING_RATIO:
+            return "exploding", f"{_label(k_hi)} is {finite[k_hi]:.2g} (> {EXPLODING_RATIO:g})"
+    if grad_total_growth is not None and grad_total_growth > GROWTH:
+        return "exploding", f"grad_norm_total grew {grad_total_growth:.2g}x over step 0 (> {GROWTH:g}x)"
+    if finite:
+        k_lo = min(finite, key=finite.get)
+        if finite[k_lo] < VANISHING_RATIO:
+            return "vanishing", f"{_label(k_lo)} is {finite[k_lo]:.2g} (< {VANISHING_RATIO:g})"
+        return "healthy", (
+            f"every layer-0/output {VERDICT_COLUMN} ratio lies in [{VANISHING_RATIO:g}, {EXPLODING_RATIO:g}] "
+            f"(lowest: {_label(k_lo)} = {finite[k_lo]:.2g})"
+        )
+    return "healthy", "no ratio could be measured"
+
+
+def _label(key: str) -> str:
+    col, _, when = key.partition("_ratio_")
+    return f"layer-0/output {col} at the {when.replace('_', ' ')}"

@@ -1,0 +1,117 @@
+"""The `vgrad` command line: parse, then delegate. Heavy imports (torch, matplotlib) happen inside
+the commands so that `vgrad --help` starts instantly."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    name="vgrad",
+    help="Measure vanishing and exploding gradients: train a network from a YAML config and get "
+    "per-layer gradient tables.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool):
+    if value:
+        from . import __version__
+
+        typer.echo(f"vgrad {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+):
+    """Measure vanishing and exploding gradients, layer by layer and step by step."""
+
+
+def usage_errors(fn):
+    """Bad input -> one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .errors import UsageError
+
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as e:
+            from .render import error
+
+            error(str(e))
+            raise typer.Exit(e.exit_code)
+
+    return wrapper
+
+
+@app.command()
+@usage_errors
+def run(
+    config: Path = typer.Argument(..., help="YAML config file (see configs/ and docs/config.md)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set model.depth=30 (repeatable)"),
+    out: Path = typer.Option(Path("runs"), "--out", help="folder that receives the run directory"),
+    name: Optional[str] = typer.Option(None, "--name", help="run name (overrides the config's name)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="override train.steps"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="override seed"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the run directory"),
+):
+    """Train the network CONFIG describes and write its per-layer gradient tables."""
+    from .config import load_config
+
+    sets = list(set_ or [])
+    sets += [f"{k}={v}" for k, v in (("name", name), ("train.steps", steps), ("seed", seed)) if v is not None]
+    cfg = load_config(config, sets)
+
+    from .render import RunProgress, make_console, print_summary
+    from .runner import run_experiment
+
+    console = make_console()
+    progress = RunProgress(console, quiet)
+    first_rows: list = []
+    last_rows: list = []
+
+    def on_log(step, metrics, rows):
+        if not first_rows:
+            first_rows.extend(rows)
+        last_rows[:] = rows
+        progress.log(step, metrics, rows)
+
+    try:
+        run_dir, summary = run_experiment(cfg, out, on_start=progress.start, on_log=on_log)
+    except KeyboardInterrupt:  # pragma: no cover - signals are handled inside the loop
+        raise typer.Exit(130)
+    except Exception as e:
+        from .errors import UsageError
+
+        progress.stop()
+        if isinstance(e, UsageError):
+            raise
+        from .render import error
+
+        error(f"run failed: {type(e).__name__}: {e} (details in the run's summary.json)")
+        raise typer.Exit(1)
+    finally:
+        progress.stop()
+    if quiet:
+        print(run_dir)
+    else:
+        print_summary(console, run_dir, summary, first_rows, last_rows)
+    if summary["status"] == "interrupted":
+        raise typer.Exit(130)
+
+
+def main():  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()

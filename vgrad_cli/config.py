@@ -1,0 +1,247 @@
+"""The config schema (one place), loading it safely, and `--set` overrides.
+
+Every key has a default except what defines the experiment, so a config can be three lines.
+Errors become one-line UsageErrors that name the key path, the value, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Optional, Union
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .activations import ACTIVATIONS
+from .errors import UsageError
+from .inits import INITS
+from .tasks import TASK_NAMES, TASK_TYPES
+
+MODEL_KINDS = ("mlp",)
+NORMS = ("none", "batch", "layer")
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _closest(word: str, options) -> str:
+    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def one_of(options, what: str):
+    """A validator: the value must be one of `options` (kept in the registries, not here)."""
+
+    def check(value: str) -> str:
+        if value not in options:
+            raise ValueError(
+                f"'{value}' is not a known {what}; choose one of: {', '.join(options)}{_closest(value, options)}"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    kind: Annotated[str, one_of(MODEL_KINDS, "model kind")] = Field("mlp", description="network family")
+    depth: int = Field(8, ge=1, description="number of hidden layers (blocks)")
+    width: int = Field(64, ge=1, description="units per hidden layer")
+    activation: Annotated[str, one_of(tuple(ACTIVATIONS), "activation")] = Field(
+        "relu", description=f"one of {', '.join(ACTIVATIONS)}"
+    )
+    init: Annotated[str, one_of(tuple(INITS), "init")] = Field(
+        "default", description=f"weight init: {', '.join(INITS)}"
+    )
+    init_std: Optional[float] = Field(
+        None, gt=0, description="std for normal (default 0.01), bound for uniform (default 0.05), gain for the others"
+    )
+    bias_init: float = Field(0.0, description="constant every bias starts at")
+    norm: Annotated[str, one_of(NORMS, "norm")] = Field("none", description="none, batch or layer, after each Linear")
+    residual: bool = Field(False, description="identity skip around each hidden block after the first")
+
+
+TaskConfig = Annotated[Union[TASK_TYPES], Field(discriminator="name")]  # type: ignore[valid-type]
+
+
+class TrainConfig(Section):
+    optimizer: Annotated[str, one_of(OPTIMIZERS, "optimizer")] = Field("sgd", description="sgd, adam or rmsprop")
+    lr: float = Field(0.1, gt=0, description="learning rate")
+    momentum: float = Field(0.0, ge=0, lt=1, description="momentum for sgd and rmsprop")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay")
+    batch_size: int = Field(128, ge=1, description="examples per step")
+    steps: int = Field(1000, ge=1, description="optimizer updates")
+    clip_norm: Optional[float] = Field(None, gt=0, description="clip the total gradient L2 norm to this")
+    clip_value: Optional[float] = Field(None, gt=0, description="clip each gradient element to +/- this")
+    device: Annotated[str, one_of(DEVICES, "device")] = Field("auto", description="auto (cuda if available), cpu, cuda")
+
+
+class LogConfig(Section):
+    every: int = Field(10, ge=1, description="write table rows every N steps (step 0 and the last always)")
+    eval_every: int = Field(100, ge=1, description="evaluate on the held-out set every N steps (and the last)")
+    activations: bool = Field(True, description="activation statistics on/off")
+
+
+class Config(Section):
+    name: Optional[str] = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80,
+        description="part of the run directory's name (letters, digits, . _ -)",
+    )
+    seed: int = Field(0, ge=0, description="seeds the model init, the data and the batch order")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=lambda: TASK_TYPES[1](), description="the synthetic task; see docs/tasks.md")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        t = self.train
+        if t.clip_norm is not None and t.clip_value is not None:
+            raise ValueError("train.clip_norm and train.clip_value are both set; choose one way to clip")
+        if t.optimizer == "adam" and t.momentum != 0:
+            raise ValueError("train.momentum applies to sgd and rmsprop only; adam has its own moment estimates")
+        if self.model.kind not in self.task.model_kinds:
+            raise ValueError(
+                f"task.name '{self.task.name}' does not fit model.kind '{self.model.kind}'; "
+                f"it takes model.kind: {', '.join(self.task.model_kinds)}"
+            )
+        if self.model.norm == "batch" and t.batch_size < 2:
+            raise ValueError("model.norm: batch needs train.batch_size >= 2")
+        return self
+
+    def run_name(self) -> str:
+        return self.name or f"{self.model.kind}-{self.model.activation}-d{self.model.depth}"
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping safely (no object-constructing tags); any problem -> UsageError."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"config file '{p}' not found")
+    if p.is_dir():
+        raise UsageError(f"config path '{p}' is a directory; give a YAML file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read config file '{p}': {getattr(e, 'strerror', None) or e}") from None
+    if not text.strip():
+        raise UsageError(f"config file '{p}' is empty; it needs at least a mapping such as 'model: {{depth: 10}}'")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else "?"
+        tag = (e.problem or "").split("tag '")[-1].rstrip("'")
+        raise UsageError(
+            f"{p}, line {line}: YAML tag '{tag}' is not allowed; configs hold plain mappings, lists, numbers and strings"
+        ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(f"invalid YAML in {p}{where}: {problem}") from None
+    if data is None:
+        raise UsageError(f"config file '{p}' holds no keys (only comments?)")
+    if not isinstance(data, dict):
+        raise UsageError(f"config file '{p}' must be a mapping of keys such as 'model:', got a {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict, sets: list[str]) -> dict:
+    """Apply `--set a.b=value` overrides (value parsed as a YAML scalar) to a nested dict, in place."""
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or not key or any(not part for part in key.split(".")):
+            raise UsageError(f"--set '{item}': expected KEY=VALUE with a dotted key, e.g. --set model.depth=30")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        parts = key.split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UsageError(f"--set '{item}': '{'.'.join(parts[: i + 1])}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def validate(data: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors()
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise UsageError(f"{source}: {_describe(errors[0])}{more}") from None
+
+
+def load_config(path: str | Path | None, sets: list[str] | tuple = ()) -> Config:
+    """Read, override and validate. `path=None` starts from the defaults (used by sweeps and tests)."""
+    data = read_yaml(path) if path is not None else {}
+    apply_overrides(data, list(sets))
+    return validate(data, str(path) if path is not None else "config")
+
+
+# ----------------------------------------------------------------------------- error messages
+
+
+def _fields_at(loc: tuple) -> tuple[str, list[str]]:
+    """Walk the schema along an error location: (dotted key path, valid sibling keys)."""
+    cls: Any = Config
+    path: list[str] = []
+    siblings: list[str] = list(Config.model_fields)
+    for part in loc:
+        if isinstance(part, int):
+            path.append(str(part))
+            continue
+        if part in TASK_NAMES and path == ["task"]:
+            cls = TASK_TYPES[TASK_NAMES.index(part)]  # the union's tag: not a key the user wrote
+            continue
+        siblings = list(cls.model_fields) if cls is not None else []
+        path.append(part)
+        field = cls.model_fields.get(part) if cls is not None else None
+        ann = getattr(field, "annotation", None)
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return ".".join(path), siblings
+
+
+def _describe(err: dict) -> str:
+    kind, loc, value, ctx = err["type"], tuple(err["loc"]), err.get("input"), err.get("ctx") or {}
+    path, siblings = _fields_at(loc)
+    where = f"{path}: " if path else ""
+    got = f"got {value!r}"
+    if kind == "extra_forbidden":
+        parent = path.rpartition(".")[0]
+        full = [f"{parent}.{s}" if parent else s for s in siblings]
+        return f"unknown key '{path}'{_closest(path, full)}; allowed here: {', '.join(siblings)}"
+    if kind == "missing":
+        return f"{where}required key is missing"
+    if kind == "union_tag_invalid":
+        return f"{path}.name: '{ctx.get('tag')}' is not a known task; choose one of: {', '.join(TASK_NAMES)}{_closest(ctx.get('tag'), TASK_NAMES)}"
+    if kind == "union_tag_not_found":
+        return f"{path}.name is missing; choose one of: {', '.join(TASK_NAMES)}"
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        bound = next(iter(ctx.values()))
+        return f"{where}must be {bounds[kind]} {bound:g} ({got})"
+    if kind == "string_pattern_mismatch":
+        return f"{where}{value!r} may hold only letters, digits, '.', '_' and '-'"
+    types = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string"}
+    for prefix, what in types.items():
+        if kind.startswith(prefix + "_"):
+            return f"{where}expected {what} ({got})"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{where}expected a mapping of keys ({got})"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where}{msg}" if kind == "value_error" else f"{where}{msg} ({got})"

@@ -1,0 +1,69 @@
+"""The MLP: `depth` hidden blocks Linear -> (norm) -> activation, then an output Linear.
+
+With `residual`, blocks after the first add their output to their input (the first block changes
+the width from input_dim to width, so it has no skip). Layer 0 is the block nearest the input;
+the output Linear is layer `depth`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..activations import ACTIVATIONS
+from ..inits import INITS
+from . import ProbeLayer
+
+NORM_LAYERS = {"none": lambda width: nn.Identity(), "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
+
+
+class Block(nn.Module):
+    def __init__(self, fan_in: int, width: int, cfg, skip: bool):
+        super().__init__()
+        self.linear = nn.Linear(fan_in, width)
+        self.norm = NORM_LAYERS[cfg.norm](width)
+        self.act = ACTIVATIONS[cfg.activation].build(width)
+        self.skip = skip
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg, input_dim: int, output_dim: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Block(input_dim if i == 0 else cfg.width, cfg.width, cfg, skip=cfg.residual and i > 0)
+            for i in range(cfg.depth)
+        )
+        self.head = nn.Linear(cfg.width, output_dim)
+        self.recorder = None  # set by probes on logged steps
+        act = ACTIVATIONS[cfg.activation]
+        with torch.no_grad():
+            for block in self.blocks:
+                INITS[cfg.init](block.linear.weight, act, cfg.init_std)
+                block.linear.bias.fill_(cfg.bias_init)
+            # The output layer is linear: same scheme, with the linear gain for kaiming_*.
+            INITS[cfg.init](self.head.weight, ACTIVATIONS["linear"], cfg.init_std)
+            self.head.bias.fill_(cfg.bias_init)
+
+    def forward(self, x):
+        rec = self.recorder
+        h = x
+        for i, block in enumerate(self.blocks):
+            # z: the pre-activation, i.e. the input of the nonlinearity (after the norm, if any);
+            # its gradient is delta_l. With batch norm, the Linear's raw output would fold BN's
+            # 1/sigma into delta and hide what the activation does to the gradient.
+            z = block.norm(block.linear(h))
+            a = block.act(z)
+            if rec is not None:
+                rec.record(i, z, a)
+            h = h + a if block.skip else a
+        out = self.head(h)
+        if rec is not None:
+            rec.record(len(self.blocks), out, None)
+        return out
+
+    def probe_layers(self) -> list[ProbeLayer]:
+        layers = [
+            ProbeLayer(f"hidden{i}", list(b.parameters()), b.linear.weight) for i, b in enumerate(self.blocks)
+        ]
+        layers.append(ProbeLayer("output", list(self.head.parameters()), self.head.weight))
+        return layers

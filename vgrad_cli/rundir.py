@@ -1,0 +1,133 @@
+"""The run directory: writing it while a run goes, reading it back afterwards.
+
+Layout (documented in docs/run-format.md):
+    <name>-<YYYYmmdd-HHMMSS>-<id>/config.yaml, layers.csv, metrics.csv, summary.json
+CSV rows are appended and flushed at every logged step, so a killed run leaves tables that parse.
+summary.json is written when the run starts (status "running") and replaced atomically at the end.
+This module imports neither torch nor pandas: `compare`/`show` read runs without them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import secrets
+import time
+from pathlib import Path
+
+import yaml
+
+from .errors import UsageError
+
+SCHEMA_VERSION = 1
+METRIC_COLUMNS = [
+    "step", "loss", "accuracy", "grad_norm_total", "grad_norm_clipped", "eval_loss", "eval_accuracy", "lr", "time_s",
+]
+RUN_FILES = ("config.yaml", "summary.json")
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+    return str(v)
+
+
+class CsvTable:
+    """An append-only CSV file: header at creation, rows flushed to the OS at every append."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.columns = columns
+        self.file = open(path, "w", newline="", encoding="utf-8")
+        self.file.write(",".join(columns) + "\n")
+        self.file.flush()
+
+    def append(self, rows: list[dict]):
+        # Rows are formatted first and written with one call: a kill lands between rows, not inside one
+        # (the OS gets whole lines; a torn last line can only come from a full-disk error).
+        text = "".join(",".join(_cell(r.get(c)) for c in self.columns) + "\n" for r in rows)
+        self.file.write(text)
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+def write_json_atomic(path: Path, data: dict):
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunWriter:
+    def __init__(self, root: str | Path, name: str):
+        root = Path(root)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for _ in range(20):  # a fresh id on the (unlikely) collision: never reuse a directory
+            path = root / f"{name}-{stamp}-{secrets.token_hex(2)}"
+            try:
+                path.mkdir(parents=True, exist_ok=False)
+                break
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise UsageError(f"cannot create run directory under '{root}': {e.strerror}") from None
+        else:  # pragma: no cover
+            raise RuntimeError("could not find a free run directory name")
+        self.path = path
+        self.tables: dict[str, CsvTable] = {}
+
+    def write_config(self, config: dict):
+        text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+        (self.path / "config.yaml").write_text(text, encoding="utf-8")
+
+    def table(self, name: str, columns: list[str]) -> CsvTable:
+        self.tables[name] = CsvTable(self.path / name, columns)
+        return self.tables[name]
+
+    def write_summary(self, summary: dict):
+        write_json_atomic(self.path / "summary.json", summary)
+
+    def close(self):
+        for t in self.tables.values():
+            t.close()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_summary(run: Path) -> dict:
+    try:
+        return json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"'{run}' is not a vgrad run: summary.json is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"'{run}/summary.json' is corrupt: {e}") from None
+
+
+def _number(text: str):
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def read_table(run: Path, name: str) -> list[dict]:
+    """A CSV table as a list of dicts with numbers parsed; empty cells are None."""
+    path = run / name
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise UsageError(f"'{run}' has no {name}") from None
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise UsageError(f"'{path}' is corrupt: {e}") from None
+    return [{k: _number(v) if v is not None else None for k, v in r.items()} for r in rows]

@@ -1,0 +1,88 @@
+"""One experiment end to end: config -> run directory -> training -> summary.json.
+
+Used by `vgrad run` and by sweeps. The console is passed in as callbacks, so this module prints nothing.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .analysis import ratios, verdict
+from .rundir import SCHEMA_VERSION, RunWriter
+
+
+def versions() -> dict:
+    import numpy
+    import torch
+
+    return {"vgrad": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "platform": platform.platform()}
+
+
+def run_experiment(cfg, out_root: str | Path, on_start=None, on_log=None) -> tuple[Path, dict]:
+    """Train `cfg` and write its run directory. Returns (run dir, summary).
+
+    The directory is created only after the config validated (the caller's job) and the task was
+    generated; an unexpected error still leaves a summary.json with status `failed`.
+    """
+    from .train import resolve_device, train
+
+    resolve_device(cfg.train.device)          # bad device -> UsageError before anything is written
+    task = cfg.task.make(cfg.seed)
+    writer = RunWriter(out_root, cfg.run_name())
+    writer.write_config(cfg.to_dict())
+    started = time.time()
+    summary = {
+        "schema_version": SCHEMA_VERSION, "name": cfg.run_name(), "status": "running",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "steps_planned": cfg.train.steps, "seed": cfg.seed, "versions": versions(),
+        "task_loss": task.loss, "baseline_loss": task.baseline_loss, "chance_accuracy": task.chance_accuracy,
+    }
+    writer.write_summary(summary)
+    if on_start is not None:
+        on_start(writer.path, cfg)
+    try:
+        result = train(cfg, task, writer, on_log)
+    except BaseException as e:  # record the failure, keep every row already written, re-raise
+        writer.close()
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}", wall_time_s=round(time.time() - started, 3),
+                       traceback=traceback.format_exc(limit=8))
+        writer.write_summary(summary)
+        raise
+    writer.close()
+    summary.update(summarize(result, time.time() - started))
+    writer.write_summary(summary)
+    return writer.path, summary
+
+
+def summarize(result, wall_time: float) -> dict:
+    r = ratios(result.first_rows, result.last_rows)
+    growth = None
+    if result.grad_total_first and result.grad_total_max is not None:
+        growth = result.grad_total_max / result.grad_total_first
+    v, reason = verdict(result.status, r, result.diverged_step, growth)
+    m = result.last_metrics
+    out = {
+        "status": result.status,
+        "steps_completed": result.steps_completed,
+        "diverged_step": result.diverged_step,
+        "stop_signal": result.stop_signal,
+        "final_loss": m.get("loss"),
+        "final_accuracy": m.get("accuracy"),
+        "final_eval_loss": result.last_eval.get("eval_loss"),
+        "final_eval_accuracy": result.last_eval.get("eval_accuracy"),
+        "wall_time_s": round(wall_time, 3),
+        "verdict": v,
+        "verdict_reason": reason,
+        "first_logged_step": result.first_rows[0]["step"] if result.first_rows else None,
+        "last_logged_step": result.last_rows[0]["step"] if result.last_rows else None,
+        "n_layers": len(result.first_rows),
+        "grad_norm_total_growth": growth,
+    }
+    out.update(r)
+    out["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return out

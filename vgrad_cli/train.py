@@ -1,0 +1,183 @@
+"""The training loop. Measures through a LayerProbe on logged steps only.
+
+Step s: forward/backward on batch s (the model has had s updates), measure if s is logged, then
+update. Step `steps` is measured but not followed by an update, so the last logged row shows the
+trained model. Steps that are not logged do no host synchronisation at all: their losses go into a
+small device buffer that is read (and checked for non-finite values) at the next logged step.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .activations import ACTIVATIONS
+from .errors import UsageError
+from .models import build_model
+from .probes import LAYER_COLUMNS, LayerProbe
+from .rundir import METRIC_COLUMNS, RunWriter
+
+OPTIMIZERS = {
+    "sgd": lambda params, t: torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay),
+    "adam": lambda params, t: torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay),
+    "rmsprop": lambda params, t: torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay),
+}
+LOSSES = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+class StopSignals:
+    """SIGINT/SIGTERM set a flag that the loop checks once per step; the run then ends cleanly."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class TrainResult:
+    status: str = "running"            # completed | diverged | interrupted
+    steps_completed: int = 0           # optimizer updates applied
+    diverged_step: int | None = None
+    stop_signal: str | None = None
+    first_rows: list = field(default_factory=list)   # layers.csv rows of the first logged step
+    last_rows: list = field(default_factory=list)    # ... and of the last one written
+    last_metrics: dict = field(default_factory=dict)
+    last_eval: dict = field(default_factory=dict)
+    grad_total_first: float | None = None
+    grad_total_max: float | None = None
+
+
+def train(cfg, task, writer: RunWriter, on_log: Callable | None = None) -> TrainResult:
+    device = resolve_device(cfg.train.device)
+    task = task.to(device)
+    model = build_model(cfg.model, task, cfg.seed).to(device)
+    model.train()
+    optimizer = OPTIMIZERS[cfg.train.optimizer](model.parameters(), cfg.train)
+    loss_fn = LOSSES[task.loss]
+    classify = task.loss == "cross_entropy"
+    probe = LayerProbe(model, ACTIVATIONS[cfg.model.activation], cfg.log.activations)
+    params = list(model.parameters())
+    layers_csv = writer.table("layers.csv", LAYER_COLUMNS)
+    metrics_csv = writer.table("metrics.csv", METRIC_COLUMNS)
+
+    steps, every, eval_every = cfg.train.steps, cfg.log.every, cfg.log.eval_every
+    clip_norm, clip_value = cfg.train.clip_norm, cfg.train.clip_value
+    batch_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    n_train = len(task.x_train)
+    batch = min(cfg.train.batch_size, n_train) if cfg.model.norm != "batch" else cfg.train.batch_size
+    loss_buf = torch.zeros(every, device=device)  # losses of the steps since the last log
+    pending = 0
+    result = TrainResult()
+    t0 = time.perf_counter()
+
+    with StopSignals() as stop:
+        for step in range(steps + 1):
+            if stop.requested:
+                result.status, result.stop_signal = "interrupted", stop.requested
+                result.steps_completed = step
+                break
+            logged = step % every == 0 or step == steps
+            idx = torch.randint(n_train, (batch,), generator=batch_gen).to(device, non_blocking=True)
+            x, y = task.x_train[idx], task.y_train[idx]
+            if logged:
+                probe.attach()
+            out = model(x)
+            loss = loss_fn(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if not logged:
+                loss_buf[pending] = loss.detach()
+                pending += 1
+            else:
+                probe.after_backward()
+            if clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)
+            elif clip_value is not None:
+                torch.nn.utils.clip_grad_value_(params, clip_value, foreach=True)
+            if logged:
+                probe.after_clip()
+            if step < steps:
+                if logged:
+                    probe.before_update()
+                optimizer.step()
+                if logged:
+                    probe.after_update()
+            if not logged:
+                continue
+
+            # ---- a logged step: one host transfer, then the tables -------------------------------
+            extra = {"loss": loss.detach(), "recent_losses": loss_buf[:pending]}
+            if classify:
+                extra["accuracy"] = (out.detach().argmax(-1) == y).float().mean()
+            do_eval = step % eval_every == 0 or step == steps
+            if do_eval:
+                extra.update(evaluate(model, task, loss_fn, classify))
+            host = probe.to_host(extra)
+            pending = 0
+            bad = [i for i, v in enumerate(host["recent_losses"] + [host["loss"]]) if not math.isfinite(v)]
+            if bad:
+                # The first non-finite loss since the previous logged step: rows before it stay.
+                result.status, result.diverged_step = "diverged", step - len(host["recent_losses"]) + bad[0]
+                result.steps_completed = result.diverged_step
+                break
+            rows = probe.rows(step, host)
+            metrics = {
+                "step": step, "loss": host["loss"], "accuracy": host.get("accuracy"),
+                "grad_norm_total": host["grad_norm_total"], "grad_norm_clipped": host["grad_norm_clipped"],
+                "eval_loss": host.get("eval_loss"), "eval_accuracy": host.get("eval_accuracy"),
+                "lr": optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 4),
+            }
+            layers_csv.append(rows)
+            metrics_csv.append([metrics])
+            if not result.first_rows:
+                result.first_rows, result.grad_total_first = rows, metrics["grad_norm_total"]
+            result.last_rows, result.last_metrics = rows, metrics
+            result.grad_total_max = max(result.grad_total_max or 0.0, metrics["grad_norm_total"])
+            if do_eval:
+                result.last_eval = {"eval_loss": metrics["eval_loss"], "eval_accuracy": metrics["eval_accuracy"]}
+            result.steps_completed = min(step + 1, steps)
+            if on_log is not None:
+                on_log(step, metrics, rows)
+        else:
+            result.status = "completed"
+    return result
+
+
+@torch.no_grad()
+def evaluate(model, task, loss_fn, classify: bool) -> dict:
+    """Loss (and accuracy) on the fixed held-out set, in eval mode (batch norm uses running stats)."""
+    model.eval()
+    out = model(task.x_eval)
+    model.train()
+    res = {"eval_loss": loss_fn(out, task.y_eval)}
+    if classify:
+        res["eval_accuracy"] = (out.argmax(-1) == task.y_eval).float().mean()
+    return res
