@@ -109,6 +109,11 @@ def run(
         raise typer.Exit(130)
 
 
+# Commands kept in their own modules register themselves on `app` when imported; each keeps its
+# heavy imports inside its functions. One line per module:
+# (command modules)
+
+
 def main():  # console-script entry point
     app()
 

@@ -37,20 +37,22 @@ def _cell(v) -> str:
 
 
 class CsvTable:
-    """An append-only CSV file: header at creation, rows flushed to the OS at every append."""
+    """An append-only CSV file: header at creation, then whole rows handed to the OS per append."""
 
     def __init__(self, path: Path, columns: list[str]):
         self.columns = columns
-        self.file = open(path, "w", newline="", encoding="utf-8")
-        self.file.write(",".join(columns) + "\n")
-        self.file.flush()
+        self.file = open(path, "wb", buffering=0)  # unbuffered: each append is one write() call
+        self._write(",".join(columns) + "\n")
 
     def append(self, rows: list[dict]):
-        # Rows are formatted first and written with one call: a kill lands between rows, not inside one
-        # (the OS gets whole lines; a torn last line can only come from a full-disk error).
-        text = "".join(",".join(_cell(r.get(c)) for c in self.columns) + "\n" for r in rows)
-        self.file.write(text)
-        self.file.flush()
+        # Format every row first, then write them with a single system call: a SIGKILL lands
+        # between appends, never inside a line, so the file always parses up to the last step.
+        self._write("".join(",".join(_cell(r.get(c)) for c in self.columns) + "\n" for r in rows))
+
+    def _write(self, text: str):
+        data = memoryview(text.encode("utf-8"))
+        while data:  # a regular file takes it whole; loop only for the rare short write
+            data = data[self.file.write(data):]
 
     def close(self):
         self.file.close()

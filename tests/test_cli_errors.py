@@ -1,0 +1,79 @@
+"""Every bad input: one clear line, exit code 2, no traceback, no run directory."""
+
+import pytest
+import yaml
+
+from conftest import small, vgrad_subprocess
+
+
+def assert_clean_error(result, out_dir, *fragments):
+    assert result.exit_code == 2, result.output
+    err = result.stderr
+    assert "Traceback" not in err and "Traceback" not in result.stdout
+    for f in fragments:
+        assert f in err, err
+    assert not out_dir.exists() or not any(out_dir.iterdir()), "a run directory was created"
+
+
+CASES = [
+    ("missing file", None, [], "not found"),
+    ("empty", "", [], "is empty"),
+    ("invalid yaml", "model: [1, 2\n", [], "invalid YAML"),
+    ("not a mapping", "- a\n- b\n", [], "must be a mapping"),
+    ("object tag", "seed: !!python/object/new:int [3]\n", [], "is not allowed"),
+    ("unknown key", small(model={"dept": 3}), [], "unknown key 'model.dept' (did you mean 'model.depth'?)"),
+    ("wrong type", small(model={"width": "wide"}), [], "model.width: expected an integer (got 'wide')"),
+    ("depth 0", small(model={"depth": 0}), [], "model.depth: must be >= 1"),
+    ("lr 0", small(train={"lr": 0}), [], "train.lr: must be > 0"),
+    ("unknown activation", small(model={"activation": "swish"}), [], "choose one of: sigmoid, tanh"),
+    ("unknown task", small(task={"name": "xor"}), [], "'xor' is not a known task"),
+    ("both clips", small(train={"clip_norm": 1, "clip_value": 1}), [], "both set"),
+    ("set without =", small(), ["--set", "model.depth"], "expected KEY=VALUE"),
+    ("set unknown key", small(), ["--set", "model.deepth=3"], "unknown key 'model.deepth'"),
+    ("set bad value", small(), ["--set", "train.steps=-5"], "train.steps: must be >= 1"),
+    ("--steps 0", small(), ["--steps", "0"], "train.steps: must be >= 1"),
+    ("--name with space", small(), ["--name", "my run"], "may hold only letters"),
+]
+
+
+@pytest.mark.parametrize("label,data,args,message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(cli, write_config, tmp_path, label, data, args, message):
+    path = tmp_path / "missing.yaml" if data is None else write_config(data)
+    out = tmp_path / "runs"
+    result = cli("run", path, "--out", out, *args)
+    assert_clean_error(result, out, message)
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_error_from_a_real_process_is_one_line_on_stderr(write_config, tmp_path):
+    p = write_config(small(model={"activation": "sigmod"}))
+    proc = vgrad_subprocess("run", p, "--out", tmp_path / "runs")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"error: {p}: model.activation: 'sigmod' is not a known activation; choose one of: sigmoid, tanh, "
+        "relu, leaky_relu, prelu, elu, gelu, silu, selu, linear (did you mean 'sigmoid'?)"
+    )
+    assert proc.stdout == ""
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from vgrad_cli.cli import app; from typer.testing import CliRunner; "
+            "r = CliRunner().invoke(app, ['run', '--help']); assert r.exit_code == 0, r.output; "
+            "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_validation_does_not_import_torch(write_config):
+    import subprocess
+    import sys
+
+    p = write_config(small())
+    code = ("import sys; from vgrad_cli.config import load_config; load_config(sys.argv[1]); "
+            "assert 'torch' not in sys.modules; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True)
+    assert proc.stdout.strip() == "ok", proc.stderr

@@ -1,0 +1,22 @@
+"""Docs that must not drift from the code."""
+
+from conftest import ROOT
+from vgrad_cli.docgen import render
+from vgrad_cli.probes import LAYER_COLUMNS
+from vgrad_cli.rundir import METRIC_COLUMNS
+
+
+def test_config_reference_is_generated_from_the_schema():
+    assert (ROOT / "docs" / "config.md").read_text() == render(), "run: python -m vgrad_cli.docgen > docs/config.md"
+
+
+def test_run_format_documents_every_column():
+    text = (ROOT / "docs" / "run-format.md").read_text()
+    for col in LAYER_COLUMNS + METRIC_COLUMNS:
+        assert f"`{col}`" in text, col
+
+
+def test_readme_quickstart_commands_are_the_ci_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()

@@ -1,0 +1,69 @@
+"""Where theory gives a number, the measurement must reproduce it (at step 0, before any update).
+
+Mean-field theory (Poole et al. 2016; Schoenholz et al. 2017): the back-propagated error delta_l
+changes by sqrt(chi_1) per layer; ReLU: chi_1 = sigma_w^2 / 2, so Kaiming-normal (sigma_w^2 = 2)
+gives 1.00 and Xavier-normal at equal fan-in/out (sigma_w^2 = 1) gives 1/sqrt(2) = 0.707.
+Sigmoid's derivative is at most 0.25, so a deep sigmoid net vanishes geometrically.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vgrad_cli.activations import ACTIVATIONS
+from vgrad_cli.config import validate
+from vgrad_cli.models import build_model
+from vgrad_cli.probes import LayerProbe
+
+
+def per_layer_delta_factor(activation, init, depth, width, seeds=3, batch=256, **model):
+    """Geometric-mean factor of delta_norm between consecutive hidden layers, averaged over seeds."""
+    factors, rows = [], None
+    for seed in range(seeds):
+        cfg = validate({"seed": seed, "model": {"depth": depth, "width": width, "activation": activation,
+                                                "init": init, **model},
+                        "task": {"name": "blobs", "input_dim": width, "train_size": batch, "eval_size": 8}})
+        task = cfg.task.make(seed)
+        net = build_model(cfg.model, task, seed)
+        probe = LayerProbe(net, ACTIVATIONS[activation], True)
+        probe.attach()
+        F.cross_entropy(net(task.x_train), task.y_train).backward()
+        probe.after_backward()
+        probe.after_clip()
+        host = probe.to_host({})
+        d = host["delta_norm"][:depth]  # hidden layers only
+        factors.append((d[0] / d[-1]) ** (1 / (depth - 1)))
+        rows = host
+    return sum(factors) / len(factors), rows
+
+
+def test_relu_kaiming_normal_keeps_the_gradient():
+    factor, _ = per_layer_delta_factor("relu", "kaiming_normal", depth=30, width=256)
+    assert factor == pytest.approx(1.0, abs=0.05)
+
+
+def test_relu_xavier_normal_shrinks_by_one_over_sqrt2():
+    factor, _ = per_layer_delta_factor("relu", "xavier_normal", depth=30, width=256)
+    assert factor == pytest.approx(1 / math.sqrt(2), rel=0.05)
+
+
+def test_deep_sigmoid_vanishes_below_the_derivative_bound():
+    factor, host = per_layer_delta_factor("sigmoid", "xavier_normal", depth=10, width=64)
+    assert factor < 0.25  # sigmoid' <= 0.25 and Xavier keeps ||W|| ~ 1
+    assert factor == pytest.approx(0.23, abs=0.03)
+    assert host["grad_norm"][0] / host["grad_norm"][-1] < 1e-4  # orders of magnitude below the output
+
+
+def test_linear_orthogonal_preserves_the_norm_exactly_per_layer():
+    factor, _ = per_layer_delta_factor("linear", "orthogonal", depth=10, width=64, seeds=1)
+    assert factor == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("remedy", [{"norm": "batch"}, {"residual": True}])
+def test_batch_norm_and_residual_rescue_deep_sigmoid(remedy):
+    plain, _ = per_layer_delta_factor("sigmoid", "xavier_normal", depth=20, width=64, seeds=1)
+    rescued, _ = per_layer_delta_factor("sigmoid", "xavier_normal", depth=20, width=64, seeds=1, **remedy)
+    assert plain ** 19 < 1e-10
+    assert rescued ** 19 > 1e-2
