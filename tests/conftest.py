@@ -53,9 +53,9 @@ def cli():
 
 
 def vgrad_subprocess(*args, **kw) -> subprocess.CompletedProcess:
-    """Run `python -m vgrad_cli.cli ...` as a user would (real stdout/stderr, real signals)."""
+    """Run `python -m vgrad_cli ...` as a user would (real stdout/stderr, real signals)."""
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "vgrad_cli.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "vgrad_cli", *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=kw.pop("cwd", ROOT), **kw)
 
 

@@ -119,7 +119,7 @@ def test_quiet_prints_only_the_path_and_no_color_codes(write_config, tmp_path):
 
 def _start_long_run(write_config, tmp_path):
     cfg = small(train={"steps": 1_000_000}, log={"every": 1, "eval_every": 1000})
-    proc = subprocess.Popen([sys.executable, "-m", "vgrad_cli.cli", "run", str(write_config(cfg)), "--out",
+    proc = subprocess.Popen([sys.executable, "-m", "vgrad_cli", "run", str(write_config(cfg)), "--out",
                              str(tmp_path / "runs"), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT)
     deadline = time.time() + 60

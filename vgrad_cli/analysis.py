@@ -6,10 +6,12 @@ The verdict rule (also in docs/run-format.md):
   verdict reads the delta_norm ratios, the back-propagated error signal that theory speaks of.
   (grad_norm = delta x the layer's input, so it also carries the forward signal's scale: a
   residual stream that grows, or a 2-D input, moves it without any gradient vanishing.)
+  Recurrent runs add the through-time ratios ||dL/dh_0|| / ||dL/dh_T-1|| of the top stacked
+  layer (time_ratio_first_step, time_ratio_last_step), read the same way.
   1. status diverged (a non-finite loss)                             -> exploding
-  2. a delta_norm ratio > EXPLODING_RATIO (100)                      -> exploding
+  2. a delta_norm or time ratio > EXPLODING_RATIO (100)              -> exploding
   3. grad_norm_total at a logged step > GROWTH (1000) x its step-0 value -> exploding
-  4. a delta_norm ratio < VANISHING_RATIO (0.01)                     -> vanishing
+  4. a delta_norm or time ratio < VANISHING_RATIO (0.01)             -> vanishing
   5. otherwise                                                       -> healthy
 Two orders of magnitude is where early layers learn ~100x slower than late ones.
 """
@@ -21,14 +23,17 @@ import math
 VANISHING_RATIO = 1e-2
 EXPLODING_RATIO = 1e2
 GROWTH = 1e3
-VERDICT_COLUMN = "delta_norm"
+VERDICT_KEYS = ("delta_norm_ratio", "time_ratio")  # the back-propagated error: across layers, through time
 
 
 def first_last_ratio(rows: list[dict], column: str) -> float | None:
     """Layer 0 over the last layer for one logged step's rows (sorted by layer)."""
     if not rows:
         return None
-    first, last = rows[0].get(column), rows[-1].get(column)
+    return _ratio(rows[0].get(column), rows[-1].get(column))
+
+
+def _ratio(first, last) -> float | None:
     if first is None or last is None:
         return None
     if last == 0:
@@ -44,10 +49,39 @@ def ratios(first_rows: list[dict], last_rows: list[dict]) -> dict:
     }
 
 
+def time_profile(time_rows: list[dict]) -> tuple[int, list[float]]:
+    """The top stacked layer's ||dL/dh_t|| over t (the layer the output head reads)."""
+    if not time_rows:
+        return -1, []
+    top = max(r["layer"] for r in time_rows)
+    return top, [r["delta_norm"] for r in time_rows if r["layer"] == top]
+
+
+def time_ratios(first_time: list[dict], last_time: list[dict]) -> dict:
+    """||dL/dh_first|| / ||dL/dh_last|| of the top layer, at the first and the last logged step."""
+    out = {}
+    for when, rows in (("first", first_time), ("last", last_time)):
+        _, prof = time_profile(rows)
+        out[f"time_ratio_{when}_step"] = _ratio(prof[0], prof[-1]) if prof else None
+    return out
+
+
+def sample_profile(first_time: list[dict], last_time: list[dict], points: int = 32) -> dict | None:
+    """A few t values of the through-time profile, for the console and summary.json."""
+    layer, first = time_profile(first_time)
+    _, last = time_profile(last_time)
+    if not first:
+        return None
+    n = len(first)
+    ts = sorted({round(i * (n - 1) / (points - 1)) for i in range(points)}) if n > points else list(range(n))
+    return {"layer": layer, "t": ts, "first_step": [first[t] for t in ts],
+            "last_step": [last[t] for t in ts] if len(last) == n else None}
+
+
 def verdict(status: str, ratio: dict, diverged_step: int | None, grad_total_growth: float | None) -> tuple[str, str]:
     if status == "diverged":
         return "exploding", f"the loss became non-finite at step {diverged_step}"
-    finite = {k: v for k, v in ratio.items() if k.startswith(VERDICT_COLUMN) and v is not None and not math.isnan(v)}
+    finite = {k: v for k, v in ratio.items() if k.startswith(VERDICT_KEYS) and v is not None and not math.isnan(v)}
     if finite:
         k_hi = max(finite, key=finite.get)
         if finite[k_hi] > EXPLODING_RATIO:
@@ -59,7 +93,7 @@ def verdict(status: str, ratio: dict, diverged_step: int | None, grad_total_grow
         if finite[k_lo] < VANISHING_RATIO:
             return "vanishing", f"{_label(k_lo)} is {finite[k_lo]:.2g} (< {VANISHING_RATIO:g})"
         return "healthy", (
-            f"every layer-0/output {VERDICT_COLUMN} ratio lies in [{VANISHING_RATIO:g}, {EXPLODING_RATIO:g}] "
+            f"every delta_norm ratio lies in [{VANISHING_RATIO:g}, {EXPLODING_RATIO:g}] "
             f"(lowest: {_label(k_lo)} = {finite[k_lo]:.2g})"
         )
     return "healthy", "no ratio could be measured"
@@ -67,4 +101,7 @@ def verdict(status: str, ratio: dict, diverged_step: int | None, grad_total_grow
 
 def _label(key: str) -> str:
     col, _, when = key.partition("_ratio_")
-    return f"layer-0/output {col} at the {when.replace('_', ' ')}"
+    when = when.replace("_", " ")
+    if col == "time":
+        return f"through-time ||dL/dh_0|| / ||dL/dh_T|| at the {when}"
+    return f"layer-0/output {col} at the {when}"

@@ -63,6 +63,7 @@ def run(
     steps: Optional[int] = typer.Option(None, "--steps", help="override train.steps"),
     seed: Optional[int] = typer.Option(None, "--seed", help="override seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the run directory"),
+    no_plots: bool = typer.Option(False, "--no-plots", help="do not write plots/ (the PNG figures)"),
 ):
     """Train the network CONFIG describes and write its per-layer gradient tables."""
     from .config import load_config
@@ -101,6 +102,10 @@ def run(
         raise typer.Exit(1)
     finally:
         progress.stop()
+    if not no_plots:
+        from .plots import write_run_plots
+
+        write_run_plots(run_dir)
     if quiet:
         print(run_dir)
     else:
@@ -112,11 +117,9 @@ def run(
 # Commands kept in their own modules register themselves on `app` when imported; each keeps its
 # heavy imports inside its functions. One line per module:
 # (command modules)
+from . import cli_compare  # noqa: E402,F401
 
 
 def main():  # console-script entry point
     app()
 
-
-if __name__ == "__main__":
-    main()

@@ -18,7 +18,9 @@ from .errors import UsageError
 from .inits import INITS
 from .tasks import TASK_NAMES, TASK_TYPES
 
-MODEL_KINDS = ("mlp",)
+MODEL_KINDS = ("mlp", "rnn", "lstm", "gru")
+RECURRENT_KINDS = ("rnn", "lstm", "gru")
+DEFAULT_ACTIVATION = {"mlp": "relu", "rnn": "tanh"}  # lstm/gru: fixed sigmoid/tanh gates, no choice
 NORMS = ("none", "batch", "layer")
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 DEVICES = ("auto", "cpu", "cuda")
@@ -47,11 +49,12 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    kind: Annotated[str, one_of(MODEL_KINDS, "model kind")] = Field("mlp", description="network family")
-    depth: int = Field(8, ge=1, description="number of hidden layers (blocks)")
-    width: int = Field(64, ge=1, description="units per hidden layer")
-    activation: Annotated[str, one_of(tuple(ACTIVATIONS), "activation")] = Field(
-        "relu", description=f"one of {', '.join(ACTIVATIONS)}"
+    kind: Annotated[str, one_of(MODEL_KINDS, "model kind")] = Field("mlp", description="mlp, rnn, lstm or gru")
+    depth: int = Field(8, ge=1, description="hidden layers (mlp blocks, or stacked recurrent layers)")
+    width: int = Field(64, ge=1, description="units per hidden layer (the hidden size for rnn/lstm/gru)")
+    activation: Optional[Annotated[str, one_of(tuple(ACTIVATIONS), "activation")]] = Field(
+        None, description=f"mlp (default relu): one of {', '.join(ACTIVATIONS)}; rnn (default tanh): tanh or relu; "
+        "not for lstm/gru"
     )
     init: Annotated[str, one_of(tuple(INITS), "init")] = Field(
         "default", description=f"weight init: {', '.join(INITS)}"
@@ -60,9 +63,38 @@ class ModelConfig(Section):
         None, gt=0, description="std for normal (default 0.01), bound for uniform (default 0.05), gain for the others"
     )
     bias_init: float = Field(0.0, description="constant every bias starts at")
-    norm: Annotated[str, one_of(NORMS, "norm")] = Field("none", description="none, batch or layer, after each Linear")
-    residual: bool = Field(False, description="identity skip around each hidden block after the first")
+    norm: Annotated[str, one_of(NORMS, "norm")] = Field(
+        "none", description="none, batch or layer: after each Linear (mlp) or between stacked layers (layer only, recurrent)"
+    )
+    residual: bool = Field(False, description="identity skip around each hidden block (or stacked layer) after the first")
+    recurrent_init: Annotated[str, one_of(tuple(INITS), "recurrent_init")] = Field(
+        "default", description="rnn/lstm/gru hidden-to-hidden weights (per gate block): any init, e.g. orthogonal, identity"
+    )
+    recurrent_std: Optional[float] = Field(None, gt=0, description="like init_std, for recurrent_init")
+    forget_bias: Optional[float] = Field(None, description="lstm only: forget-gate bias (null = 0; 1.0 is the usual)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_activation(cls, data):
+        if isinstance(data, dict) and data.get("activation") is None and isinstance(data.get("kind", "mlp"), str):
+            data = {**data, "activation": DEFAULT_ACTIVATION.get(data.get("kind", "mlp"))}
+        return data
+
+
+def _check_kind(m: "ModelConfig"):
+    """Keys that only make sense for some model kinds (their defaults are accepted everywhere, so a
+    resolved config.yaml validates again)."""
+    kind = m.kind
+    if kind == "rnn" and m.activation not in ("tanh", "relu"):
+        raise ValueError(f"model.activation for an rnn must be tanh or relu (got '{m.activation}')")
+    if kind in ("lstm", "gru") and m.activation is not None:
+        raise ValueError(f"model.activation does not apply to model.kind {kind} (its gates are fixed sigmoid/tanh); remove it")
+    if m.forget_bias is not None and kind != "lstm":
+        raise ValueError(f"model.forget_bias applies to model.kind lstm only (got kind {kind})")
+    if kind == "mlp" and (m.recurrent_init != "default" or m.recurrent_std is not None):
+        raise ValueError("model.recurrent_init and model.recurrent_std apply to rnn, lstm and gru only")
+    if kind in RECURRENT_KINDS and m.norm == "batch":
+        raise ValueError(f"model.norm: batch does not fit inside a recurrence ({kind}); use none or layer")
 
 TaskConfig = Annotated[Union[TASK_TYPES], Field(discriminator="name")]  # type: ignore[valid-type]
 
@@ -92,9 +124,17 @@ class Config(Section):
     )
     seed: int = Field(0, ge=0, description="seeds the model init, the data and the batch order")
     model: ModelConfig = Field(default_factory=ModelConfig)
-    task: TaskConfig = Field(default_factory=lambda: TASK_TYPES[1](), description="the synthetic task; see docs/tasks.md")
+    task: TaskConfig = Field(description="the synthetic task (default: spirals for mlp, adding for rnn/lstm/gru)")
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_task(cls, data):
+        if isinstance(data, dict) and data.get("task") is None:
+            model = data.get("model") if isinstance(data.get("model"), dict) else {}
+            data = {**data, "task": {"name": "adding" if model.get("kind") in RECURRENT_KINDS else "spirals"}}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -103,6 +143,7 @@ class Config(Section):
             raise ValueError("train.clip_norm and train.clip_value are both set; choose one way to clip")
         if t.optimizer == "adam" and t.momentum != 0:
             raise ValueError("train.momentum applies to sgd and rmsprop only; adam has its own moment estimates")
+        _check_kind(self.model)
         if self.model.kind not in self.task.model_kinds:
             raise ValueError(
                 f"task.name '{self.task.name}' does not fit model.kind '{self.model.kind}'; "
@@ -113,7 +154,8 @@ class Config(Section):
         return self
 
     def run_name(self) -> str:
-        return self.name or f"{self.model.kind}-{self.model.activation}-d{self.model.depth}"
+        act = f"-{self.model.activation}" if self.model.activation else ""
+        return self.name or f"{self.model.kind}{act}-d{self.model.depth}"
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")

@@ -68,6 +68,14 @@ def _uniform(w, act, init_std):
     I.uniform_(w, -b, b)
 
 
+def _identity(w, act, init_std):
+    """Ones on the diagonal (times init_std, default 1): IRNN's recurrent init (Le, Jaitly & Hinton 2015)."""
+    import torch.nn.init as I
+
+    I.eye_(w)
+    w.mul_(_gain(init_std))
+
+
 def _default(w, act, init_std):
     """Leave torch's own nn.Linear initialization in place (kaiming_uniform with a=sqrt(5))."""
 
@@ -82,4 +90,5 @@ INITS: dict[str, Callable] = {
     "orthogonal": _orthogonal,
     "normal": _normal,
     "uniform": _uniform,
+    "identity": _identity,
 }

@@ -14,6 +14,7 @@ import torch
 
 from .activations import Activation
 
+TIME_COLUMNS = ["step", "layer", "t", "delta_norm"]
 LAYER_COLUMNS = [
     "step", "layer", "name", "grad_norm", "grad_max_abs", "delta_norm", "weight_norm", "weight_drift",
     "update_ratio", "act_mean", "act_std", "act_saturated_frac", "act_dead_frac", "act_unresponsive_frac",
@@ -31,6 +32,11 @@ class Recorder:
         self.keep_activations = keep_activations
         self.z: list = []
         self.a: list = []
+        self.h: list = []  # recurrent models: every hidden state h_t, layer by layer
+
+    def record_time(self, layer: int, t: int, h):
+        h.retain_grad()
+        self.h.append(h)
 
     def record(self, layer: int, z, a):
         if z.requires_grad:
@@ -89,6 +95,10 @@ class LayerProbe:
         s["weight_drift"] = torch.stack(torch._foreach_norm(torch._foreach_sub(self.weights, self.w0))) / self.w0_norm
         if self.recorder.a:
             s.update(self._activation_stats(torch.stack(self.recorder.a)))
+        if self.recorder.h:  # gradient through time: ||dL/dh_t|| for every layer and t, one fused norm
+            hs = self.recorder.h
+            norms = torch.stack(torch._foreach_norm([h.grad if h.grad is not None else torch.zeros_like(h) for h in hs]))
+            s["time_delta_norm"] = norms.float().reshape(self.n - 1, -1)
         s["grad_norm_total"] = s["grad_norm"].square().sum().sqrt()
 
     def after_clip(self):
@@ -135,9 +145,21 @@ class LayerProbe:
         host, offset = {}, 0
         for (name, t), part in zip(items.items(), flat_parts):
             n = part.numel()
-            host[name] = flat[offset : offset + n] if t.dim() else flat[offset]
+            value = flat[offset : offset + n] if t.dim() else flat[offset]
+            if t.dim() == 2:  # e.g. time_delta_norm: a list per layer
+                value = [value[i * t.shape[1] : (i + 1) * t.shape[1]] for i in range(t.shape[0])]
+            host[name] = value
             offset += n
         return host
+
+    @staticmethod
+    def time_rows(step: int, host: dict) -> list[dict]:
+        """time.csv rows: ||dL/dh_t|| per stacked layer and time step (recurrent models only)."""
+        return [
+            {"step": step, "layer": layer, "t": t, "delta_norm": v}
+            for layer, per_t in enumerate(host.get("time_delta_norm", []))
+            for t, v in enumerate(per_t)
+        ]
 
     def rows(self, step: int, columns: dict) -> list[dict]:
         """layers.csv rows; a statistic that does not apply to a layer (e.g. activations of the

@@ -7,6 +7,7 @@ plain progress lines instead.
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 from rich.console import Console
@@ -16,7 +17,11 @@ VERDICT_STYLE = {"vanishing": "bold yellow", "exploding": "bold red", "healthy":
 
 
 def make_console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Logs and pipes: rich would wrap at 80 columns; tables read better a little wider.
+        console = Console(stderr=stderr, highlight=False, soft_wrap=False, width=110)
+    return console
 
 
 def fmt(v, digits: int = 3) -> str:
@@ -44,10 +49,11 @@ class RunProgress:
         if self.quiet:
             return
         m = cfg.model
+        recurrent = f" recurrent_init {m.recurrent_init}" if m.kind != "mlp" else ""
         self.console.print(
-            f"[bold]vgrad run[/] {cfg.run_name()}: {m.kind} depth {m.depth} width {m.width} {m.activation} "
-            f"init {m.init} norm {m.norm}{' residual' if m.residual else ''} | task {cfg.task.name} | "
-            f"{cfg.train.optimizer} lr {cfg.train.lr:g} | {cfg.train.steps} steps"
+            f"[bold]vgrad run[/] {cfg.run_name()}: {m.kind} depth {m.depth} width {m.width} {m.activation or ''} "
+            f"init {m.init}{recurrent} norm {m.norm}{' residual' if m.residual else ''}\n"
+            f"  task {cfg.task.name} | {cfg.train.optimizer} lr {cfg.train.lr:g} | {cfg.train.steps} steps"
         )
         if self.console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -62,8 +68,8 @@ class RunProgress:
     def log(self, step, metrics, rows):
         if self.quiet:
             return
-        ratio = rows[0]["grad_norm"] / rows[-1]["grad_norm"] if rows[-1]["grad_norm"] else math.inf
-        info = f"loss {fmt(metrics['loss'])}  grad_norm first/last {fmt(ratio, 2)}"
+        ratio = rows[0]["delta_norm"] / rows[-1]["delta_norm"] if rows[-1]["delta_norm"] else math.inf
+        info = f"loss {fmt(metrics['loss'])}  delta_norm layer 0/output {fmt(ratio, 2)}"
         if self.progress is not None:
             self.progress.update(self.task, completed=step, info=info)
         elif step >= self.next_line_at or step == self.total:
@@ -92,9 +98,49 @@ def layer_table(first_rows: list[dict], last_rows: list[dict], title: str) -> Ta
     return t
 
 
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list, lo: float, hi: float) -> str:
+    """log10 values on a shared scale [lo, hi] as block characters; blanks for non-positive values."""
+    out = []
+    for v in values:
+        if v is None or not v > 0 or not math.isfinite(v):
+            out.append(" ")
+            continue
+        x = (math.log10(v) - lo) / (hi - lo) if hi > lo else 1.0
+        out.append(SPARK[min(len(SPARK) - 1, max(0, round(x * (len(SPARK) - 1))))])
+    return "".join(out)
+
+
+def time_table(profile: dict, first_step, last_step) -> Table:
+    """The gradient-through-time profile: a few t values and a sparkline per logged step."""
+    ts = profile["t"]
+    pick = sorted({ts[round(i * (len(ts) - 1) / 5)] for i in range(6)}) if len(ts) > 6 else ts
+    series = [(first_step, profile["first_step"])]
+    if profile.get("last_step") is not None:
+        series.append((last_step, profile["last_step"]))
+    logs = [math.log10(v) for _, vals in series for v in vals if v and v > 0 and math.isfinite(v)]
+    lo, hi = (min(logs), max(logs)) if logs else (0.0, 0.0)
+    t = Table(title=f"gradient through time, ||dL/dh_t|| of layer {profile['layer']} (t = 0 is the first input)",
+              title_justify="left", show_edge=False, pad_edge=False)
+    t.add_column("step", justify="right")
+    for tt in pick:
+        t.add_column(f"t={tt}", justify="right")
+    t.add_column(f"log10 over t, {lo:.0f} .. {hi:.0f}")
+    for step, vals in series:
+        by_t = dict(zip(ts, vals))
+        every = max(1, math.ceil(len(vals) / 24))  # at most 24 characters
+        t.add_row(str(step), *[fmt(by_t[tt], 2) for tt in pick], sparkline(vals[::every], lo, hi))
+    return t
+
+
 def print_summary(console: Console, run_dir, summary: dict, first_rows, last_rows):
     if first_rows:
         console.print(layer_table(first_rows, last_rows, "per-layer gradient (layer 0 = input side)"))
+    if summary.get("time_profile"):
+        console.print(time_table(summary["time_profile"], summary.get("first_logged_step"),
+                                 summary.get("last_logged_step")))
     v = summary.get("verdict")
     console.print(f"verdict: [{VERDICT_STYLE.get(v, 'bold')}]{v}[/] — {summary.get('verdict_reason')}")
     status = summary.get("status")

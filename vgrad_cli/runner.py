@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .analysis import ratios, verdict
+from .analysis import ratios, sample_profile, time_ratios, verdict
 from .rundir import SCHEMA_VERSION, RunWriter
 
 
@@ -61,6 +61,8 @@ def run_experiment(cfg, out_root: str | Path, on_start=None, on_log=None) -> tup
 
 def summarize(result, wall_time: float) -> dict:
     r = ratios(result.first_rows, result.last_rows)
+    if result.first_time:
+        r.update(time_ratios(result.first_time, result.last_time))
     growth = None
     if result.grad_total_first and result.grad_total_max is not None:
         growth = result.grad_total_max / result.grad_total_first
@@ -84,5 +86,7 @@ def summarize(result, wall_time: float) -> dict:
         "grad_norm_total_growth": growth,
     }
     out.update(r)
+    if result.first_time:
+        out["time_profile"] = sample_profile(result.first_time, result.last_time)
     out["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return out

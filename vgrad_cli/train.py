@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .activations import ACTIVATIONS
 from .errors import UsageError
 from .models import build_model
-from .probes import LAYER_COLUMNS, LayerProbe
+from .probes import LAYER_COLUMNS, TIME_COLUMNS, LayerProbe
 from .rundir import METRIC_COLUMNS, RunWriter
 
 OPTIMIZERS = {
@@ -29,7 +29,12 @@ OPTIMIZERS = {
     "adam": lambda params, t: torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay),
     "rmsprop": lambda params, t: torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay),
 }
-LOSSES = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
+def _cross_entropy(out, y):
+    # sequence tasks with several output steps: (batch, steps, classes) vs (batch, steps)
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+LOSSES = {"cross_entropy": _cross_entropy, "mse": F.mse_loss}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,6 +74,8 @@ class TrainResult:
     stop_signal: str | None = None
     first_rows: list = field(default_factory=list)   # layers.csv rows of the first logged step
     last_rows: list = field(default_factory=list)    # ... and of the last one written
+    first_time: list = field(default_factory=list)   # time.csv rows of the first/last logged step
+    last_time: list = field(default_factory=list)
     last_metrics: dict = field(default_factory=dict)
     last_eval: dict = field(default_factory=dict)
     grad_total_first: float | None = None
@@ -83,10 +90,12 @@ def train(cfg, task, writer: RunWriter, on_log: Callable | None = None) -> Train
     optimizer = OPTIMIZERS[cfg.train.optimizer](model.parameters(), cfg.train)
     loss_fn = LOSSES[task.loss]
     classify = task.loss == "cross_entropy"
-    probe = LayerProbe(model, ACTIVATIONS[cfg.model.activation], cfg.log.activations)
+    # lstm/gru have no activation key: their hidden state lies in (-1, 1) like tanh's output
+    probe = LayerProbe(model, ACTIVATIONS[cfg.model.activation or "tanh"], cfg.log.activations)
     params = list(model.parameters())
     layers_csv = writer.table("layers.csv", LAYER_COLUMNS)
     metrics_csv = writer.table("metrics.csv", METRIC_COLUMNS)
+    time_csv = writer.table("time.csv", TIME_COLUMNS) if cfg.model.kind != "mlp" else None
 
     steps, every, eval_every = cfg.train.steps, cfg.log.every, cfg.log.eval_every
     clip_norm, clip_value = cfg.train.clip_norm, cfg.train.clip_value
@@ -155,11 +164,15 @@ def train(cfg, task, writer: RunWriter, on_log: Callable | None = None) -> Train
                 "eval_loss": host.get("eval_loss"), "eval_accuracy": host.get("eval_accuracy"),
                 "lr": optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 4),
             }
+            time_rows = probe.time_rows(step, host)
             layers_csv.append(rows)
             metrics_csv.append([metrics])
+            if time_csv is not None:
+                time_csv.append(time_rows)
             if not result.first_rows:
                 result.first_rows, result.grad_total_first = rows, metrics["grad_norm_total"]
-            result.last_rows, result.last_metrics = rows, metrics
+                result.first_time = time_rows
+            result.last_rows, result.last_metrics, result.last_time = rows, metrics, time_rows
             result.grad_total_max = max(result.grad_total_max or 0.0, metrics["grad_norm_total"])
             if do_eval:
                 result.last_eval = {"eval_loss": metrics["eval_loss"], "eval_accuracy": metrics["eval_accuracy"]}

@@ -1,4 +1,4 @@
-"""Model registry: model.kind -> builder(model_config, task_data) -> nn.Module.
+"""Model builders: model.kind -> nn.Module (mlp.py: mlp; recurrent.py: rnn, lstm, gru).
 
 Every model exposes `probe_layers()` (the rows of layers.csv, input side first) and a
 `recorder` attribute that the probes set on logged steps only (None otherwise: zero cost).
@@ -21,7 +21,9 @@ def build_model(model_cfg, task, seed: int):
     import torch
 
     from .mlp import MLP
+    from .recurrent import RecurrentNet
 
-    builders = {"mlp": MLP}
     torch.manual_seed(seed)  # the init draws from the global generator: seed it for determinism
-    return builders[model_cfg.kind](model_cfg, task.input_dim, task.output_dim)
+    if model_cfg.kind == "mlp":
+        return MLP(model_cfg, task.input_dim, task.output_dim)
+    return RecurrentNet(model_cfg, task.input_dim, task.output_dim, task.output_steps)

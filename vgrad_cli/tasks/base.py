@@ -45,6 +45,7 @@ class TaskData:
     loss: str               # "cross_entropy" (classification) or "mse" (regression)
     baseline_loss: float    # loss of the best input-blind prediction on the eval set
     chance_accuracy: float | None  # accuracy of always predicting the majority class; None for regression
+    output_steps: int = 1   # sequence tasks: targets on this many final time steps
 
     def to(self, device) -> "TaskData":
         for k in ("x_train", "y_train", "x_eval", "y_eval"):
@@ -64,6 +65,7 @@ def classification(xt, yt, xe, ye, n_classes: int) -> TaskData:
     chance = float(eval_freq[freq.argmax()])
     assert math.isfinite(baseline)
     return TaskData(xt, yt, xe, ye, xt.shape[-1], n_classes, "cross_entropy", baseline, chance)
+
 
 
 def regression(xt, yt, xe, ye) -> TaskData:

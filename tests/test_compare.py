@@ -1,0 +1,236 @@
+"""`vgrad compare`, `show`, `runs`: formats, alignment of runs of different depth, --step, sweeps,
+recurrent through-time profiles, and every bad-input case (exit 2, one line, no traceback)."""
+
+import csv
+import io
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import small
+
+from vgrad_cli.config import validate
+from vgrad_cli.runner import run_experiment
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """Two real runs of different depth (3 and 5 hidden layers), logged at steps 0, 5, ..., 20."""
+    root = tmp_path_factory.mktemp("runs")
+    run_experiment(validate(small(name="shallow-tanh")), root)
+    run_experiment(validate(small(name="deep-sigmoid", model={"depth": 5, "activation": "sigmoid"})), root)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps at 80 columns otherwise: whole names are easier to assert
+
+
+def run_dir(root, prefix):
+    (d,) = [d for d in root.iterdir() if d.name.startswith(prefix)]
+    return d
+
+
+def layers(d, step):
+    with open(d / "layers.csv") as f:
+        return {int(r["layer"]): r for r in csv.DictReader(f) if int(r["step"]) == step}
+
+
+def copy_run(root, prefix, dest):
+    return shutil.copytree(run_dir(root, prefix), dest)
+
+
+def write_time_csv(d, ts=30):
+    """A hand-written through-time profile: decays by e per step back in time, faster later in training."""
+    with open(d / "time.csv", "w") as f:
+        f.write("step,layer,t,delta_norm\n")
+        for step in (0, 5, 10, 15, 20):
+            for t in range(ts):
+                f.write(f"{step},0,{t},{math.exp(-(ts - 1 - t) * (1 + step / 20))}\n")
+
+
+def usage_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in result.output, result.output
+
+
+def test_table_aligns_runs_of_different_depth(cli, root):
+    r = cli("compare", "shallow", "deep", "--runs-dir", root)
+    assert r.exit_code == 0, r.output
+    out = r.output
+    assert "per-layer gradient at the first logged step (0)" in out and "the last logged step (20)" in out
+    assert "A =" in out and "shallow-tanh-" in out and "B =" in out and "deep-sigmoid-" in out
+    # layer 3 is the shallow run's output and the deep run's hidden3; layer 5 exists only in B
+    assert "output / hidden3" in out
+    row5 = [ln for ln in out.splitlines() if ln.strip().startswith("5 ")][0]
+    assert "output" in row5 and row5.count("│") == 7
+    for field in ("status", "verdict", "final loss", "delta_norm 0/out, first", "wall time (s)"):
+        assert field in out
+
+
+def test_json_carries_every_number(cli, root):
+    r = cli("compare", "shallow", "deep", "--runs-dir", root, "--format", "json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    a, b = run_dir(root, "shallow"), run_dir(root, "deep")
+    assert [x["label"] for x in data["runs"]] == ["A", "B"] and data["runs"][1]["name"] == b.name
+    assert [s["which"] for s in data["sections"]] == ["first", "last"]
+    last = data["sections"][1]
+    assert last["steps"] == {"A": 20, "B": 20}
+    assert len(last["layers"]) == 6                              # the deeper run sets the row count
+    assert last["layers"][4]["runs"]["A"] is None                 # A has layers 0..3 only
+    la, lb = layers(a, 20), layers(b, 20)
+    cell = last["layers"][1]["runs"]["B"]
+    assert cell["grad_norm"] == float(lb[1]["grad_norm"]) and cell["delta_norm"] == float(lb[1]["delta_norm"])
+    assert cell["log10_grad_norm_vs_A"] == pytest.approx(
+        math.log10(float(lb[1]["grad_norm"]) / float(la[1]["grad_norm"])))
+    summary = json.loads((b / "summary.json").read_text())
+    info = data["runs"][1]
+    for key in ("verdict", "status", "final_loss", "delta_norm_ratio_first_step", "steps_completed", "wall_time_s"):
+        assert info[key] == summary[key]
+
+
+def test_csv_is_long_format(cli, root):
+    r = cli("compare", "shallow", "deep", "--runs-dir", root, "-f", "csv", "--step", "last")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(rows) == 4 + 6                                     # one per (run, layer), blanks not written
+    assert {row["run"] for row in rows} == {"A", "B"} and {row["step"] for row in rows} == {"20"}
+    assert all(row["log10_grad_norm_vs_ref"] == "" for row in rows if row["run"] == "A")
+    assert float(rows[0]["grad_norm"]) == float(layers(run_dir(root, "shallow"), 20)[0]["grad_norm"])
+
+
+def test_markdown(cli, root):
+    r = cli("compare", "shallow", "deep", "--runs-dir", root, "--format", "markdown", "--step", "first")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert "**per-layer gradient at the first logged step (0); layer 0 = input side**" in lines
+    assert "| layer | name | A grad | A delta | B grad | B delta | B/A log10 grad | B/A log10 delta |" in lines
+    assert "|---:|:---|---:|---:|---:|---:|---:|---:|" in lines
+    assert "| 5 | output |  |  |" in r.stdout                       # blank cells of the shallower run
+    assert any(ln.startswith("| verdict |") for ln in lines)
+
+
+def test_step_number_and_bad_steps(cli, root):
+    r = cli("compare", "shallow", "deep", "--runs-dir", root, "-f", "json", "--step", "10")
+    assert [s["steps"] for s in json.loads(r.stdout)["sections"]] == [{"A": 10, "B": 10}]
+    usage_error(cli("compare", "shallow", "deep", "--runs-dir", root, "--step", "7"),
+                "no logged step 7", "nearest logged: 5, 10")
+    usage_error(cli("compare", "shallow", "deep", "--runs-dir", root, "--step", "middle"), "first, last or a step")
+    usage_error(cli("compare", "shallow", "deep", "--runs-dir", root, "--format", "html"), "table, json, csv")
+    usage_error(cli("compare", "shallow", "--runs-dir", root), "at least two runs")
+
+
+def test_paths_and_sweep_directories(cli, root, tmp_path):
+    a, b = run_dir(root, "shallow"), run_dir(root, "deep")
+    r = cli("compare", a, b, "-f", "json")                       # plain paths, no --runs-dir needed
+    assert [x["name"] for x in json.loads(r.stdout)["runs"]] == [a.name, b.name]
+    sweep = tmp_path / "sweep-depth"
+    sweep.mkdir()
+    shutil.copytree(b, sweep / b.name)
+    shutil.copytree(a, sweep / a.name)
+    (sweep / "sweep.csv").write_text(f"run_dir,depth\n{sweep / b.name},5\n{sweep / a.name},3\n")
+    r = cli("compare", sweep, "-f", "json", "--step", "last")  # a sweep expands to its runs, in sweep.csv order
+    assert r.exit_code == 0, r.output
+    assert [x["name"] for x in json.loads(r.stdout)["runs"]] == [b.name, a.name]
+    r = cli("compare", "sweep", "--runs-dir", tmp_path, "-f", "json")  # a prefix can name a sweep, too
+    assert len(json.loads(r.stdout)["runs"]) == 2
+    usage_error(cli("show", sweep), "is a sweep of 2 runs")
+
+
+def test_missing_ambiguous_and_not_a_run(cli, root, tmp_path):
+    usage_error(cli("compare", "nope", "deep", "--runs-dir", root), "no run 'nope'", "vgrad runs")
+    copy_run(root, "deep", tmp_path / "deep-sigmoid-20990101-000000-beef")
+    copy_run(root, "deep", tmp_path / "deep-relu-20990101-000000-cafe")
+    usage_error(cli("compare", "deep", "deep-relu", "--runs-dir", tmp_path),
+                "'deep' is ambiguous", "deep-sigmoid-20990101-000000-beef", "deep-relu-20990101-000000-cafe")
+    (tmp_path / "empty").mkdir()
+    usage_error(cli("compare", tmp_path / "empty", "deep-relu", "--runs-dir", tmp_path), "is not a vgrad run")
+    usage_error(cli("show", tmp_path), "is not a vgrad run", "it holds 2 runs")
+    usage_error(cli("show", "x", "--runs-dir", tmp_path / "nowhere"), "no runs directory")
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda d: (d / "layers.csv").write_text("step,layer,grad_norm\n0,0,1.0\n"), "no column delta_norm"),
+    (lambda d: (d / "layers.csv").write_text((d / "layers.csv").read_text() + "20,x,y,z\n"), "line 22"),
+    (lambda d: (d / "metrics.csv").unlink(), "has no metrics.csv"),
+    (lambda d: (d / "summary.json").write_text("{not json"), "summary.json' is corrupt"),
+    (lambda d: (d / "config.yaml").write_text("model: [unclosed"), "config.yaml' is corrupt"),
+])
+def test_missing_or_corrupt_tables(cli, root, tmp_path, damage, needle):
+    d = copy_run(root, "shallow", tmp_path / "broken-20990101-000000-0000")
+    damage(d)
+    usage_error(cli("compare", d, run_dir(root, "deep")), needle)
+    usage_error(cli("show", d), needle)
+
+
+def test_incomplete_run_shows_what_exists(cli, root, tmp_path):
+    d = copy_run(root, "shallow", tmp_path / "killed-20990101-000000-0000")
+    summary = json.loads((d / "summary.json").read_text())
+    for key in list(summary):  # what a run killed at step 10 leaves: the start-of-run summary only
+        if key.startswith(("final_", "verdict", "grad_norm_", "delta_norm_", "wall", "steps_completed")):
+            del summary[key]
+    summary["status"] = "running"
+    (d / "summary.json").write_text(json.dumps(summary))
+    kept = [ln for ln in (d / "layers.csv").read_text().splitlines() if ln.split(",")[0] in ("step", "0", "5", "10")]
+    (d / "layers.csv").write_text("\n".join(kept) + "\n15,0,hid")  # a torn last line
+    r = cli("compare", d, run_dir(root, "deep"), "--step", "last")
+    assert r.exit_code == 0, r.output
+    assert "incomplete run: it is still running, or was killed; showing what it logged (steps 0–10 of 20)" in r.output
+    assert "the last line of layers.csv is incomplete" in r.output
+    assert "the last logged step (A: 10, B: 20)" in r.output
+    r = cli("show", d)
+    assert r.exit_code == 0, r.output
+    assert "provisional: the run is running" in r.output and "incomplete run" in r.output
+
+
+def test_recurrent_runs_add_the_through_time_profile(cli, root, tmp_path):
+    d = copy_run(root, "shallow", tmp_path / "rnn-20990101-000000-0000")
+    write_time_csv(d)
+    r = cli("compare", d, run_dir(root, "deep"), "-f", "json", "--step", "last")
+    data = json.loads(r.stdout)
+    profile = data["sections"][0]["time"]
+    assert list(profile) == ["A"] and len(profile["A"]) == 30
+    assert profile["A"][-1]["delta_norm"] == pytest.approx(1.0)
+    assert data["runs"][0]["time_ratio_last_step"] == pytest.approx(math.exp(-29 * 2))
+    r = cli("compare", d, run_dir(root, "deep"))
+    assert "gradient through time" in r.output and "every 2th t of 30" in r.output
+    r = cli("compare", d, run_dir(root, "deep"), "-f", "csv")
+    assert sum(1 for row in csv.DictReader(io.StringIO(r.stdout)) if row["kind"] == "time") == 60
+    r = cli("show", d)
+    assert r.exit_code == 0 and "gradient through time" in r.output and "step 20" in r.output
+
+
+def test_show_and_runs(cli, root):
+    r = cli("show", "deep", "--runs-dir", root)
+    assert r.exit_code == 0, r.output
+    assert "per-layer gradient (layer 0 = input side)" in r.output and "verdict:" in r.output
+    assert "mlp depth 5 width 16 sigmoid" in r.output
+    for cmd in ("runs", "ls"):
+        r = cli(cmd, "--runs-dir", root)
+        assert r.exit_code == 0, r.output
+        assert "shallow-tanh-" in r.output and "deep-sigmoid-" in r.output and "completed" in r.output
+    usage_error(cli("runs", "--runs-dir", root / "nowhere"), "does not exist")
+
+
+def test_no_torch_and_fast(root):
+    """compare, show and runs read CSV and JSON only: torch must never be imported."""
+    code = (
+        "import sys, time\n"
+        "from vgrad_cli.cli import app\n"
+        "t = time.perf_counter()\n"
+        f"for args in (['compare', 'shallow', 'deep', '--runs-dir', {str(root)!r}], ['show', 'deep', '--runs-dir', "
+        f"{str(root)!r}], ['runs', '--runs-dir', {str(root)!r}]):\n"
+        "    app(args, standalone_mode=False)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('elapsed', time.perf_counter() - t, file=sys.stderr)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "per-layer gradient" in p.stdout

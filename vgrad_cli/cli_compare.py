@@ -1,0 +1,166 @@
+"""`vgrad compare`, `vgrad show`, `vgrad runs` (alias `ls`): reading runs that already exist.
+
+None of these imports torch: they read the run directory's CSV and JSON files only, so they answer
+in a fraction of a second. matplotlib is imported only when `compare --plot` asks for a figure.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .cli import app, usage_errors
+
+RUNS_DIR_HELP = "where run names are looked up (a RUN may also be a path)"
+
+
+def _load(args: list[str], runs_dir: Path) -> list:
+    from .runstore import load_run, resolve
+
+    paths = [p for a in args for p in resolve(a, runs_dir)]
+    return [load_run(p) for p in paths]
+
+
+def _notes(console, runs) -> None:
+    for r in runs:
+        for n in r.notes:
+            console.print(f"[yellow]note:[/] {r.name}: {n}", soft_wrap=True, markup=True)
+
+
+@app.command()
+@usage_errors
+def compare(
+    runs: List[str] = typer.Argument(..., help="run directories, unique prefixes of run names, or sweep directories"),
+    step: Optional[str] = typer.Option(None, "--step", help="first, last or a logged step number [default: first and last]"),
+    format_: str = typer.Option("table", "--format", "-f", help="table, json, csv or markdown"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="also write a side-by-side figure (.png, .svg or .pdf)"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help=RUNS_DIR_HELP),
+):
+    """Put runs side by side: per-layer grad_norm and delta_norm, log10 ratios to the first run, and
+    each run's verdict, loss and ratios."""
+    from .compare import FORMATS, build, parse_step, render_csv, render_json, render_markdown, render_table
+    from .errors import UsageError
+    from .render import make_console
+
+    if format_ not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{format_}'")
+    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise UsageError(f"--plot needs a file name ending in .png, .svg or .pdf, not '{plot}'")
+    which = parse_step(step)
+    loaded = _load(runs, runs_dir)
+    if len(loaded) < 2:
+        raise UsageError(f"compare needs at least two runs, got {len(loaded)} ('vgrad show RUN' shows one)")
+    data = build(loaded, which)
+    err = make_console(stderr=True)
+    if format_ == "table":
+        console = make_console()
+        _notes(console, loaded)
+        render_table(data, console)
+    else:
+        _notes(err, loaded)  # stdout stays machine-readable
+        text = {"json": render_json, "csv": render_csv, "markdown": render_markdown}[format_](data)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if plot is not None:
+        from .plots import compare_plot
+
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        compare_plot(loaded, plot)
+        err.print(f"plot: {plot}", soft_wrap=True)
+
+
+@app.command()
+@usage_errors
+def show(
+    run: str = typer.Argument(..., help="a run directory or a unique prefix of a run's name"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help=RUNS_DIR_HELP),
+):
+    """Print an existing run's end-of-run summary (per-layer table and verdict) without training."""
+    from .errors import UsageError
+    from .render import make_console, print_summary
+    from .runstore import load_run, resolve
+
+    paths = resolve(run, runs_dir)
+    if len(paths) > 1:
+        raise UsageError(f"'{run}' is a sweep of {len(paths)} runs: show one of them, or `vgrad compare {run}`")
+    r = load_run(paths[0])
+    console = make_console()
+    task = (r.config.get("task") or {}).get("name", "?")
+    console.print(f"[bold]{r.name}[/]: {r.model_text()} | task {task} | {r.date_text()}", soft_wrap=True)
+    _notes(console, [r])
+    s = r.stats()
+    if r.incomplete or s.get("verdict") is None:
+        s.update(_provisional_verdict(r, s))
+    steps = r.steps
+    first, last = (r.layer_rows(steps[0]), r.layer_rows(steps[-1])) if steps else ([], [])
+    print_summary(console, r.path, s, first, last)
+    if r.time and steps:  # the through-time profile, as compare shows it
+        from .compare import build, print_blocks, time_block
+
+        print_blocks([time_block(build([r], ["first", "last"]))], console)
+    plots = sorted((r.path / "plots").glob("*.png"))
+    if plots:
+        console.print(f"plots: {r.path / 'plots'} ({', '.join(p.name for p in plots)})", soft_wrap=True)
+
+
+def _provisional_verdict(r, s: dict) -> dict:
+    """The verdict rule applied to what an unfinished run logged, marked as such."""
+    from .analysis import verdict
+
+    ratio = {k: s.get(k) for k in ("grad_norm_ratio_first_step", "grad_norm_ratio_last_step",
+                                   "delta_norm_ratio_first_step", "delta_norm_ratio_last_step")}
+    totals = [m.get("grad_norm_total") for m in r.metrics if isinstance(m.get("grad_norm_total"), (int, float))]
+    growth = max(totals) / totals[0] if totals and totals[0] else None
+    v, reason = verdict(r.status, ratio, s.get("diverged_step"), growth)
+    return {"verdict": v, "verdict_reason": f"{reason} (provisional: the run is {r.status})"}
+
+
+@app.command("runs")
+@usage_errors
+def runs_(
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="folder that holds the runs [default: runs]"),
+):
+    """List the runs under runs/ (and inside sweeps there): name, date, model, status, verdict."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .errors import UsageError
+    from .render import VERDICT_STYLE, fmt, make_console
+    from .runstore import find_runs, load_run
+
+    folder = runs_dir or Path("runs")
+    if runs_dir is not None and not runs_dir.is_dir():
+        raise UsageError(f"runs directory '{runs_dir}' does not exist")
+    console = make_console()
+    paths = find_runs(folder)
+    if not paths:
+        console.print(f"no runs under '{folder}' yet: `vgrad run configs/01_deep_sigmoid.yaml` makes one", soft_wrap=True)
+        return
+    rows = []
+    for p in paths:
+        try:
+            r = load_run(p)
+        except UsageError as e:  # one damaged run must not hide the others
+            rows.append(("", str(p.relative_to(folder)), str(e), "damaged", "", "", ""))
+            continue
+        s = r.stats()
+        task = (r.config.get("task") or {}).get("name")
+        rows.append((r.date_text(), str(p.relative_to(folder)), r.model_text() + (f" | {task}" if task else ""), r.status, s.get("verdict") or "", f"{s.get('steps_completed', '')}/{s.get('steps_planned', '')}",
+                     fmt(s.get("final_loss"))))
+    rows.sort(key=lambda row: (row[0], row[1]))
+    t = Table(title=f"runs under {escape(str(folder))}", title_justify="left", show_edge=False, pad_edge=False)
+    # The name is what users copy into compare/show: one line, with the model under it, dimmed.
+    name_width = min(max(len(row[1]) for row in rows), max(20, console.width - 58))  # 58: the other columns
+    for h in ("date", "run (model | task)", "status", "verdict", "steps", "loss"):
+        t.add_column(h, justify="right" if h in ("steps", "loss") else "left", overflow="fold",
+                     min_width=name_width if h.startswith("run") else None, max_width=10 if h == "date" else None)
+    for date, name, model, status, verdict, steps, loss in rows:
+        style = VERDICT_STYLE.get(verdict, "")
+        t.add_row(escape(date), f"{escape(name)}\n[dim]{escape(model)}[/]", escape(status),
+                  f"[{style}]{escape(verdict)}[/]" if style else escape(verdict), steps, loss)
+    console.print(t)
+
+
+app.command("ls", help="Same as `vgrad runs`.")(runs_)

@@ -1,0 +1,286 @@
+"""`vgrad compare`: runs side by side, layer by layer.
+
+One data structure (`build`) holds every number; the four formats only render it, so the json
+output always carries every number the table shows. Runs are labelled A, B, C... in argument
+order; A is the reference that the log10 ratios compare against. Layers align by index from the
+input side (layer 0), so a shallower run simply has blank cells at the top.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+
+from .errors import UsageError
+from .runstore import Run
+
+FORMATS = ("table", "json", "csv", "markdown")
+MAX_TIME_ROWS = 16  # the through-time profile is subsampled for reading; json/csv carry every t
+
+
+def label(i: int) -> str:
+    return chr(ord("A") + i) if i < 26 else f"R{i + 1}"
+
+
+def parse_step(text: str | None) -> list:
+    if text is None:
+        return ["first", "last"]
+    if text in ("first", "last"):
+        return [text]
+    try:
+        n = int(text)
+    except ValueError:
+        raise UsageError(f"--step must be first, last or a step number, not '{text}'") from None
+    if n < 0:
+        raise UsageError(f"--step must be >= 0, not {n}")
+    return [n]
+
+
+def log10_ratio(a, b) -> float | None:
+    """log10(a / b), or None when either is missing, non-positive or not finite."""
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (a, b)):
+        return None
+    return math.log10(a / b)
+
+
+RUN_FIELDS = [  # (key in the run's stats, label in the table)
+    ("model", "model"), ("task", "task"), ("status", "status"), ("verdict", "verdict"),
+    ("verdict_reason", "verdict reason"), ("final_loss", "final loss"), ("baseline_loss", "baseline loss"),
+    ("final_accuracy", "final accuracy"), ("final_eval_loss", "final eval loss"),
+    ("final_eval_accuracy", "final eval accuracy"), ("chance_accuracy", "chance accuracy"),
+    ("grad_norm_ratio_first_step", "grad_norm 0/out, first"),
+    ("grad_norm_ratio_last_step", "grad_norm 0/out, last"),
+    ("delta_norm_ratio_first_step", "delta_norm 0/out, first"),
+    ("delta_norm_ratio_last_step", "delta_norm 0/out, last"),
+    ("time_ratio_first_step", "through time 0/T, first"),
+    ("time_ratio_last_step", "through time 0/T, last"),
+    ("steps_completed", "steps completed"), ("steps_planned", "steps planned"),
+    ("first_logged_step", "first logged step"), ("last_logged_step", "last logged step"),
+    ("wall_time_s", "wall time (s)"), ("notes", "notes"),
+]
+
+
+def run_info(run: Run, lab: str) -> dict:
+    s = run.stats()
+    info = {"label": lab, "name": run.name, "dir": str(run.path), "model": run.model_text(),
+            "task": (run.config.get("task") or {}).get("name"), "notes": "; ".join(run.notes) or None}
+    for key, _ in RUN_FIELDS:
+        info.setdefault(key, s.get(key))
+    return info
+
+
+def build(runs: list[Run], which_steps: list) -> dict:
+    labels = [label(i) for i in range(len(runs))]
+    ref = labels[0]
+    out = {"reference": ref, "runs": [run_info(r, lab) for r, lab in zip(runs, labels)], "sections": []}
+    for which in which_steps:
+        steps = {lab: r.pick_step(which) for r, lab in zip(runs, labels)}
+        by_layer = {lab: {row["layer"]: row for row in r.layer_rows(steps[lab])} for r, lab in zip(runs, labels)}
+        n_layers = max((max(rows, default=-1) for rows in by_layer.values()), default=-1) + 1
+        layers = []
+        for i in range(n_layers):
+            cells = {}
+            for lab in labels:
+                row = by_layer[lab].get(i)
+                if row is None:
+                    cells[lab] = None  # this run is shallower: a blank cell, not a zero
+                    continue
+                cell = {"name": row.get("name"), "grad_norm": row.get("grad_norm"), "delta_norm": row.get("delta_norm")}
+                if lab != ref and by_layer[ref].get(i) is not None:
+                    for col in ("grad_norm", "delta_norm"):
+                        cell[f"log10_{col}_vs_{ref}"] = log10_ratio(row.get(col), by_layer[ref][i].get(col))
+                cells[lab] = cell
+            layers.append({"layer": i, "runs": cells})
+        time = None
+        if any(r.time for r in runs):
+            time = {lab: r.time_rows(steps[lab]) for r, lab in zip(runs, labels) if r.time}
+            time = {lab: [{"layer": t["layer"], "t": t["t"], "delta_norm": t.get("delta_norm")} for t in rows]
+                    for lab, rows in time.items()}
+        out["sections"].append({"which": which, "steps": steps, "layers": layers, "time": time})
+    return out
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+@dataclass
+class Block:
+    """A titled grid of strings: rendered as a rich table or a markdown table."""
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    left: tuple = ()  # indices of text columns (left-aligned); the rest are numbers
+    caption: str = ""
+
+
+def _fmt(v) -> str:
+    from .render import fmt
+
+    return fmt(v)
+
+
+def _step_title(which, steps: dict) -> str:
+    if isinstance(which, int):
+        return f"step {which}"
+    distinct = set(steps.values())
+    where = str(distinct.pop()) if len(distinct) == 1 else ", ".join(f"{k}: {v}" for k, v in steps.items())
+    return f"the {which} logged step ({where})"
+
+
+def blocks(data: dict) -> list[Block]:
+    labels = [r["label"] for r in data["runs"]]
+    ref = data["reference"]
+    others = labels[1:]
+    out = []
+    for sec in data["sections"]:
+        # Short two-line headers keep two runs inside 80 columns; the caption spells them out.
+        headers = ["layer", "name"]
+        for lab in labels:
+            headers += [f"{lab}\ngrad", f"{lab}\ndelta"]
+        for lab in others:
+            headers += [f"{lab}/{ref}\nlog10\ngrad", f"{lab}/{ref}\nlog10\ndelta"]
+        rows = []
+        for entry in sec["layers"]:
+            cells = entry["runs"]
+            names = list(dict.fromkeys(c["name"] for c in cells.values() if c and c.get("name")))
+            row = [str(entry["layer"]), " / ".join(names)]
+            for lab in labels:
+                c = cells[lab] or {}
+                row += [_fmt(c.get("grad_norm")), _fmt(c.get("delta_norm"))]
+            for lab in others:
+                c = cells[lab] or {}
+                row += [_ratio(c.get(f"log10_grad_norm_vs_{ref}")), _ratio(c.get(f"log10_delta_norm_vs_{ref}"))]
+            rows.append(row)
+        title = f"per-layer gradient at {_step_title(sec['which'], sec['steps'])}; layer 0 = input side"
+        caption = "grad = grad_norm ||dL/dW||, delta = delta_norm ||dL/dz|| (blank: the run has no such layer)"
+        if others:
+            caption += f"; {others[0]}/{ref} log10 = log10 of {others[0]}'s value over {ref}'s (+2: 100x larger)"
+        caption += "; " + ", ".join(f"{r['label']} = {r['name']}" for r in data["runs"])
+        out.append(Block(title, headers, rows, left=(1,), caption=caption))
+    tb = time_block(data)
+    if tb is not None:
+        out.append(tb)
+    run_headers = [""] + [f"{r['label']}" for r in data["runs"]]
+    run_rows = [["run"] + [r["name"] for r in data["runs"]]]
+    for key, text in RUN_FIELDS:
+        values = [r.get(key) for r in data["runs"]]
+        if all(v is None for v in values):
+            continue  # e.g. no through-time rows for MLP runs, no accuracy for regression
+        run_rows.append([text] + [_fmt(v) for v in values])
+    out.append(Block("runs", run_headers, run_rows, left=tuple(range(len(run_headers)))))
+    return out
+
+
+def _ratio(v) -> str:
+    return "" if v is None else f"{v:+.2f}"
+
+
+def time_block(data: dict) -> Block | None:
+    """One table for the through-time profiles: a row per t, a column per (run, step, layer)."""
+    secs = [sec for sec in data["sections"] if sec["time"]]
+    if not secs:
+        return None
+    single = len(data["runs"]) == 1
+    cols, values, ts = [], {}, set()
+    for sec in secs:
+        for lab, rows in sec["time"].items():
+            layers = list(dict.fromkeys(r["layer"] for r in rows))
+            for layer in layers:
+                head = ("" if single else f"{lab}\n") + f"step {sec['steps'][lab]}" + (f"\nlayer {layer}" if len(layers) > 1 else "")
+                if head in [c[0] for c in cols]:
+                    continue  # --step first and last can be the same step
+                cols.append((head, sec["which"], lab, layer))
+            for r in rows:
+                values[(sec["which"], lab, r["layer"], r["t"])] = r["delta_norm"]
+                ts.add(r["t"])
+    ts = sorted(ts)
+    shown = ts
+    if len(ts) > MAX_TIME_ROWS:  # evenly spaced, keeping both ends: the ratio lives there
+        k = math.ceil((len(ts) - 1) / (MAX_TIME_ROWS - 1))
+        shown = ts[::k] + ([ts[-1]] if (len(ts) - 1) % k else [])
+    rows = [[str(t)] + [_fmt(values.get((which, lab, layer, t))) for _, which, lab, layer in cols] for t in shown]
+    caption = "delta_norm at time step t (t = 0: the first input); vanishing through time = small values at small t"
+    if shown is not ts:
+        caption += f"; every {shown[1] - shown[0]}th t of {len(ts)} shown (--format json or csv: all)"
+    return Block("gradient through time", ["t"] + [c[0] for c in cols], rows, caption=caption)
+
+
+def print_blocks(blocks_: list[Block], console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    for b in blocks_:
+        t = Table(title=escape(b.title), title_justify="left", show_edge=False, pad_edge=False, min_width=len(b.title))
+        for i, h in enumerate(b.headers):  # fold, never an ellipsis: a cut number is a wrong number
+            t.add_column(escape(h), justify="left" if i in b.left else "right", overflow="fold")
+        for row in b.rows:
+            t.add_row(*map(escape, row))
+        console.print(t)
+        if b.caption:  # below the table at the console's width: a table caption wraps to the table's
+            console.print(escape(b.caption), style="dim")
+        console.print()
+
+
+def render_table(data: dict, console) -> None:
+    print_blocks(blocks(data), console)
+
+
+def render_markdown(data: dict) -> str:
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    parts = []
+    for b in blocks(data):
+        parts.append(f"**{cell(b.title)}**\n")
+        parts.append("| " + " | ".join(cell(h) for h in b.headers) + " |")
+        parts.append("|" + "|".join(":---" if i in b.left else "---:" for i in range(len(b.headers))) + "|")
+        parts += ["| " + " | ".join(cell(c) for c in row) + " |" for row in b.rows]
+        parts += [f"\n_{cell(b.caption)}_" if b.caption else "", ""]
+    return "\n".join(parts)
+
+
+def _json_safe(v):
+    """Strict JSON: NaN and infinities become the strings "nan", "inf", "-inf"."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def render_json(data: dict) -> str:
+    return json.dumps(_json_safe(data), indent=2, allow_nan=False)
+
+
+CSV_COLUMNS = ["kind", "which", "step", "run", "run_name", "layer", "name", "t", "grad_norm", "delta_norm",
+               "log10_grad_norm_vs_ref", "log10_delta_norm_vs_ref"]
+
+
+def render_csv(data: dict) -> str:
+    """Long format, one row per (step choice, run, layer) and per through-time point (kind "time");
+    the per-run summary lives in the json format."""
+    names = {r["label"]: r["name"] for r in data["runs"]}
+    ref = data["reference"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for sec in data["sections"]:
+        for entry in sec["layers"]:
+            for lab, c in entry["runs"].items():
+                if c is None:
+                    continue
+                w.writerow({"kind": "layer", "which": sec["which"], "step": sec["steps"][lab], "run": lab,
+                            "run_name": names[lab], "layer": entry["layer"], "name": c.get("name"),
+                            "grad_norm": c.get("grad_norm"), "delta_norm": c.get("delta_norm"),
+                            "log10_grad_norm_vs_ref": c.get(f"log10_grad_norm_vs_{ref}"),
+                            "log10_delta_norm_vs_ref": c.get(f"log10_delta_norm_vs_{ref}")})
+        for lab, rows in (sec["time"] or {}).items():
+            for r in rows:
+                w.writerow({"kind": "time", "which": sec["which"], "step": sec["steps"][lab], "run": lab,
+                            "run_name": names[lab], "layer": r["layer"], "t": r["t"], "delta_norm": r["delta_norm"]})
+    return buf.getvalue()

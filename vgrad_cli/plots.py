@@ -1,0 +1,311 @@
+"""PNG figures for a run directory (`plots/`) and for `vgrad compare --plot`.
+
+matplotlib is imported inside the functions, with the non-interactive Agg backend, so importing
+this module costs nothing and plotting works without a display. Every figure has a fixed size
+(no tight bounding box), so a figure's pixel size is FIGSIZE x DPI whatever it shows.
+Gradients span many decades, so their axes are logarithmic; zero, negative, NaN and infinite
+values cannot sit on a log axis and are masked (a gap in the line), never a crash.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+DPI = 100
+FIGSIZE = {  # inches; at DPI 100 -> pixels
+    "gradient_flow": (12, 4.8),
+    "grad_heatmap": (10, 5.5),
+    "loss": (12, 4.5),
+    "activations": (12, 4.5),
+    "gradient_through_time": (10, 5),
+    "compare": (16, 6),
+}
+MAX_LINES = 6  # logged steps drawn in one panel: first, last and evenly spaced ones between
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def _pos(values) -> list:
+    """For a log axis: positive finite numbers stay, anything else becomes NaN (a gap)."""
+    return [v if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else math.nan for v in values]
+
+
+def _finite(values) -> list:
+    return [v if isinstance(v, (int, float)) and math.isfinite(v) else math.nan for v in values]
+
+
+def _has(values) -> bool:
+    return any(not math.isnan(v) for v in values)
+
+
+def _pick(steps: list[int], n: int = MAX_LINES) -> list[int]:
+    if len(steps) <= n:
+        return steps
+    idx = sorted({round(i * (len(steps) - 1) / (n - 1)) for i in range(n)})
+    return [steps[i] for i in idx]
+
+
+def _empty(ax, text: str):
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def _title(what: str, run) -> str:
+    """Two lines: what the figure shows and which run; then the run's model, status and verdict."""
+    verdict = run.summary.get("verdict") or "no verdict yet"
+    return f"{what}: {run.name}\n{run.model_text()} | {run.status}, verdict {verdict}"
+
+
+def _layer_axis(ax):
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _layer_lines(ax, run, column: str, steps: list[int], cmap):
+    """One line per step: this column against layer index, log y. Returns whether anything was drawn."""
+    drawn = False
+    for i, step in enumerate(steps):
+        rows = run.layer_rows(step)
+        y = _pos(r.get(column) for r in rows)
+        if _has(y):
+            color = cmap(i / max(1, len(steps) - 1))
+            ax.plot([r["layer"] for r in rows], y, marker="o", ms=3, lw=1.5, color=color, label=f"step {step}")
+            drawn = True
+    if drawn:
+        ax.set_yscale("log")
+    return drawn
+
+
+def _step_legend(fig, axes):
+    """One legend for the whole figure, outside the axes, so that it never hides a line."""
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="outside right upper", fontsize=8, title="logged step")
+            return
+
+
+def gradient_flow(run, path: Path) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=FIGSIZE["gradient_flow"], layout="constrained")
+    steps = _pick(run.steps)
+    cmap = plt.get_cmap("viridis")
+    for ax, col, what in ((axes[0], "grad_norm", "parameter gradient ||dL/dW||"),
+                          (axes[1], "delta_norm", "back-propagated error ||dL/dz||")):
+        if not _layer_lines(ax, run, col, steps, cmap):
+            _empty(ax, f"no positive finite {col} values")
+        ax.set_title(f"{col}: {what}")
+        ax.set_xlabel("layer (0 = input side)")
+        ax.set_ylabel(f"{col} (log scale)")
+        _layer_axis(ax)
+    _step_legend(fig, axes)
+    fig.suptitle(_title("gradient flow", run))
+    return _save(fig, path)
+
+
+def grad_heatmap(run, path: Path) -> Path:
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=FIGSIZE["grad_heatmap"], layout="constrained")
+    steps = run.steps
+    n_layers = max((r["layer"] for r in run.layers), default=-1) + 1
+    grid = np.full((max(n_layers, 1), max(len(steps), 1)), np.nan)
+    col_of = {s: j for j, s in enumerate(steps)}
+    for r in run.layers:
+        v = _pos([r.get("grad_norm")])[0]
+        grid[r["layer"], col_of[r["step"]]] = math.log10(v) if not math.isnan(v) else np.nan
+    if np.isfinite(grid).any():
+        # masked cells (zero, NaN, inf) in grey, not in a colour that means a value
+        cmap = plt.get_cmap("magma").with_extremes(bad="0.8")
+        extent = (-0.5, len(steps) - 0.5, -0.5, n_layers - 0.5)
+        im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap,
+                       interpolation="nearest", extent=extent)
+        fig.colorbar(im, ax=ax, label="log10 grad_norm")
+        ticks = list(range(0, len(steps), math.ceil(len(steps) / 10)))  # about 10 labels, evenly spaced
+        ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
+    else:
+        _empty(ax, "no positive finite grad_norm values")
+    ax.set_xlabel("training step (logged steps)")
+    ax.set_ylabel("layer (0 = input side)")
+    ax.grid(False)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(_title("log10 grad_norm per layer and logged step", run))
+    return _save(fig, path)
+
+
+def _decades(values) -> bool:
+    v = [x for x in _pos(values) if not math.isnan(x)]
+    return bool(v) and max(v) / min(v) > 100
+
+
+def loss_curves(run, path: Path) -> Path:
+    plt = _plt()
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=FIGSIZE["loss"], layout="constrained")
+    _draw_loss(ax_l, run, None)
+    m = run.metrics
+    acc = _finite(r.get("accuracy") for r in m)
+    ev = [r for r in m if isinstance(r.get("eval_accuracy"), (int, float))]
+    if _has(acc) or ev:
+        ax_a.plot([r["step"] for r in m], acc, lw=1.2, label="train (batch)")
+        if ev:
+            ax_a.plot([r["step"] for r in ev], _finite(r["eval_accuracy"] for r in ev), "o-", ms=4, label="eval")
+        chance = run.summary.get("chance_accuracy")
+        if isinstance(chance, (int, float)):
+            ax_a.axhline(chance, color="0.5", ls="--", lw=1, label=f"chance {chance:.3g}")
+        ax_a.set_ylim(-0.02, 1.02)
+        ax_a.legend(fontsize=8)
+    else:
+        _empty(ax_a, "no accuracy: this task is a regression")
+    ax_a.set_title("accuracy")
+    ax_a.set_xlabel("training step")
+    ax_a.set_ylabel("accuracy")
+    fig.suptitle(_title("loss and accuracy", run))
+    return _save(fig, path)
+
+
+def _draw_loss(ax, run, label: str | None, color=None):
+    """Train loss (line) and eval loss (markers); log y when the loss spans more than two decades."""
+    m = run.metrics
+    loss = _finite(r.get("loss") for r in m)
+    ev = [r for r in m if isinstance(r.get("eval_loss"), (int, float))]
+    if not _has(loss) and not ev:
+        _empty(ax, "no finite loss values")
+    else:
+        prefix = f"{label} " if label else ""
+        ax.plot([r["step"] for r in m], loss, lw=1.2, color=color, label=f"{prefix}train (batch)")
+        if ev:
+            ax.plot([r["step"] for r in ev], _finite(r["eval_loss"] for r in ev), "o:", ms=4, color=color,
+                    label=f"{prefix}eval")
+        base = run.summary.get("baseline_loss")
+        if label is None and isinstance(base, (int, float)) and math.isfinite(base):
+            ax.axhline(base, color="0.5", ls="--", lw=1, label=f"baseline {base:.3g}")
+        if _decades(loss + [r["eval_loss"] for r in ev]):
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    ax.set_title("loss")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+
+
+def activations(run, path: Path) -> Path | None:
+    """Saturated and dead fractions per layer; None (no file) when activations were not logged."""
+    cols = ("act_saturated_frac", "act_dead_frac")
+    if not any(isinstance(r.get(c), (int, float)) for r in run.layers for c in cols):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=FIGSIZE["activations"], layout="constrained")
+    steps = _pick(run.steps, 4)
+    cmap = plt.get_cmap("viridis")
+    for ax, col, what in ((axes[0], cols[0], "saturated units (activation in its flat region)"),
+                          (axes[1], cols[1], "dead units (output 0 for every input)")):
+        for i, step in enumerate(steps):
+            rows = [r for r in run.layer_rows(step) if isinstance(r.get(col), (int, float))]
+            ax.plot([r["layer"] for r in rows], _finite(r[col] for r in rows), marker="o", ms=3,
+                    color=cmap(i / max(1, len(steps) - 1)), label=f"step {step}")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(what)
+        ax.set_xlabel("hidden layer (0 = input side)")
+        ax.set_ylabel(f"{col} (fraction of units)")
+        _layer_axis(ax)
+    _step_legend(fig, axes)
+    fig.suptitle(_title("activations", run))
+    return _save(fig, path)
+
+
+def gradient_through_time(run, path: Path) -> Path | None:
+    """t vs delta_norm on a log axis, one line per a few logged steps, one panel per layer."""
+    if not run.time:
+        return None
+    plt = _plt()
+    layers = sorted({r["layer"] for r in run.time})[:4]
+    fig, axes = plt.subplots(1, len(layers), figsize=FIGSIZE["gradient_through_time"], layout="constrained",
+                             squeeze=False)
+    steps = _pick(sorted({r["step"] for r in run.time}))
+    cmap = plt.get_cmap("viridis")
+    for ax, layer in zip(axes[0], layers):
+        drawn = False
+        for i, step in enumerate(steps):
+            rows = [r for r in run.time_rows(step) if r["layer"] == layer]
+            y = _pos(r.get("delta_norm") for r in rows)
+            if _has(y):
+                ax.plot([r["t"] for r in rows], y, lw=1.5, color=cmap(i / max(1, len(steps) - 1)), label=f"step {step}")
+                drawn = True
+        if drawn:
+            ax.set_yscale("log")
+        else:
+            _empty(ax, "no positive finite delta_norm values")
+        ax.set_title(f"layer {layer}" if len(layers) > 1 else "gradient through time")
+        ax.set_xlabel("time step t (0 = first input)")
+        ax.set_ylabel("delta_norm at t (log scale)")
+    _step_legend(fig, axes[0])
+    fig.suptitle(_title("gradient through time", run))
+    return _save(fig, path)
+
+
+def write_run_plots(run_dir) -> list[Path]:
+    """Write plots/*.png for one run directory; returns the files written."""
+    from .runstore import load_run
+
+    run = load_run(Path(run_dir))
+    out = Path(run_dir) / "plots"
+    written = [gradient_flow(run, out / "gradient_flow.png"), grad_heatmap(run, out / "grad_heatmap.png"),
+               loss_curves(run, out / "loss.png"), activations(run, out / "activations.png"),
+               gradient_through_time(run, out / "gradient_through_time.png")]
+    return [p for p in written if p is not None]
+
+
+def compare_plot(runs, path) -> Path:
+    """Runs side by side: grad_norm and delta_norm per layer (first step dashed, last solid), loss."""
+    from .compare import label
+    from .runstore import Run, load_run
+
+    runs = [r if isinstance(r, Run) else load_run(Path(r)) for r in runs]
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=FIGSIZE["compare"], layout="constrained")
+    colors = plt.get_cmap("tab10")
+    for i, run in enumerate(runs):
+        lab, color = label(i), colors(i % 10)
+        steps = run.steps
+        for ax, col in ((axes[0], "grad_norm"), (axes[1], "delta_norm")):
+            for step, ls in ((steps[0], "--"), (steps[-1], "-")) if steps else ():
+                rows = run.layer_rows(step)
+                ax.plot([r["layer"] for r in rows], _pos(r.get(col) for r in rows), ls=ls, marker="o", ms=3,
+                        color=color, label=f"{lab} {run.summary.get('name', run.name)} step {step}")
+        _draw_loss(axes[2], run, f"{lab} {run.summary.get('name', run.name)}", color)
+    for ax, col in ((axes[0], "grad_norm"), (axes[1], "delta_norm")):
+        if any(_has(list(ln.get_ydata())) for ln in ax.get_lines()):
+            ax.set_yscale("log")
+        else:
+            _empty(ax, f"no positive finite {col} values")
+        ax.set_title(f"{col} per layer (dashed: first step, solid: last)")
+        ax.set_xlabel("layer (0 = input side)")
+        ax.set_ylabel(f"{col} (log scale)")
+        _layer_axis(ax)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colors(i % 10), lw=2) for i in range(len(runs))]
+    texts = [f"{label(i)} = {r.name} ({r.model_text()}; {r.status}, {r.summary.get('verdict') or 'no verdict'})"
+             for i, r in enumerate(runs)]
+    fig.legend(handles, texts, loc="outside lower center", ncol=1, fontsize=9)
+    fig.suptitle("vgrad compare: " + " vs ".join(str(r.summary.get("name", r.name)) for r in runs))
+    return _save(fig, Path(path))

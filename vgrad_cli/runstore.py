@@ -1,0 +1,277 @@
+"""Finding and loading existing run directories, for `compare`, `show`, `runs` and the plots.
+
+A RUN argument is a path, or a unique prefix of a run's name under the runs directory (runs inside
+a sweep directory count too). A sweep directory (one holding sweep.csv) stands for all its runs.
+Tables are checked as they are read, so a damaged run gives one clear line instead of a traceback
+somewhere downstream. Like rundir, this module imports neither torch nor pandas.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+from .rundir import read_summary, read_table
+
+# A run that did not reach its end: its tables hold what was logged so far, and that is worth showing.
+INCOMPLETE = ("running", "interrupted", "failed")
+REQUIRED = {
+    "layers.csv": ("step", "layer", "grad_norm", "delta_norm"),
+    "metrics.csv": ("step", "loss"),
+    "time.csv": ("step", "layer", "t", "delta_norm"),
+}
+INT_COLUMNS = ("step", "layer", "t")
+_STAMP = re.compile(r"-(\d{4})(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})-[0-9a-f]{4}$")
+
+
+def is_run(d: Path) -> bool:
+    return (d / "summary.json").is_file()
+
+
+def is_sweep(d: Path) -> bool:
+    return (d / "sweep.csv").is_file()
+
+
+@dataclass
+class Run:
+    path: Path
+    summary: dict
+    config: dict
+    layers: list[dict]
+    metrics: list[dict]
+    time: list[dict] | None = None                  # gradient through time, recurrent runs only
+    notes: list[str] = field(default_factory=list)  # what is missing or partial, said to the user
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status", "unknown"))
+
+    @property
+    def incomplete(self) -> bool:
+        return self.status in INCOMPLETE
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted({r["step"] for r in self.layers})
+
+    def layer_rows(self, step: int | None) -> list[dict]:
+        return sorted((r for r in self.layers if r["step"] == step), key=lambda r: r["layer"])
+
+    def time_rows(self, step: int | None) -> list[dict]:
+        return sorted((r for r in self.time or [] if r["step"] == step), key=lambda r: (r["layer"], r["t"]))
+
+    def pick_step(self, which) -> int | None:
+        """'first', 'last' or a step number -> a logged step of this run (None: nothing logged yet)."""
+        steps = self.steps
+        if which in ("first", "last"):
+            return (steps[0] if which == "first" else steps[-1]) if steps else None
+        if which in steps:
+            return which
+        near = sorted(steps, key=lambda s: abs(s - which))[:2]
+        hint = f"nearest logged: {', '.join(map(str, sorted(near)))}" if near else "it logged no steps"
+        raise UsageError(f"run '{self.name}' has no logged step {which} ({hint})")
+
+    def model_text(self) -> str:
+        m = self.config.get("model") or {}
+        parts = [str(m.get("kind", "?"))]
+        for key in ("depth", "width", "hidden", "seq_len"):
+            if m.get(key) is not None:
+                parts.append(f"{key} {m[key]}")
+        parts += [str(m[k]) for k in ("cell", "activation", "init") if m.get(k)]
+        if m.get("norm") not in (None, "none"):
+            parts.append(f"{m['norm']}norm")
+        if m.get("residual"):
+            parts.append("residual")
+        return " ".join(parts)
+
+    def date_text(self) -> str:
+        started = self.summary.get("started_at")
+        if isinstance(started, str) and len(started) >= 16:
+            return started[:16].replace("T", " ")
+        m = _STAMP.search(self.name)
+        return f"{m[1]}-{m[2]}-{m[3]} {m[4]}:{m[5]}" if m else ""
+
+    def stats(self) -> dict:
+        """The summary's end-of-run numbers; for an unfinished run, the same read off its tables."""
+        from .analysis import first_last_ratio
+
+        s = dict(self.summary)
+        steps = self.steps
+        if steps:
+            s.setdefault("first_logged_step", steps[0])
+            s.setdefault("last_logged_step", steps[-1])
+            first, last = self.layer_rows(steps[0]), self.layer_rows(steps[-1])
+            for col in ("grad_norm", "delta_norm"):
+                for when, rows in (("first", first), ("last", last)):
+                    if s.get(f"{col}_ratio_{when}_step") is None:
+                        s[f"{col}_ratio_{when}_step"] = first_last_ratio(rows, col)
+        if self.time and steps:
+            for when, step in (("first", steps[0]), ("last", steps[-1])):
+                if s.get(f"time_ratio_{when}_step") is None:
+                    s[f"time_ratio_{when}_step"] = time_ratio(self.time_rows(step))
+        if self.metrics and s.get("final_loss") is None:
+            last = self.metrics[-1]
+            s["final_loss"], s["final_accuracy"] = last.get("loss"), last.get("accuracy")
+            evals = [m for m in self.metrics if m.get("eval_loss") is not None]
+            if evals:
+                s["final_eval_loss"], s["final_eval_accuracy"] = evals[-1]["eval_loss"], evals[-1].get("eval_accuracy")
+        if self.metrics and s.get("wall_time_s") is None:
+            s["wall_time_s"] = self.metrics[-1].get("time_s")
+        return s
+
+
+def time_ratio(rows: list[dict]) -> float | None:
+    """delta_norm at t = 0 over delta_norm at the last t, for the first layer that has both."""
+    layer0 = [r for r in rows if r["layer"] == rows[0]["layer"]] if rows else []
+    if not layer0:
+        return None
+    a, b = layer0[0].get("delta_norm"), layer0[-1].get("delta_norm")
+    if a is None or b is None or (isinstance(b, float) and math.isnan(b)):
+        return None
+    return a / b if b != 0 else (math.inf if a > 0 else None)
+
+
+def _checked_table(run: Path, name: str, incomplete: bool, notes: list[str]) -> list[dict]:
+    """read_table plus the checks that turn a damaged table into one line: columns present, numbers
+    where numbers belong. A killed run may end on a torn line; that one line is dropped, not fatal."""
+    rows = read_table(run, name)
+    required = REQUIRED[name]
+    if rows:
+        missing = [c for c in required if c not in rows[0]]
+        if missing:
+            raise UsageError(f"'{run / name}' is corrupt: no column {', '.join(missing)}")
+    if rows and _torn_last_line(run / name, len(rows[0])):
+        rows[-1][None] = "torn"  # fewer fields than the header: flagged like any malformed row below
+    for i, r in enumerate(rows):
+        bad = None in r or any(not isinstance(r[c], int) for c in required if c in INT_COLUMNS) or any(
+            isinstance(r[c], str) for c in required)
+        if not bad:
+            continue
+        if incomplete and i == len(rows) - 1:
+            notes.append(f"the last line of {name} is incomplete and was skipped")
+            return rows[:-1]
+        raise UsageError(f"'{run / name}' is corrupt: line {i + 2} is not a row of numbers")
+    return rows
+
+
+def _torn_last_line(path: Path, n_columns: int) -> bool:
+    """Whether the file's last line has fewer fields than the header: the mark of a write cut short
+    (read_table cannot tell a missing trailing field from an empty cell)."""
+    import csv
+
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 8192))
+        tail = f.read().decode("utf-8", "replace")
+    last = tail.rstrip("\r\n").rsplit("\n", 1)[-1]
+    return len(next(csv.reader([last]), [])) < n_columns
+
+
+def load_run(path: Path) -> Run:
+    import yaml
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"'{path}' is not a directory")
+    summary = read_summary(path)
+    if not isinstance(summary, dict):
+        raise UsageError(f"'{path}/summary.json' is corrupt: not a JSON object")
+    notes: list[str] = []
+    status = str(summary.get("status", "unknown"))
+    incomplete = status in INCOMPLETE
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        config = {}
+        notes.append("config.yaml is missing")
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise UsageError(f"'{path}/config.yaml' is corrupt: not valid YAML") from None
+    tables = {}
+    for name in ("layers.csv", "metrics.csv"):
+        if incomplete and not (path / name).exists():
+            tables[name] = []  # a run that failed before its first step has no tables: say so, don't fail
+            continue
+        tables[name] = _checked_table(path, name, incomplete, notes)
+    time_rows = _checked_table(path, "time.csv", incomplete, notes) if (path / "time.csv").exists() else None
+    run = Run(path, summary, config if isinstance(config, dict) else {}, tables["layers.csv"],
+              tables["metrics.csv"], time_rows, notes)
+    if incomplete:
+        steps = run.steps
+        span = f"steps {steps[0]}–{steps[-1]} of {summary.get('steps_planned', '?')}" if steps else "no steps yet"
+        why = {"running": "is still running, or was killed", "interrupted": "was interrupted",
+               "failed": f"failed ({summary.get('error', 'see summary.json')})"}[status]
+        notes.insert(0, f"incomplete run: it {why}; showing what it logged ({span})")
+    elif not run.layers:
+        raise UsageError(f"'{path}/layers.csv' has no rows, although the run is {status}")
+    return run
+
+
+# ----------------------------------------------------------------------------- finding runs
+
+
+def sweep_runs(sweep: Path) -> list[Path]:
+    """A sweep's run directories, in sweep.csv's order when it names them (else by name)."""
+    runs = sorted(d for d in sweep.iterdir() if d.is_dir() and is_run(d))
+    order: dict[str, int] = {}
+    try:
+        for i, row in enumerate(read_table(sweep, "sweep.csv")):
+            for v in row.values():
+                if isinstance(v, str) and Path(v).name not in order:
+                    order[Path(v).name] = i
+    except UsageError:
+        pass  # an unreadable sweep.csv still leaves the runs themselves
+    return sorted(runs, key=lambda d: (order.get(d.name, len(order)), d.name))
+
+
+def find_runs(runs_dir: Path) -> list[Path]:
+    """Every run under runs_dir: its direct children, and the runs inside sweep directories."""
+    if not runs_dir.is_dir():
+        return []
+    out = []
+    for d in sorted(runs_dir.iterdir()):
+        if d.is_dir() and is_run(d):
+            out.append(d)
+        elif d.is_dir() and is_sweep(d):
+            out.extend(sweep_runs(d))
+    return out
+
+
+def _expand(d: Path) -> list[Path]:
+    if is_run(d):
+        return [d]
+    if is_sweep(d):
+        runs = sweep_runs(d)
+        if not runs:
+            raise UsageError(f"sweep '{d}' holds no runs yet")
+        return runs
+    inner = [c for c in sorted(d.iterdir()) if c.is_dir() and is_run(c)]
+    hint = f"; it holds {len(inner)} runs: name one, e.g. '{inner[0]}'" if inner else ""
+    raise UsageError(f"'{d}' is not a vgrad run: it has no summary.json{hint}")
+
+
+def resolve(arg: str, runs_dir: Path) -> list[Path]:
+    """One RUN argument -> run directories (several for a sweep)."""
+    p = Path(arg)
+    for cand in (p, runs_dir / arg):
+        if cand.is_dir():
+            return _expand(cand)
+        if cand.exists():
+            raise UsageError(f"'{cand}' is a file, not a run directory")
+    if not runs_dir.is_dir():
+        raise UsageError(f"no run '{arg}': no such directory, and there is no runs directory '{runs_dir}'")
+    candidates = [d for d in sorted(runs_dir.iterdir()) if d.is_dir() and is_sweep(d)] + find_runs(runs_dir)
+    matches = [d for d in candidates if d.name == arg] or [d for d in candidates if d.name.startswith(arg)]
+    if not matches:
+        raise UsageError(f"no run '{arg}': not a directory, and no run under '{runs_dir}' has a name "
+                         f"starting with it (`vgrad runs` lists them)")
+    if len(matches) > 1:
+        shown = ", ".join(d.name for d in matches[:8]) + (f", and {len(matches) - 8} more" if len(matches) > 8 else "")
+        raise UsageError(f"'{arg}' is ambiguous: it matches {len(matches)} runs: {shown}; give a longer prefix")
+    return _expand(matches[0])
