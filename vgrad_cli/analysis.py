@@ -85,18 +85,26 @@ def verdict(status: str, ratio: dict, diverged_step: int | None, grad_total_grow
     if finite:
         k_hi = max(finite, key=finite.get)
         if finite[k_hi] > EXPLODING_RATIO:
-            return "exploding", f"{_label(k_hi)} is {finite[k_hi]:.2g} (> {EXPLODING_RATIO:g})"
+            return "exploding", f"{_label(k_hi)} is {finite[k_hi]:.2g} (> {EXPLODING_RATIO:g})" + _later(k_hi, finite)
     if grad_total_growth is not None and grad_total_growth > GROWTH:
         return "exploding", f"grad_norm_total grew {grad_total_growth:.2g}x over step 0 (> {GROWTH:g}x)"
     if finite:
         k_lo = min(finite, key=finite.get)
         if finite[k_lo] < VANISHING_RATIO:
-            return "vanishing", f"{_label(k_lo)} is {finite[k_lo]:.2g} (< {VANISHING_RATIO:g})"
+            return "vanishing", f"{_label(k_lo)} is {finite[k_lo]:.2g} (< {VANISHING_RATIO:g})" + _later(k_lo, finite)
         return "healthy", (
             f"every delta_norm ratio lies in [{VANISHING_RATIO:g}, {EXPLODING_RATIO:g}] "
             f"(lowest: {_label(k_lo)} = {finite[k_lo]:.2g})"
         )
     return "healthy", "no ratio could be measured"
+
+
+def _later(key: str, finite: dict) -> str:
+    """When the first step decided but training brought the same ratio back into range, say so."""
+    last = finite.get(key.replace("_first_step", "_last_step")) if key.endswith("_first_step") else None
+    if last is not None and VANISHING_RATIO <= last <= EXPLODING_RATIO:
+        return f"; by the last step it is {last:.2g}, back in range"
+    return ""
 
 
 def _label(key: str) -> str:

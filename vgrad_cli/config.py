@@ -109,6 +109,10 @@ class TrainConfig(Section):
     clip_norm: Optional[float] = Field(None, gt=0, description="clip the total gradient L2 norm to this")
     clip_value: Optional[float] = Field(None, gt=0, description="clip each gradient element to +/- this")
     device: Annotated[str, one_of(DEVICES, "device")] = Field("auto", description="auto (cuda if available), cpu, cuda")
+    cpu_threads: int = Field(
+        1, ge=0, description="torch intra-op threads on CPU; 0 = torch's default (all cores). 1 suits vgrad's "
+        "small models and does not collapse when other processes share the cores"
+    )
 
 
 class LogConfig(Section):
