@@ -20,6 +20,19 @@ app = typer.Typer(
 )
 
 
+def _print_diagnosis(console, run_dir):
+    """The short form of `vgrad diagnose` (it also writes diagnosis.json into the run)."""
+    from .diagnose import diagnose, short_report
+    from .errors import UsageError
+
+    try:
+        lines = short_report(diagnose(run_dir))
+    except UsageError:  # nothing logged yet (e.g. interrupted at step 0): nothing to diagnose
+        return
+    for line in lines:
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
 def _version(value: bool):
     if value:
         from . import __version__
@@ -110,6 +123,7 @@ def run(
         print(run_dir)
     else:
         print_summary(console, run_dir, summary, first_rows, last_rows)
+        _print_diagnosis(console, run_dir)
     if summary["status"] == "interrupted":
         raise typer.Exit(130)
 
@@ -117,6 +131,7 @@ def run(
 # Commands kept in their own modules register themselves on `app` when imported; each keeps its
 # heavy imports inside its functions. One line per module:
 # (command modules)
+from . import cli_diagnose  # noqa: E402,F401
 from . import cli_compare  # noqa: E402,F401
 
 

@@ -39,8 +39,7 @@ def compare(
     plot: Optional[Path] = typer.Option(None, "--plot", help="also write a side-by-side figure (.png, .svg or .pdf)"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help=RUNS_DIR_HELP),
 ):
-    """Put runs side by side: per-layer grad_norm and delta_norm, log10 ratios to the first run, and
-    each run's verdict, loss and ratios."""
+    """Put runs side by side: per-layer grad_norm and delta_norm, log10 ratios to the first run, each run's verdict."""
     from .compare import FORMATS, build, parse_step, render_csv, render_json, render_markdown, render_table
     from .errors import UsageError
     from .render import make_console

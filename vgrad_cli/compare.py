@@ -55,6 +55,9 @@ RUN_FIELDS = [  # (key in the run's stats, label in the table)
     ("grad_norm_ratio_last_step", "grad_norm 0/out, last"),
     ("delta_norm_ratio_first_step", "delta_norm 0/out, first"),
     ("delta_norm_ratio_last_step", "delta_norm 0/out, last"),
+    ("measured_factor", "delta per layer, step 0"),
+    ("theory_factor", "delta per layer, theory"),
+    ("theory_depth_scale", "depth scale, theory"),
     ("time_ratio_first_step", "through time 0/T, first"),
     ("time_ratio_last_step", "through time 0/T, last"),
     ("steps_completed", "steps completed"), ("steps_planned", "steps planned"),
@@ -69,7 +72,19 @@ def run_info(run: Run, lab: str) -> dict:
             "task": (run.config.get("task") or {}).get("name"), "notes": "; ".join(run.notes) or None}
     for key, _ in RUN_FIELDS:
         info.setdefault(key, s.get(key))
+    info.update(theory_columns(run.path))
     return info
+
+
+def theory_columns(path) -> dict:
+    """Mean-field prediction next to the measured per-layer delta_norm factor at step 0 (plain MLPs)."""
+    from .theory import theory_for_run
+
+    th = theory_for_run(path) or {}
+    if not th.get("applicable"):
+        return {}
+    return {"theory_factor": th.get("factor"), "measured_factor": th.get("measured_factor"),
+            "theory_depth_scale": th.get("depth_scale")}
 
 
 def build(runs: list[Run], which_steps: list) -> dict:

@@ -116,9 +116,26 @@ def gradient_flow(run, path: Path) -> Path:
         ax.set_xlabel("layer (0 = input side)")
         ax.set_ylabel(f"{col} (log scale)")
         _layer_axis(ax)
+    _theory_line(axes[1], run)
     _step_legend(fig, axes)
     fig.suptitle(_title("gradient flow", run))
     return _save(fig, path)
+
+
+def _theory_line(ax, run):
+    """Mean-field prediction for plain MLPs: delta shrinks (or grows) by sqrt(chi_1) per layer.
+    Anchored on the measured step-0 delta_norm of the last hidden layer, drawn back to layer 0."""
+    from .theory import theory_for_run
+
+    th = theory_for_run(run.path) or {}
+    rows = [r for r in run.layer_rows(run.steps[0]) if r.get("name") != "output"] if run.steps else []
+    if not th.get("applicable") or not rows or not _has(_pos([rows[-1].get("delta_norm")])):
+        return
+    last, anchor, factor = rows[-1]["layer"], rows[-1]["delta_norm"], th["factor"]
+    xs = list(range(last + 1))
+    ys = [anchor * factor ** (last - x) for x in xs]
+    (line,) = ax.plot(xs, ys, ls="--", lw=1.2, color="black")
+    ax.legend([line], [f"mean-field theory at step 0: x{factor:.3g} per layer"], loc="lower right", fontsize=8)
 
 
 def grad_heatmap(run, path: Path) -> Path:

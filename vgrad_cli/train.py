@@ -114,7 +114,7 @@ def _train(cfg, task, writer: RunWriter, on_log, device) -> TrainResult:
     clip_norm, clip_value = cfg.train.clip_norm, cfg.train.clip_value
     batch_gen = torch.Generator().manual_seed(cfg.seed + 1)
     n_train = len(task.x_train)
-    batch = min(cfg.train.batch_size, n_train) if cfg.model.norm != "batch" else cfg.train.batch_size
+    batch = cfg.train.batch_size  # sampled with replacement: any size works
     loss_buf = torch.zeros(every, device=device)  # losses of the steps since the last log
     pending = 0
     result = TrainResult()

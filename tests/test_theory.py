@@ -1,0 +1,148 @@
+"""Mean-field theory (vgrad_cli/theory.py): closed forms, quadrature, the inits' sigma_w^2, and
+agreement with the per-layer factor measured at step 0."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import small
+from vgrad_cli import theory
+from vgrad_cli.activations import ACTIVATIONS
+from vgrad_cli.config import validate
+from vgrad_cli.inits import INITS
+from vgrad_cli.models import build_model
+from vgrad_cli.probes import LayerProbe
+from vgrad_cli.runner import run_experiment
+
+
+def test_every_activation_has_phi_and_the_gains_equal_torchs():
+    assert set(theory.PHI) == set(ACTIVATIONS) == set(theory.KAIMING_GAIN)
+    for name, act in ACTIVATIONS.items():
+        assert theory.KAIMING_GAIN[name] == pytest.approx(act.kaiming_gain(), rel=1e-12), name
+
+
+@pytest.mark.parametrize("sw2", [0.5, 1.0, 2.0, 4.0])
+def test_closed_forms_relu_and_linear(sw2):
+    assert theory.predict("relu", sw2)["chi_1"] == pytest.approx(sw2 / 2, rel=1e-12)
+    assert theory.predict("linear", sw2)["chi_1"] == pytest.approx(sw2, rel=1e-12)
+    slope = 0.01
+    assert theory.predict("leaky_relu", sw2)["chi_1"] == pytest.approx(sw2 * (1 + slope**2) / 2, rel=1e-12)
+
+
+def test_elu_matches_its_closed_form():
+    """E[elu'(sz)^2] = 1/2 + exp(2 s^2) Phi(-2 s): a kinked integrand, the hard case for quadrature."""
+    for q in (0.3, 2.0):
+        s = math.sqrt(q)
+        exact = 0.5 + math.exp(2 * q) * 0.5 * math.erfc(2 * s / math.sqrt(2))
+        assert theory.chi_1("elu", 1.0, q) == pytest.approx(exact, rel=1e-9)
+
+
+def test_critical_points_and_depth_scale():
+    kaiming = theory.predict("relu", 2.0, depth=30)
+    assert kaiming["factor"] == pytest.approx(1.0) and kaiming["depth_scale"] is None and kaiming["regime"] == "critical"
+    xavier = theory.predict("relu", 1.0, depth=30)
+    assert xavier["factor"] == pytest.approx(1 / math.sqrt(2))
+    assert xavier["depth_scale"] == pytest.approx(1 / math.log(2))
+    assert xavier["predicted_first_last_hidden"] == pytest.approx(2 ** (-29 / 2))
+    # tanh at sigma_w = 1, sigma_b = 0 is critical: q* -> 0, where tanh'(0) = 1
+    assert theory.predict("tanh", 1.0)["chi_1"] == pytest.approx(1.0, abs=1e-3)
+    # a bias moves q* away from 0 and takes tanh off the critical point
+    assert theory.predict("tanh", 1.0, sb2=0.25)["chi_1"] < 0.9
+
+
+@pytest.mark.parametrize("name", sorted(theory.PHI))
+@pytest.mark.parametrize("q", [0.3, 2.0])
+def test_quadrature_matches_a_fine_riemann_sum_and_phi_prime_is_the_derivative(name, q):
+    phi, dphi = theory.PHI[name]
+    dx = 12 / 200000  # midpoint rule on each half-line: O(dx^2) even where phi' jumps at 0
+    half = (np.arange(200000) + 0.5) * dx
+    x = np.concatenate([-half, half])
+    pdf = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    s = math.sqrt(q)
+    for f in (lambda v: phi(v) ** 2, lambda v: dphi(v) ** 2):
+        got = theory.gaussian_mean(f, q, name in theory.KINKED)
+        assert got == pytest.approx(float(np.sum(f(s * x) * pdf) * dx), rel=1e-5, abs=1e-9)
+    pts = np.array([-2.0, -0.7, 0.4, 1.9])  # away from kinks
+    h = 1e-6
+    assert np.allclose(dphi(pts), (phi(pts + h) - phi(pts - h)) / (2 * h), atol=1e-5), name
+
+
+def test_phi_matches_torchs_activation_modules():
+    x = torch.linspace(-4, 4, 81)
+    for name, act in ACTIVATIONS.items():
+        assert np.allclose(theory.PHI[name][0](x.numpy().astype(float)), act.build(1)(x).detach().numpy(), atol=1e-5), name
+
+
+@pytest.mark.parametrize("init", ["default", "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform",
+                                  "lecun_normal", "orthogonal", "normal", "uniform"])
+def test_sigma_w2_is_fan_in_times_the_weight_variance_torch_draws(init):
+    torch.manual_seed(0)
+    fan = 256
+    layer = torch.nn.Linear(fan, fan)
+    with torch.no_grad():
+        INITS[init](layer.weight, ACTIVATIONS["tanh"], None)
+    measured = float(layer.weight.detach().var()) * fan
+    assert theory.sigma_w2(init, "tanh", None, fan, fan) == pytest.approx(measured, rel=0.03)
+    assert theory.sigma_w2("identity", "tanh", None, fan, fan) is None
+
+
+def _measured_factor(activation, init, depth, width, seed):
+    cfg = validate({"seed": seed, "model": {"depth": depth, "width": width, "activation": activation, "init": init},
+                    "task": {"name": "blobs", "input_dim": width, "train_size": 256, "eval_size": 8}})
+    task = cfg.task.make(seed)
+    net = build_model(cfg.model, task, seed)
+    probe = LayerProbe(net, ACTIVATIONS[activation], False)
+    probe.attach()
+    F.cross_entropy(net(task.x_train), task.y_train).backward()
+    probe.after_backward()
+    probe.after_clip()
+    rows = probe.rows(0, probe.to_host({}))
+    return theory.measured_factor(rows, depth)
+
+
+@pytest.mark.parametrize("init", ["kaiming_normal", "xavier_normal"])
+def test_relu_prediction_within_5_percent_of_measurement(init):
+    """Width 256, depth 30, three seeds: the measured geometric-mean factor of delta_norm between
+    consecutive hidden layers at step 0 agrees with sqrt(chi_1)."""
+    measured = np.mean([_measured_factor("relu", init, 30, 256, seed) for seed in range(3)])
+    predicted = theory.for_model({"kind": "mlp", "depth": 30, "width": 256, "activation": "relu", "init": init})["factor"]
+    assert measured == pytest.approx(predicted, rel=0.05)
+
+
+def test_sigmoid_prediction_matches_measurement():
+    measured = np.mean([_measured_factor("sigmoid", "xavier_normal", 10, 256, seed) for seed in range(2)])
+    predicted = theory.for_model({"kind": "mlp", "depth": 10, "width": 256, "activation": "sigmoid", "init": "xavier_normal"})
+    assert predicted["factor"] == pytest.approx(0.236, abs=0.002)
+    assert measured == pytest.approx(predicted["factor"], rel=0.05)
+
+
+@pytest.mark.parametrize("model, word", [({"norm": "batch"}, "norm"), ({"residual": True}, "residual"),
+                                         ({"kind": "lstm", "activation": None}, "lstm"), ({"init": "identity"}, "identity")])
+def test_not_applicable_says_why(model, word):
+    out = theory.for_model({"kind": "mlp", "depth": 8, "width": 64, "activation": "relu", "init": "default", **model})
+    assert out["applicable"] is False and word in out["reason"]
+
+
+def test_theory_for_run_reads_a_real_run(tmp_path):
+    run, _ = run_experiment(validate(small(model={"depth": 6, "width": 32, "activation": "relu", "init": "xavier_normal"},
+                                           train={"steps": 5})), tmp_path / "a")
+    th = theory.theory_for_run(run)
+    assert th["applicable"] and th["factor"] == pytest.approx(1 / math.sqrt(2))
+    assert th["measured_step"] == 0 and 0.4 < th["measured_factor"] < 1.0
+    assert th["measured_over_predicted"] == pytest.approx(th["measured_factor"] / th["factor"])
+    rnn, _ = run_experiment(validate(small(model={"kind": "rnn", "depth": 1, "width": 8, "activation": "tanh"},
+                                           task={"name": "adding", "seq_len": 10, "train_size": 64, "eval_size": 16},
+                                           train={"steps": 2})), tmp_path / "b")
+    assert theory.theory_for_run(rnn) == {"applicable": False, "reason": theory.not_applicable({"kind": "rnn"})}
+    assert theory.theory_for_run(tmp_path / "missing") is None
+
+
+def test_theory_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, vgrad_cli.theory as t; t.predict('gelu', 2.0); assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,0 +1,108 @@
+"""`vgrad diagnose RUN`: every symptom of vanishing/exploding gradients, theory, verdict, advice.
+
+The report goes to stdout and diagnosis.json into the run directory. `--try` prints the config the
+top (or `--rec N`) recommendation suggests, as YAML that `vgrad run` accepts; `--write FILE` writes
+it to a file instead. torch is imported only by the ablation probe (skip it with --no-ablation).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli import app, usage_errors
+
+STATUS_STYLE = {"present": "bold red", "absent": "green", "not measurable": "dim"}
+
+
+@app.command()
+@usage_errors
+def diagnose(
+    run: str = typer.Argument(..., help="a run directory or a unique prefix of a run's name"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where run names are looked up"),
+    k: Optional[int] = typer.Option(None, "--k", help="ablation: re-initialise the first K hidden layers [default: a third of the depth]"),
+    no_ablation: bool = typer.Option(False, "--no-ablation", help="skip the ablation probe (no torch, no model.pt needed)"),
+    try_: bool = typer.Option(False, "--try", help="print the suggested config (YAML) instead of the report"),
+    write: Optional[Path] = typer.Option(None, "--write", help="write the suggested config to FILE"),
+    rec: int = typer.Option(1, "--rec", help="which recommendation --try/--write use (1 = the top one)"),
+    format_: str = typer.Option("table", "--format", "-f", help="table or json"),
+):
+    """Check a run for the symptoms of vanishing and exploding gradients, compare the measured
+    per-layer factor with mean-field theory, and recommend config changes."""
+    from .diagnose import diagnose as run_diagnosis
+    from .errors import UsageError
+    from .runstore import resolve
+
+    if format_ not in ("table", "json"):
+        raise UsageError(f"--format must be table or json, not '{format_}'")
+    if k is not None and k < 1:
+        raise UsageError(f"--k must be >= 1, not {k}")
+    paths = resolve(run, runs_dir)
+    if len(paths) > 1:
+        raise UsageError(f"'{run}' is a sweep of {len(paths)} runs: diagnose one of them")
+    d = run_diagnosis(paths[0], k=k, ablation=not no_ablation)
+    suggested = _suggested(paths[0], d, rec) if (try_ or write is not None) else None
+    if try_ and write is None:
+        sys.stdout.write(suggested)
+        return
+    if format_ == "json":
+        import json
+
+        sys.stdout.write(json.dumps(d, indent=2) + "\n")
+    else:
+        render(d, paths[0])
+    if write is not None:
+        try:
+            write.parent.mkdir(parents=True, exist_ok=True)
+            write.write_text(suggested, encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"cannot write '{write}': {e.strerror}") from None
+        print(f"suggested config: {write}  (run it: vgrad run {write})", file=sys.stderr)
+
+
+def _suggested(path: Path, d: dict, rec: int) -> str:
+    from .diagnose_advice import suggested_config
+    from .errors import UsageError
+    from .runstore import load_run
+
+    recs = d["recommendations"]
+    if not recs:
+        raise UsageError(f"nothing to try: the diagnosis of '{path.name}' is {d['verdict']}, with no recommendation")
+    if not 1 <= rec <= len(recs):
+        raise UsageError(f"--rec must be between 1 and {len(recs)} (the recommendations of this run)")
+    return suggested_config(load_run(path).config, recs[rec - 1], str(path))
+
+
+def render(d: dict, path: Path) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .diagnose import theory_line
+    from .render import VERDICT_STYLE, make_console
+
+    console = make_console()
+    console.print(f"[bold]vgrad diagnose[/] {escape(d['run'])}: {escape(d['model'])} | status {d['status']}", soft_wrap=True)
+    t = Table(show_edge=False, pad_edge=False, expand=False)
+    t.add_column("#", justify="right")
+    t.add_column("indicator", max_width=26)
+    t.add_column("status")
+    t.add_column("evidence (threshold below)", overflow="fold")
+    for i in d["indicators"]:
+        style = STATUS_STYLE.get(i["status"], "")
+        t.add_row(str(i["id"]), escape(i["name"]), f"[{style}]{i['status']}[/]",
+                  f"{escape(i['summary'])}\n[dim]{escape(i['threshold'])}[/]")
+    console.print(t)
+    console.print(escape(theory_line(d["theory"])), soft_wrap=True)
+    style = VERDICT_STYLE.get(d["verdict"], "bold magenta")
+    console.print(f"verdict: [{style}]{d['verdict']}[/] — {escape(d['verdict_detail'])}", soft_wrap=True)
+    for n, r in enumerate(d["recommendations"], 1):
+        after = f" (theory after: per-layer factor {r['theory_factor_after']:.3f})" if r.get("theory_factor_after") else ""
+        opt = " [optional: training recovered]" if r.get("optional") else ""
+        console.print(f"{n}. {escape(r['title'])}{escape(opt)}: {escape(r['why'])}{after}\n"
+                      f"   vgrad run {escape(str(path / 'config.yaml'))} {escape(r['command'])}", soft_wrap=True)
+    if d["recommendations"]:
+        console.print(f"[dim]`vgrad diagnose {escape(d['run'])} --try` prints recommendation 1 as a config file[/]", soft_wrap=True)
+    console.print(f"[dim]written: {escape(str(path / 'diagnosis.json'))}[/]", soft_wrap=True)

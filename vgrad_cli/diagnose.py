@@ -1,0 +1,171 @@
+"""`vgrad diagnose RUN`: check a run for every symptom of vanishing and exploding gradients, set the
+measured per-layer factor against mean-field theory, and say what to change.
+
+    diagnose(run_dir) -> dict      also written to <run_dir>/diagnosis.json
+    short_report(diagnosis)        3-6 lines for the end of `vgrad run`
+
+The indicators (diagnose_indicators.py, and the ablation probe in diagnose_ablation.py) each say
+present | absent | not measurable, with evidence and threshold. The verdict reads them in order of
+severity: exploding > dying-relu > vanishing > underfitting > healthy. Recommendations
+(diagnose_advice.py) follow from the verdict and the config. Only diagnosis.json is written: the
+run's tables are never touched.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from . import diagnose_indicators as ind
+from .errors import UsageError
+
+DIAGNOSIS_VERSION = 1
+
+
+def load(run_dir) -> tuple:
+    """The run, checked: (Run, validated Config, resolved config dict). Bad input -> UsageError."""
+    from .config import validate
+    from .runstore import load_run
+
+    path = Path(run_dir)
+    if not path.exists():
+        raise UsageError(f"no run '{path}': no such directory")
+    run = load_run(path)  # not a directory / no summary.json / corrupt tables -> UsageError
+    for name in ("layers.csv", "metrics.csv"):
+        if not (path / name).is_file():
+            raise UsageError(f"'{path}' has no {name}: nothing to diagnose")
+    if not run.steps or not run.metrics:
+        raise UsageError(f"'{path}' logged no step yet: nothing to diagnose")
+    if not run.config:
+        raise UsageError(f"'{path}' has no config.yaml: the diagnosis needs the model's config")
+    return run, validate(run.config, f"{path}/config.yaml"), run.config
+
+
+def diagnose(run_dir, k: int | None = None, ablation: bool = True, write: bool = True) -> dict:
+    """Every indicator, the theory, the verdict and recommendations for one run."""
+    from .diagnose_advice import recommend
+    from .theory import theory_for_run
+
+    run, cfg, raw = load(run_dir)
+    s = run.summary
+    baseline, chance = s.get("baseline_loss"), s.get("chance_accuracy")
+    items = [
+        ind.slow_training(run, baseline),
+        ind.poor_performance(run, baseline, chance),
+        ind.gradient_decay(run),
+        ind.unresponsive_units(run),
+        _ablation(run.path, cfg, baseline, k) if ablation else ind.indicator(
+            5, "reliance_on_upper_layers", "reliance on upper layers (ablation)", "not measurable",
+            "ablation probe skipped (--no-ablation)", {}, ""),
+        ind.weights_barely_moving(run),
+        ind.dying_relu(run, cfg.model.activation),
+        ind.exploding(run, baseline, cfg.train.clip_norm),
+    ]
+    by_key = {i["key"]: i for i in items}
+    th = theory_section(run, theory_for_run(run.path))
+    verdict, detail, recovered = decide(by_key)
+    out = {
+        "diagnosis_version": DIAGNOSIS_VERSION, "run": run.name, "status": run.status,
+        "model": run.model_text(), "verdict": verdict, "verdict_detail": detail,
+        "present": [i["key"] for i in items if i["status"] == "present"],
+        "indicators": items, "theory": th,
+        "recommendations": recommend(raw, verdict, by_key, recovered),
+    }
+    out = _clean(out)
+    if write:
+        from .rundir import write_json_atomic
+
+        write_json_atomic(run.path / "diagnosis.json", out)
+    return out
+
+
+def _ablation(path, cfg, baseline, k):
+    from .diagnose_ablation import ablation
+
+    return ablation(path, cfg, baseline, k)
+
+
+def decide(by_key: dict) -> tuple[str, str, bool]:
+    """(verdict, one sentence of why, recovered). Severity order; the gradient evidence decides
+    the kind of problem, the training indicators (1, 2, 5, 6) whether it cost anything."""
+    on = {k for k, v in by_key.items() if v["status"] == "present"}
+    effects = [by_key[k]["name"] for k in ("slow_training", "poor_performance", "reliance_on_upper_layers",
+                                           "weights_barely_moving", "unresponsive_units") if k in on]
+    also = f"; with: {', '.join(effects)}" if effects else ""
+    if "exploding" in on:
+        return "exploding", by_key["exploding"]["summary"] + also, False
+    if "dying_relu" in on:
+        return "dying-relu", by_key["dying_relu"]["summary"] + also, False
+    if "gradient_decay" in on:
+        g = by_key["gradient_decay"]
+        recovered = bool(g["evidence"].get("recovered")) and not ({"slow_training", "poor_performance"} & on)
+        if recovered:
+            return "vanishing", ("the gradient vanished at the start but training recovered it, and the task was "
+                                 f"learned: {g['summary']}"), True
+        return "vanishing", g["summary"] + also, False
+    if {"slow_training", "poor_performance"} & on:
+        return "underfitting", ("the loss stays high but the gradient reaches every layer: not a gradient problem"
+                                + also), False
+    return "healthy", "no indicator present", False
+
+
+def theory_section(run, th: dict | None) -> dict:
+    """Mean-field prediction next to the measured per-layer (or per-time-step) factor at step 0."""
+    from .analysis import time_profile
+    from .theory import measured_factor
+
+    out = dict(th or {"applicable": False, "reason": "no readable config.yaml/layers.csv"})
+    first = run.layer_rows(run.steps[0])
+    hidden = len(first) - 1
+    if out.get("measured_factor") is None and hidden >= 2:
+        out["measured_factor"] = measured_factor(first, hidden)  # measured even where no theory applies
+        out["measured_step"] = run.steps[0]
+    if run.time:
+        _, prof = time_profile(run.time_rows(run.steps[0]))
+        if len(prof) > 1 and prof[-1] > 0 and prof[0] > 0:
+            out["measured_time_factor"] = (prof[0] / prof[-1]) ** (1 / (len(prof) - 1))
+    return out
+
+
+def _clean(x):
+    """JSON without NaN/Infinity: a non-finite number becomes null (its meaning is in the text)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def theory_line(th: dict) -> str:
+    if not th.get("applicable"):
+        line = f"theory: not applicable ({th.get('reason')})"
+    else:
+        xi = th.get("depth_scale")
+        xi_text = "infinite (critical)" if xi is None else f"{xi:.3g} layers"
+        line = (f"theory (mean field, {th['activation']} + {th['init']}, sigma_w^2 {th['sigma_w2']:.3g}): "
+                f"predicted per-layer factor sqrt(chi_1) = {th['factor']:.3f} ({th['regime']}), depth scale {xi_text}")
+    m = th.get("measured_factor")
+    if m is not None:
+        line += f"; measured at step {th.get('measured_step', 0)}: {m:.3f}"
+        if th.get("measured_over_predicted") is not None:
+            line += f" ({th['measured_over_predicted']:.2f} x predicted)"
+    if th.get("measured_time_factor") is not None:
+        line += f"; through time, per step: {th['measured_time_factor']:.3f}"
+    return line
+
+
+def short_report(diagnosis: dict) -> list[str]:
+    """3-6 lines: the verdict, the present indicators, the top recommendation."""
+    present = [i for i in diagnosis["indicators"] if i["status"] == "present"]
+    lines = [f"diagnosis: {diagnosis['verdict']} — {diagnosis['verdict_detail']}"]
+    for i in present[:3]:
+        lines.append(f"  ({i['id']}) {i['name']}: {i['summary']}")
+    if len(present) > 3:
+        lines.append(f"  ... and {len(present) - 3} more present indicator(s): `vgrad diagnose {diagnosis['run']}`")
+    recs = diagnosis.get("recommendations") or []
+    if recs:
+        r = recs[0]
+        lines.append(f"try{' (optional)' if r.get('optional') else ''}: {r['title']}: {r['command']}")
+    return lines[:6]

@@ -1,0 +1,166 @@
+"""Recommendations of `vgrad diagnose`, derived from the run's config and the evidence, and the
+suggested config of `--try`.
+
+Each recommendation names the config keys to change and their values ({"model.init": "kaiming_normal"};
+None means "back to the default", i.e. `--set key=null`), so it can be run as is. The order is the
+order of preference: the cause first (activation, init), then structural remedies (norm, residual,
+gates), then the ones that treat the symptom (clipping, learning rate).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import yaml
+
+from . import theory
+
+RELU_FAMILY = ("relu", "leaky_relu", "prelu", "elu", "gelu", "silu")
+
+
+def rec(title: str, why: str, changes: dict) -> dict:
+    return {"title": title, "why": why, "set": changes}
+
+
+def _mlp_vanishing(m: dict, lr: float | None = None, optimizer: str | None = None) -> list[dict]:
+    act, init, out = m.get("activation"), m.get("init"), []
+    plain = m.get("norm", "none") == "none" and not m.get("residual")
+    if act in RELU_FAMILY and (not init.startswith("kaiming") or m.get("init_std") is not None):
+        out.append(rec("Kaiming init for the ReLU-family activation",
+                       "He et al. 2015: weight variance 2/fan_in keeps the error signal's size from layer to layer",
+                       {"model.init": "kaiming_normal", "model.init_std": None}))
+    elif act == "selu" and init != "lecun_normal":
+        out.append(rec("LeCun-normal init for SELU", "SELU's self-normalising fixed point needs variance 1/fan_in",
+                       {"model.init": "lecun_normal", "model.init_std": None}))
+    elif act not in RELU_FAMILY:
+        change = {"model.activation": "relu", "model.init": "kaiming_normal", "model.init_std": None}
+        why = f"{act}'s derivative shrinks the error at every layer; ReLU with Kaiming init is critical (factor 1.00)"
+        if lr is not None and optimizer != "adam":
+            # the early layers now get the full gradient: configs/01 switched to ReLU at its lr 0.1
+            # diverged (step 115); at 0.05 it is configs/03, which trains
+            change["train.lr"] = float(f"{lr / 2:.3g}")
+            why += "; half the learning rate, since every layer now gets the full gradient"
+        out.append(rec("a non-saturating activation with Kaiming init", why, change))
+    if m.get("norm", "none") == "none":
+        out.append(rec("batch normalization", "re-centres and re-scales each layer's pre-activations (Ioffe & Szegedy 2015)",
+                       {"model.norm": "batch"}))
+    if not m.get("residual"):
+        out.append(rec("residual connections", "an identity path carries the gradient back unshrunk (He et al. 2016)",
+                       {"model.residual": True}))
+    if not plain and not out:
+        out.append(rec("fewer layers", "the gradient still vanishes with norm and residual in place",
+                       {"model.depth": max(2, int(m.get("depth", 8)) // 2)}))
+    return out
+
+
+def _recurrent_vanishing(m: dict) -> list[dict]:
+    kind, out = m.get("kind"), []
+    if kind == "rnn":
+        out.append(rec("an LSTM with forget-gate bias 1.0",
+                       "its cell state is updated additively through a learned forget gate (Hochreiter & Schmidhuber 1997; "
+                       "Jozefowicz et al. 2015)",
+                       {"model.kind": "lstm", "model.activation": None, "model.forget_bias": 1.0}))
+        if m.get("activation") == "relu":
+            out.append(rec("identity recurrent init (IRNN)", "Le, Jaitly & Hinton 2015: h_t is carried forward unchanged at init",
+                           {"model.recurrent_init": "identity", "model.recurrent_std": None}))
+        else:
+            out.append(rec("orthogonal recurrent init", "an orthogonal W_hh preserves norms through time (Saxe et al. 2014)",
+                           {"model.recurrent_init": "orthogonal", "model.recurrent_std": None}))
+        out.append(rec("a GRU", "gated like the LSTM, one state vector (Cho et al. 2014)",
+                       {"model.kind": "gru", "model.activation": None}))
+    elif kind == "lstm" and (m.get("forget_bias") or 0.0) < 1.0:
+        out.append(rec("forget-gate bias 1.0", "f = sigmoid(1) = 0.73 per step at init instead of 0.5 (Jozefowicz et al. 2015)",
+                       {"model.forget_bias": 1.0}))
+    if kind in ("lstm", "gru") and m.get("recurrent_init") != "orthogonal":
+        out.append(rec("orthogonal recurrent init", "an orthogonal W_hh per gate keeps the through-time path from shrinking",
+                       {"model.recurrent_init": "orthogonal", "model.recurrent_std": None}))
+    return out
+
+
+def _exploding(cfg: dict) -> list[dict]:
+    m, t, out = cfg["model"], cfg["train"], []
+    if m["kind"] == "mlp":
+        act = m.get("activation")
+        pred = theory.for_model(m)
+        if pred.get("applicable") and pred["chi_1"] > 1.05:
+            fix = {"model.init_std": None} if m.get("init", "").startswith("kaiming") else {"model.init": "kaiming_normal", "model.init_std": None}
+            if act not in RELU_FAMILY:
+                fix = {"model.activation": "relu", "model.init": "kaiming_normal", "model.init_std": None}
+            out.append(rec("a critical init", f"theory: per-layer factor {pred['factor']:.2f} now; the activation's own Kaiming gain gives ~1.00",
+                           fix))
+    elif m.get("recurrent_std") is not None and m.get("recurrent_std") > 1:
+        out.append(rec("recurrent gain 1", f"W_hh scaled by {m['recurrent_std']:g} multiplies the gradient by up to that per time step",
+                       {"model.recurrent_std": None}))
+    elif m.get("recurrent_init") != "orthogonal":
+        out.append(rec("orthogonal recurrent init", "an orthogonal W_hh has every singular value 1: no growth through time",
+                       {"model.recurrent_init": "orthogonal", "model.recurrent_std": None}))
+    if t.get("clip_norm") is None and t.get("clip_value") is None:
+        out.append(rec("gradient clipping", "limits each step's size (Pascanu et al. 2013); it treats the symptom, not the cause",
+                       {"train.clip_norm": 1.0}))
+    if m["kind"] == "rnn":
+        out.append(rec("an LSTM", "gates bound the through-time Jacobian",
+                       {"model.kind": "lstm", "model.activation": None, "model.forget_bias": 1.0, "model.recurrent_std": None,
+                        "model.recurrent_init": "default"}))
+    out.append(rec("a lower learning rate", "smaller steps where the gradient is large", {"train.lr": float(f"{t['lr'] / 10:.3g}")}))
+    return out
+
+
+def recommend(cfg: dict, verdict: str, indicators: dict, recovered: bool) -> list[dict]:
+    """cfg: the resolved config as a dict (config.yaml). Ordered, most preferred first."""
+    m, t = cfg["model"], cfg["train"]
+    if verdict == "exploding":
+        out = _exploding(cfg)
+    elif verdict == "dying-relu":
+        out = [rec("leaky ReLU", "a slope of 0.01 for negative inputs: the gradient is never exactly 0, no unit can die (Maas et al. 2013)",
+                   {"model.activation": "leaky_relu"}),
+               rec("a lower learning rate", "large steps push units into the region where they output 0 for every input",
+                   {"train.lr": float(f"{t['lr'] / 10:.3g}")})]
+    elif verdict == "vanishing":
+        out = _mlp_vanishing(m, t.get("lr"), t.get("optimizer")) if m["kind"] == "mlp" else _recurrent_vanishing(m)
+    elif verdict == "underfitting":
+        out = [rec("train longer", "the gradient reaches every layer; the loss is still falling or the budget was short",
+                   {"train.steps": int(t["steps"]) * 3}),
+               rec("a larger learning rate", "every layer learns, but slowly", {"train.lr": float(f"{t['lr'] * 3:.3g}")})]
+    else:
+        out = []
+    for r in out:
+        r["optional"] = recovered  # the problem was there at init, but training overcame it
+        r["command"] = "--set " + " --set ".join(f"{k}={_yaml_scalar(v)}" for k, v in r["set"].items())
+        pred = _predicted(cfg, r["set"])
+        if pred is not None:
+            r["theory_factor_after"] = pred
+    return out
+
+
+def _yaml_scalar(v) -> str:
+    return "null" if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
+
+
+def apply(cfg: dict, changes: dict) -> dict:
+    new = copy.deepcopy(cfg)
+    for key, value in changes.items():
+        node = new
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return new
+
+
+def _predicted(cfg: dict, changes: dict) -> float | None:
+    p = theory.for_model(apply(cfg, changes)["model"])
+    return p["factor"] if p.get("applicable") else None
+
+
+def suggested_config(cfg: dict, recommendation: dict, source: str) -> str:
+    """The run's resolved config with the recommendation applied, as YAML that load_config accepts."""
+    from .config import validate
+
+    new = apply(cfg, recommendation["set"])
+    if new.get("name"):
+        new["name"] = (str(new["name"])[:76] + "-fix")
+    validated = validate(new, "suggested config")  # never print a config that would not load
+    header = (f"# suggested by `vgrad diagnose {source}`: {recommendation['title']}\n"
+              f"# changed: {', '.join(f'{k}={_yaml_scalar(v)}' for k, v in recommendation['set'].items())}\n"
+              f"# why: {recommendation['why']}\n")
+    return header + yaml.safe_dump(validated.to_dict(), sort_keys=False, default_flow_style=False)
