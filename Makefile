@@ -18,7 +18,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,ray]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,3 +32,11 @@ test: install-test
 
 clean:
 	rm -rf $(VENV) *.egg-info
+
+# Every benchmark (docs/benchmarks.md): minutes; run it on an otherwise idle machine.
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+# The same in seconds with tiny sizes: proves the command works, the figures mean nothing.
+bench-quick: install
+	$(BIN)/python benchmarks/run_all.py --quick

@@ -132,6 +132,7 @@ def run(
 # heavy imports inside its functions. One line per module:
 # (command modules)
 from . import cli_diagnose  # noqa: E402,F401
+from . import cli_sweep  # noqa: E402,F401
 from . import cli_compare  # noqa: E402,F401
 
 

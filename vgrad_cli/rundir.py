@@ -29,11 +29,8 @@ RUN_FILES = ("config.yaml", "summary.json")
 
 
 def _cell(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
-    return str(v)
+    # str() of a float is its shortest round-trip form and already spells nan, inf and -inf
+    return "" if v is None else str(v)
 
 
 class CsvTable:
@@ -47,7 +44,8 @@ class CsvTable:
     def append(self, rows: list[dict]):
         # Format every row first, then write them with a single system call: a SIGKILL lands
         # between appends, never inside a line, so the file always parses up to the last step.
-        self._write("".join(",".join(_cell(r.get(c)) for c in self.columns) + "\n" for r in rows))
+        cols = self.columns
+        self._write("".join(",".join(["" if (v := r.get(c)) is None else str(v) for c in cols]) + "\n" for r in rows))
 
     def _write(self, text: str):
         data = memoryview(text.encode("utf-8"))
@@ -64,22 +62,29 @@ def write_json_atomic(path: Path, data: dict):
     os.replace(tmp, path)
 
 
+def create_unique_dir(root: str | Path, names, what: str = "run directory") -> Path:
+    """Create the first of `names` (tried in order) that does not exist yet under `root`.
+
+    Never reuses a directory: exist_ok=False makes the check and the creation one step.
+    """
+    root = Path(root)
+    for name in names:
+        path = root / name
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UsageError(f"cannot create the {what} under '{root}': {e.strerror}") from None
+    raise UsageError(f"cannot find a free {what} name under '{root}'")
+
+
 class RunWriter:
     def __init__(self, root: str | Path, name: str):
-        root = Path(root)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        for _ in range(20):  # a fresh id on the (unlikely) collision: never reuse a directory
-            path = root / f"{name}-{stamp}-{secrets.token_hex(2)}"
-            try:
-                path.mkdir(parents=True, exist_ok=False)
-                break
-            except FileExistsError:
-                continue
-            except OSError as e:
-                raise UsageError(f"cannot create run directory under '{root}': {e.strerror}") from None
-        else:  # pragma: no cover
-            raise RuntimeError("could not find a free run directory name")
-        self.path = path
+        # a fresh random id on the (unlikely) collision
+        self.path = create_unique_dir(root, (f"{name}-{stamp}-{secrets.token_hex(2)}" for _ in range(20)))
         self.tables: dict[str, CsvTable] = {}
 
     def write_config(self, config: dict):

@@ -1,0 +1,328 @@
+"""What a sweep shows: progress and a sweep.csv row per finished run, then sweep_summary.csv,
+sweep.png and a table.
+
+Ratios span orders of magnitude, so besides plain mean/std/min/max over seeds they are also
+aggregated as log10 (the plot and the table use those: a geometric mean, a band in decades).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from pathlib import Path
+
+from rich.table import Table
+
+from .render import VERDICT_STYLE, fmt
+from .sweep import cell, write_atomic
+
+# sweep.csv: the swept parameters' columns come first, then these.
+RUN_COLUMNS = [
+    "seed", "run_dir", "status", "verdict",
+    "grad_norm_ratio_first_step", "grad_norm_ratio_last_step",
+    "delta_norm_ratio_first_step", "delta_norm_ratio_last_step",
+    "final_loss", "final_accuracy", "final_eval_loss", "final_eval_accuracy",
+    "steps_completed", "wall_time_s", "error",
+]
+SUMMARY_KEYS = RUN_COLUMNS[2:-1]       # copied from each run's summary.json as they are
+
+METRICS = [
+    "grad_norm_ratio_first_step", "grad_norm_ratio_last_step", "delta_norm_ratio_first_step",
+    "delta_norm_ratio_last_step", "final_loss", "final_accuracy", "final_eval_loss", "final_eval_accuracy",
+    "wall_time_s",
+]
+RATIOS = [m for m in METRICS if "_ratio_" in m]
+STATUSES = ("completed", "diverged", "interrupted", "failed")
+STATUS_SHORT = {"completed": "ok", "diverged": "diverged", "interrupted": "stopped", "failed": "failed"}
+
+
+class SweepProgress:
+    """One bar for the whole sweep on a terminal, and a line per finished run (plain lines in CI)."""
+
+    def __init__(self, console, total: int, done: int):
+        self.console, self.total, self.done = console, total, done
+        self.progress = None
+        if console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("sweep"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=console,
+                transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("sweep", total=total, completed=done)
+
+    def advance(self, label: str, row: dict):
+        self.done += 1
+        v = row.get("verdict")
+        what = f"{row['status']}" + (f", [{VERDICT_STYLE.get(v, 'bold')}]{v}[/]" if v else "")
+        if row.get("final_loss") is not None:
+            what += f", loss {fmt(row['final_loss'])}"
+        if row.get("error"):
+            from rich.markup import escape
+
+            what += f" - {escape(str(row['error']))}"
+        line = f"[{self.done}/{self.total}] {label}: {what} ({fmt(row.get('wall_time_s'))} s)"
+        self.console.print(line, soft_wrap=True)  # above the bar on a terminal
+        if self.progress is not None:
+            self.progress.update(self.task, completed=self.done)
+
+    def stop(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+# ----------------------------------------------------------------------------- sweep.csv
+
+
+def make_row(plan, point, sweep_dir: Path, run_dir: Path | None, error: str | None) -> dict:
+    """One sweep.csv row, read from the run's own summary.json so that the two always agree."""
+    from .rundir import read_summary
+
+    row = {p.name: v for p, v in zip(plan.params, point.values)}
+    row.update(seed=point.seed, run_dir=None, status="failed", error=error)
+    if run_dir is not None and (Path(run_dir) / "summary.json").exists():
+        summary = read_summary(Path(run_dir))
+        row.update({k: summary.get(k) for k in SUMMARY_KEYS})
+        row["run_dir"] = Path(run_dir).name  # relative to the sweep directory: the sweep can move
+        row["error"] = summary.get("error") or (error if summary.get("status") == "failed" else None)
+        row["_baseline_loss"] = summary.get("baseline_loss")  # for the plot only, not a CSV column
+    elif run_dir is not None:
+        row["run_dir"] = Path(run_dir).name
+    return row
+
+
+def csv_text(columns: list[str], rows: list[dict]) -> str:
+    """A header and rows as CSV text (quoted where needed: error messages hold commas)."""
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([columns] + [[cell(r.get(c)) for c in columns] for r in rows])
+    return buf.getvalue()
+
+
+class SweepCsv:
+    """sweep.csv: rewritten atomically at the start (a resume keeps the finished rows), then one
+    complete row appended and flushed per finished run, so an interrupted sweep leaves a valid file."""
+
+    def __init__(self, path: Path, params: list, rows: list[dict]):
+        self.columns = [p.name for p in params] + RUN_COLUMNS
+        write_atomic(path, csv_text(self.columns, rows))
+        self.file = open(path, "a", newline="", encoding="utf-8")
+
+    def append(self, row: dict):
+        line = csv_text(self.columns, [row]).split("\n", 1)[1]  # the row without the header
+        self.file.write(line)  # one write call: whole rows only
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "min": min(values), "max": max(values)}
+
+
+def aggregate(plan, rows: list[dict]) -> list[dict]:
+    """One group per grid point (over seeds), in plan order."""
+    names = [p.name for p in plan.params]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(repr(r[n]) for n in names), []).append(r)
+    out = []
+    for members in groups.values():
+        g = {n: members[0][n] for n in names}
+        g["n_runs"] = len(members)
+        for s in STATUSES:
+            g[f"n_{s}"] = sum(m["status"] == s for m in members)
+        verdicts = [m.get("verdict") or "-" for m in members]
+        counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
+        g["verdicts"] = " ".join(v if len(counts) == 1 else f"{v}:{c}" for v, c in counts.items())
+        completed = [r for r in members if r["status"] == "completed"]
+        for m in METRICS:
+            # A diverged run's "final" loss is the last finite one before it blew up (often 1e11):
+            # the final_* statistics are over completed runs; ratios and time over all of them.
+            pool = completed if m.startswith("final_") else members
+            for stat, value in _stats(_finite(r.get(m) for r in pool)).items():
+                g[f"{m}_{stat}"] = value
+        for m in RATIOS:  # log10 over seeds: positive ratios only
+            logs = [math.log10(v) for v in _finite(r.get(m) for r in members) if v > 0]
+            for stat, value in _stats(logs).items():
+                g[f"{m}_log10_{stat}"] = value
+        g["_baseline_loss"] = next((m.get("_baseline_loss") for m in members if m.get("_baseline_loss")), None)
+        out.append(g)
+    return out
+
+
+def summary_columns(plan) -> list[str]:
+    cols = [p.name for p in plan.params] + ["n_runs"] + [f"n_{s}" for s in STATUSES] + ["verdicts"]
+    cols += [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "min", "max")]
+    cols += [f"{m}_log10_{s}" for m in RATIOS for s in ("mean", "std", "min", "max")]
+    return cols
+
+
+def write_report(sweep_dir: Path, plan, rows: list[dict], console):
+    groups = aggregate(plan, rows)
+    write_atomic(sweep_dir / "sweep_summary.csv", csv_text(summary_columns(plan), groups))
+    if rows:
+        try:
+            plot(sweep_dir / "sweep.png", plan, groups)
+        except Exception as e:  # noqa: BLE001 - a plot problem must not hide the results
+            console.print(f"[yellow]warning:[/] sweep.png not written: {type(e).__name__}: {e}")
+    table = summary_table(plan, groups)
+    if console.is_terminal:
+        console.print(table)
+    else:  # in a log or a file (80 columns by default) wide lines beat cut-off cells
+        width = console.width
+        console.width = max(width, console.measure(table, options=console.options.update(width=400)).maximum)
+        console.print(table)
+        console.width = width
+
+
+# ----------------------------------------------------------------------------- console table
+
+
+def _ratio(g: dict, when: str) -> str:
+    log = g[f"delta_norm_ratio_{when}_step_log10_mean"]
+    if log is not None:
+        return fmt(10 ** log, 2)
+    return "0" if g[f"delta_norm_ratio_{when}_step_max"] == 0 else ""  # 0: float underflow at layer 0
+
+
+def summary_table(plan, groups: list[dict]) -> Table:
+    several = len(plan.seeds) > 1
+    show_status = several or any(g["n_completed"] != g["n_runs"] for g in groups)
+    title = "sweep: layer-0/output delta_norm ratio at the first and last logged step"
+    if several:
+        title += f"; {len(plan.seeds)} seeds: ratios as geometric mean, loss as mean ± std"
+    title += "; final loss and accuracy of completed runs"
+    t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for p in plan.params:
+        t.add_column(p.name, justify="right", no_wrap=True)
+    if show_status:
+        t.add_column("runs")
+    t.add_column("verdict", no_wrap=True)
+    t.add_column("ratio first", justify="right", no_wrap=True)
+    t.add_column("ratio last", justify="right", no_wrap=True)
+    t.add_column("final loss", justify="right", no_wrap=True)
+    t.add_column("eval acc", justify="right", no_wrap=True)
+    t.add_column("time s", justify="right", no_wrap=True)
+    for g in groups:
+        verdict = g["verdicts"]
+        style = VERDICT_STYLE.get(verdict)
+        loss = fmt(g["final_loss_mean"])
+        if several and g["final_loss_std"] is not None:
+            loss += f" ± {fmt(g['final_loss_std'], 2)}"
+        cells = [fmt(g[p.name]) if not isinstance(g[p.name], bool) else str(g[p.name]).lower() for p in plan.params]
+        if show_status:
+            cells.append(", ".join(f"{g[f'n_{s}']} {STATUS_SHORT[s]}" for s in STATUSES if g[f"n_{s}"]))
+        cells += [f"[{style}]{verdict}[/]" if style else verdict, _ratio(g, "first"), _ratio(g, "last"), loss,
+                  fmt(g["final_eval_accuracy_mean"]), fmt(g["wall_time_s_mean"], 2)]
+        t.add_row(*cells)
+    return t
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def _axis(values: list):
+    """x positions for the swept values: numbers as numbers (log scale when they span a decade or
+    more), anything else as evenly spaced categories."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        positive = all(v > 0 for v in values)
+        log = positive and len(values) > 2 and max(values) / min(values) >= 8
+        base = 2 if log and all(isinstance(v, int) for v in values) else 10
+        return {v: float(v) for v in values}, (base if log else None)
+    return {v: float(i) for i, v in enumerate(values)}, None
+
+
+def _label(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else fmt(v)
+
+
+def plot(path: Path, plan, groups: list[dict]):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed (CI, ssh, workers)
+    import matplotlib.pyplot as plt
+
+    xp, others = plan.params[0], plan.params[1:]
+    xs, log_base = _axis(xp.values)
+    lines: dict[tuple, list[dict]] = {}
+    for g in groups:
+        lines.setdefault(tuple(repr(g[p.name]) for p in others), []).append(g)
+
+    panels = [("delta_norm_ratio_first_step", "log10 delta_norm ratio (layer 0 / output)\nat the first logged step"),
+              ("delta_norm_ratio_last_step", "log10 delta_norm ratio (layer 0 / output)\nat the last logged step"),
+              ("final_loss", "final training loss")]
+    fig, axes = plt.subplots(1, 3, figsize=(16.5 if others else 15, 4.6), layout="constrained")
+    for i, members in enumerate(lines.values()):
+        color = f"C{i % 10}"
+        label = ", ".join(f"{p.name}={_label(members[0][p.name])}" for p in others) or None
+        members = sorted(members, key=lambda g: xs[g[xp.name]])
+        for ax, (metric, _) in zip(axes, panels):
+            key = f"{metric}_log10" if "_ratio_" in metric else metric
+            pts = [(xs[g[xp.name]], g[f"{key}_mean"], g[f"{key}_min"], g[f"{key}_max"]) for g in members
+                   if g[f"{key}_mean"] is not None]
+            if pts:
+                x, mean, lo, hi = zip(*pts)
+                ax.plot(x, mean, "o-", color=color, label=label, ms=4)
+                if len(plan.seeds) > 1:
+                    ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+            # A ratio of exactly 0 (layer 0's delta underflowed float32) has no log: mark it at the bottom.
+            zero = [xs[g[xp.name]] for g in members if "_ratio_" in metric and g[f"{metric}_min"] == 0]
+            if zero:
+                ax.plot(zero, [0.03] * len(zero), "v", color=color, ms=8, transform=ax.get_xaxis_transform(),
+                        label="ratio 0 (float underflow)")
+            # Runs that diverged have no final loss: mark where they are instead of leaving a gap.
+            bad = [xs[g[xp.name]] for g in members if g["n_diverged"] or g["n_failed"]]
+            if bad and metric == "final_loss":
+                ax.plot(bad, [0.97] * len(bad), "x", color=color, ms=9, mew=2,
+                        transform=ax.get_xaxis_transform(), label="diverged or failed: no final loss")
+    baseline = next((g["_baseline_loss"] for g in groups if g.get("_baseline_loss")), None)
+    for ax, (metric, title) in zip(axes, panels):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xp.name)
+        if log_base:
+            ax.set_xscale("log", base=log_base)
+            ax.set_xticks(list(xs.values()), [fmt(v) for v in xs])
+            ax.minorticks_off()
+        else:
+            ax.set_xticks(list(xs.values()), [_label(v) for v in xs])
+        ax.grid(alpha=0.3)
+        if "_ratio_" in metric:  # the verdict's thresholds: below -2 vanishing, above +2 exploding
+            ax.axhspan(-2, 2, color="green", alpha=0.06, lw=0)
+            ax.axhline(-2, color="gray", ls="--", lw=0.8)
+            ax.axhline(2, color="gray", ls="--", lw=0.8)
+        elif baseline is not None:
+            ax.axhline(baseline, color="gray", ls=":", lw=1, label="input-blind baseline")
+    if others:
+        # One legend for the figure: every line (a line may have no point in some panel: a diverged
+        # run has no final loss) and each marker kind once.
+        legend: dict = {}
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+        fig.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize=8)
+    else:  # a single line: only the markers need explaining, in the panel that has them
+        for ax in axes:
+            if ax.get_legend_handles_labels()[1]:
+                ax.legend(fontsize=8, loc="best")
+    seeds = f"{len(plan.seeds)} seeds, band = min..max" if len(plan.seeds) > 1 else f"seed {plan.seeds[0]}"
+    fig.suptitle(f"vgrad sweep over {', '.join(p.name for p in plan.params)} ({seeds}); "
+                 "dashed lines: verdict thresholds (< -2 vanishing, > +2 exploding)", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
