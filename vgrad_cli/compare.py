@@ -72,19 +72,10 @@ def run_info(run: Run, lab: str) -> dict:
             "task": (run.config.get("task") or {}).get("name"), "notes": "; ".join(run.notes) or None}
     for key, _ in RUN_FIELDS:
         info.setdefault(key, s.get(key))
+    from .theory import theory_columns
+
     info.update(theory_columns(run.path))
     return info
-
-
-def theory_columns(path) -> dict:
-    """Mean-field prediction next to the measured per-layer delta_norm factor at step 0 (plain MLPs)."""
-    from .theory import theory_for_run
-
-    th = theory_for_run(path) or {}
-    if not th.get("applicable"):
-        return {}
-    return {"theory_factor": th.get("factor"), "measured_factor": th.get("measured_factor"),
-            "theory_depth_scale": th.get("depth_scale")}
 
 
 def build(runs: list[Run], which_steps: list) -> dict:

@@ -23,14 +23,16 @@ RUN_COLUMNS = [
     "grad_norm_ratio_first_step", "grad_norm_ratio_last_step",
     "delta_norm_ratio_first_step", "delta_norm_ratio_last_step",
     "final_loss", "final_accuracy", "final_eval_loss", "final_eval_accuracy",
-    "steps_completed", "wall_time_s", "error",
+    "steps_completed", "wall_time_s",
+    "measured_factor", "theory_factor", "theory_depth_scale",  # per-layer delta factor at step 0 vs mean-field
+    "error",
 ]
-SUMMARY_KEYS = RUN_COLUMNS[2:-1]       # copied from each run's summary.json as they are
+SUMMARY_KEYS = RUN_COLUMNS[2:-4]       # copied from each run's summary.json as they are
 
 METRICS = [
     "grad_norm_ratio_first_step", "grad_norm_ratio_last_step", "delta_norm_ratio_first_step",
     "delta_norm_ratio_last_step", "final_loss", "final_accuracy", "final_eval_loss", "final_eval_accuracy",
-    "wall_time_s",
+    "wall_time_s", "measured_factor", "theory_factor",
 ]
 RATIOS = [m for m in METRICS if "_ratio_" in m]
 STATUSES = ("completed", "diverged", "interrupted", "failed")
@@ -89,6 +91,9 @@ def make_row(plan, point, sweep_dir: Path, run_dir: Path | None, error: str | No
         row["run_dir"] = Path(run_dir).name  # relative to the sweep directory: the sweep can move
         row["error"] = summary.get("error") or (error if summary.get("status") == "failed" else None)
         row["_baseline_loss"] = summary.get("baseline_loss")  # for the plot only, not a CSV column
+        from .theory import theory_columns
+
+        row.update(theory_columns(Path(run_dir)))  # empty where theory does not apply (norm, residual, rnn)
     elif run_dir is not None:
         row["run_dir"] = Path(run_dir).name
     return row

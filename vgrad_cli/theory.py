@@ -222,3 +222,12 @@ def theory_for_run(run_dir) -> dict | None:
     out.update(measured_step=min(steps) if steps else None, measured_factor=m,
                measured_over_predicted=(m / out["factor"]) if m is not None and out["factor"] > 0 else None)
     return out
+
+
+def theory_columns(path) -> dict:
+    """Mean-field prediction next to the measured per-layer delta_norm factor at step 0 (plain MLPs)."""
+    th = theory_for_run(path) or {}
+    if not th.get("applicable"):
+        return {}
+    return {"theory_factor": th.get("factor"), "measured_factor": th.get("measured_factor"),
+            "theory_depth_scale": th.get("depth_scale")}
