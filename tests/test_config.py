@@ -46,6 +46,13 @@ def test_malformed_set(item):
         apply_overrides({}, [item])
 
 
+def test_errors_from_set_name_the_flag_not_the_file(write_config):
+    with pytest.raises(UsageError, match=r"^--set train.steps=-5: train.steps: must be >= 1"):
+        load_config(write_config("model: {depth: 3}\n"), ["train.steps=-5"])
+    with pytest.raises(UsageError, match=r"cfg.yaml: train.lr: must be > 0"):
+        load_config(write_config("train: {lr: 0}\n"), ["train.steps=5"])
+
+
 def test_set_into_a_value_is_an_error():
     with pytest.raises(UsageError, match="'seed' is a value, not a section"):
         apply_overrides({"seed": 1}, ["seed.x=2"])
@@ -81,6 +88,13 @@ BAD = [
     ({"name": "a b"}, "name: 'a b' may hold only letters"),
     ({"train": {"optimizer": "adam", "momentum": 0.9}}, "train.momentum applies to sgd and rmsprop only"),
     ({"model": {"norm": "batch"}, "train": {"batch_size": 1}}, "model.norm: batch needs train.batch_size >= 2"),
+    ({"train": {"lr": float("inf")}}, "train.lr: must be a finite number"),
+    ({"train": {"lr": float("nan")}}, "train.lr: must be a finite number"),
+    ({"train": {"lr": 1e300}}, "train.lr: must be <= 1e+06"),
+    ({"model": {"init_std": float("inf")}}, "model.init_std: must be a finite number"),
+    ({"model": {"depth": 100000}}, "above vgrad's limit of 1e+08; use a smaller depth or width"),
+    ({"model": {"width": 100000, "depth": 1}}, "parameters, above vgrad's limit"),
+    ({"train": {"batch_size": 1000000}, "model": {"width": 1024, "depth": 8}}, "activations per step, above vgrad's limit"),
 ]
 
 

@@ -13,6 +13,7 @@ The verdict rule (also in docs/run-format.md):
   3. grad_norm_total at a logged step > GROWTH (1000) x its step-0 value -> exploding
   4. a delta_norm or time ratio < VANISHING_RATIO (0.01)             -> vanishing
   5. otherwise                                                       -> healthy
+  ("unknown" only when no step was logged at all, e.g. a run that failed before step 0.)
 Two orders of magnitude is where early layers learn ~100x slower than late ones.
 """
 
@@ -96,7 +97,7 @@ def verdict(status: str, ratio: dict, diverged_step: int | None, grad_total_grow
             f"every delta_norm ratio lies in [{VANISHING_RATIO:g}, {EXPLODING_RATIO:g}] "
             f"(lowest: {_label(k_lo)} = {finite[k_lo]:.2g})"
         )
-    return "healthy", "no ratio could be measured"
+    return "unknown", "nothing was measured (no logged step)"
 
 
 def _later(key: str, finite: dict) -> str:

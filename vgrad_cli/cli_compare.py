@@ -109,7 +109,8 @@ def _provisional_verdict(r, s: dict) -> dict:
     from .analysis import verdict
 
     ratio = {k: s.get(k) for k in ("grad_norm_ratio_first_step", "grad_norm_ratio_last_step",
-                                   "delta_norm_ratio_first_step", "delta_norm_ratio_last_step")}
+                                   "delta_norm_ratio_first_step", "delta_norm_ratio_last_step",
+                                   "time_ratio_first_step", "time_ratio_last_step")}
     totals = [m.get("grad_norm_total") for m in r.metrics if isinstance(m.get("grad_norm_total"), (int, float))]
     growth = max(totals) / totals[0] if totals and totals[0] else None
     v, reason = verdict(r.status, ratio, s.get("diverged_step"), growth)
@@ -146,15 +147,17 @@ def runs_(
             continue
         s = r.stats()
         task = (r.config.get("task") or {}).get("name")
-        rows.append((r.date_text(), str(p.relative_to(folder)), r.model_text() + (f" | {task}" if task else ""), r.status, s.get("verdict") or "", f"{s.get('steps_completed', '')}/{s.get('steps_planned', '')}",
+        rows.append((r.date_text(), str(p.relative_to(folder)), r.model_text() + (f" | {task}" if task else ""), r.status, s.get("verdict") or "", f"{_n(s.get('steps_completed'))}/{_n(s.get('steps_planned'))}",
                      fmt(s.get("final_loss"))))
     rows.sort(key=lambda row: (row[0], row[1]))
     t = Table(title=f"runs under {escape(str(folder))}", title_justify="left", show_edge=False, pad_edge=False)
     # The name is what users copy into compare/show: one line, with the model under it, dimmed.
     name_width = min(max(len(row[1]) for row in rows), max(20, console.width - 58))  # 58: the other columns
     for h in ("date", "run (model | task)", "status", "verdict", "steps", "loss"):
-        t.add_column(h, justify="right" if h in ("steps", "loss") else "left", overflow="fold",
-                     min_width=name_width if h.startswith("run") else None, max_width=10 if h == "date" else None)
+        numeric = h in ("steps", "loss")  # numbers are never folded or cropped
+        t.add_column(h, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric,
+                     min_width=name_width if h.startswith("run") else (9 if numeric else None),
+                     max_width=10 if h == "date" else None)
     for date, name, model, status, verdict, steps, loss in rows:
         style = VERDICT_STYLE.get(verdict, "")
         t.add_row(escape(date), f"{escape(name)}\n[dim]{escape(model)}[/]", escape(status),
@@ -163,3 +166,7 @@ def runs_(
 
 
 app.command("ls", help="Same as `vgrad runs`.")(runs_)
+
+
+def _n(v) -> str:
+    return "" if v is None else str(v)

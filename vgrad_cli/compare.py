@@ -231,6 +231,15 @@ def print_blocks(blocks_: list[Block], console) -> None:
 
 
 def render_table(data: dict, console) -> None:
+    n = len(data["runs"])
+    # each run takes ~4 numeric columns of ~10 characters: beyond the console width, rich would
+    # squeeze every cell to a few characters, so say what reads better instead
+    if 12 + 40 * n > console.width:
+        console.print(f"({n} runs are wider than this {console.width}-column console: try --format markdown or csv, "
+                      "--step last, or fewer runs)", soft_wrap=True)
+        if n > 3:
+            console.print(render_markdown(data), soft_wrap=True, markup=False, highlight=False)
+            return
     print_blocks(blocks(data), console)
 
 

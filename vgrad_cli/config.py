@@ -45,7 +45,14 @@ def one_of(options, what: str):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: .inf or .nan is never a sensible learning rate, std or clip value
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Guards against a typo that would take the machine's memory (depth=100000): far above anything
+# vgrad's experiments need, far below what exhausts a laptop.
+MAX_PARAMETERS = 100_000_000
+MAX_ACTIVATIONS = 200_000_000  # values kept for backprop per step: batch x width x depth (x seq_len)
 
 
 class ModelConfig(Section):
@@ -88,7 +95,10 @@ def _check_kind(m: "ModelConfig"):
     if kind == "rnn" and m.activation not in ("tanh", "relu"):
         raise ValueError(f"model.activation for an rnn must be tanh or relu (got '{m.activation}')")
     if kind in ("lstm", "gru") and m.activation is not None:
-        raise ValueError(f"model.activation does not apply to model.kind {kind} (its gates are fixed sigmoid/tanh); remove it")
+        raise ValueError(
+            f"model.activation does not apply to model.kind {kind} (its gates are fixed sigmoid/tanh); "
+            "remove it (or --set model.activation=null)"
+        )
     if m.forget_bias is not None and kind != "lstm":
         raise ValueError(f"model.forget_bias applies to model.kind lstm only (got kind {kind})")
     if kind == "mlp" and (m.recurrent_init != "default" or m.recurrent_std is not None):
@@ -101,7 +111,7 @@ TaskConfig = Annotated[Union[TASK_TYPES], Field(discriminator="name")]  # type: 
 
 class TrainConfig(Section):
     optimizer: Annotated[str, one_of(OPTIMIZERS, "optimizer")] = Field("sgd", description="sgd, adam or rmsprop")
-    lr: float = Field(0.1, gt=0, description="learning rate")
+    lr: float = Field(0.1, gt=0, le=1e6, description="learning rate")
     momentum: float = Field(0.0, ge=0, lt=1, description="momentum for sgd and rmsprop")
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay")
     batch_size: int = Field(128, ge=1, description="examples per step")
@@ -155,7 +165,25 @@ class Config(Section):
             )
         if self.model.norm == "batch" and t.batch_size < 2:
             raise ValueError("model.norm: batch needs train.batch_size >= 2")
+        self._check_size()
         return self
+
+    def _check_size(self):
+        m = self.model
+        gates = {"rnn": 1, "lstm": 4, "gru": 3}.get(m.kind, 1)
+        params = m.depth * gates * m.width * (m.width + 1)
+        if params > MAX_PARAMETERS:
+            raise ValueError(
+                f"model.depth {m.depth} x model.width {m.width} makes ~{params:.2g} parameters, above vgrad's "
+                f"limit of {MAX_PARAMETERS:.0e}; use a smaller depth or width"
+            )
+        seq_len = getattr(self.task, "seq_len", 1)
+        acts = self.train.batch_size * m.width * m.depth * gates * seq_len
+        if acts > MAX_ACTIVATIONS:
+            raise ValueError(
+                f"train.batch_size x model.width x model.depth{' x task.seq_len' if seq_len > 1 else ''} makes "
+                f"~{acts:.2g} activations per step, above vgrad's limit of {MAX_ACTIVATIONS:.0e}; make one smaller"
+            )
 
     def run_name(self) -> str:
         act = f"-{self.model.activation}" if self.model.activation else ""
@@ -223,12 +251,17 @@ def apply_overrides(data: dict, sets: list[str]) -> dict:
     return data
 
 
-def validate(data: dict, source: str = "config") -> Config:
+def validate(data: dict, source: str = "config", overrides: dict | None = None) -> Config:
+    """Validate a config dict. `overrides` maps dotted keys set on the command line to the
+    `--set` text that set them, so an error about one of them blames the flag, not the file."""
     try:
         return Config.model_validate(data)
     except ValidationError as e:
         errors = e.errors()
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        path, _ = _fields_at(tuple(errors[0]["loc"]))
+        if overrides and path in overrides:
+            source = f"--set {overrides[path]}"
         raise UsageError(f"{source}: {_describe(errors[0])}{more}") from None
 
 
@@ -236,7 +269,8 @@ def load_config(path: str | Path | None, sets: list[str] | tuple = ()) -> Config
     """Read, override and validate. `path=None` starts from the defaults (used by sweeps and tests)."""
     data = read_yaml(path) if path is not None else {}
     apply_overrides(data, list(sets))
-    return validate(data, str(path) if path is not None else "config")
+    overrides = {item.partition("=")[0].strip(): item for item in sets}
+    return validate(data, str(path) if path is not None else "config", overrides)
 
 
 # ----------------------------------------------------------------------------- error messages
@@ -281,6 +315,8 @@ def _describe(err: dict) -> str:
     if kind in bounds:
         bound = next(iter(ctx.values()))
         return f"{where}must be {bounds[kind]} {bound:g} ({got})"
+    if kind == "finite_number":
+        return f"{where}must be a finite number ({got})"
     if kind == "string_pattern_mismatch":
         return f"{where}{value!r} may hold only letters, digits, '.', '_' and '-'"
     types = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string"}

@@ -90,8 +90,9 @@ def slow_training(run, baseline: float | None) -> dict:
     if stalled:
         summary = f"loss {start:.3g} -> {end:.3g}: " + (f"dropped only {drop:.0%}" if drop > 0.005 else "no drop")
     elif plateau:
-        summary = (f"loss flat over steps {steps[half]}-{steps[-1]} ({mid:.3g} -> {end:.3g}, "
-                   f"{improvement:+.0%}) at {end / baseline:.2f} x the baseline")
+        trend = "rose" if improvement < -T["plateau_improvement"] else "stayed flat"
+        summary = (f"loss {trend} over steps {steps[half]}-{steps[-1]} ({mid:.3g} -> {end:.3g}) "
+                   f"and ends at {end / baseline:.2f}x the baseline")
     else:
         summary = f"loss {start:.3g} -> {end:.3g} ({drop:.0%} drop); last half {improvement:+.0%}"
     if present and min(losses) < T["high_loss"] * end:
@@ -101,21 +102,24 @@ def slow_training(run, baseline: float | None) -> dict:
 
 def poor_performance(run, baseline: float | None, chance: float | None) -> dict:
     name = "poor performance on the training data"
-    thr = (f"regression: smoothed final loss >= {T['high_loss']} x baseline_loss; classification: loss >= "
-           "baseline_loss, or accuracy closing < half the gap from chance to 1")
+    thr = (f"regression: smoothed final loss >= {T['high_loss']} x baseline_loss; classification: accuracy "
+           "closing < half the gap from chance to 1 (loss >= baseline_loss when no accuracy is logged)")
     losses = [m["loss"] for m in run.metrics if _finite(m.get("loss"))]
     if not losses or baseline is None:
         return indicator(2, "poor_performance", name, "not measurable", "no finite loss or no baseline", {}, thr)
     end = smoothed_end_loss(losses)
     ev = {"loss_end": end, "baseline_loss": baseline, "loss_over_baseline": end / baseline if baseline else None}
-    summary = f"training loss {end:.3g} = {end / baseline:.3g} x the input-blind baseline {baseline:.3g}"
+    n = max(1, len(losses) // 10)
+    summary = (f"training loss {end:.3g} (mean of the last {n} logged steps) = {end / baseline:.2f}x the "
+               f"input-blind baseline {baseline:.3g}")
     if chance is not None:
+        # Classification: accuracy decides; the loss can be dominated by a few confident mistakes.
         accs = [m["accuracy"] for m in run.metrics if _finite(m.get("accuracy"))]
         acc = smoothed_end_loss(accs) if accs else None
         ev.update(accuracy_end=acc, chance_accuracy=chance)
-        present = end >= baseline or (acc is not None and acc < chance + 0.5 * (1 - chance))
+        present = acc < chance + 0.5 * (1 - chance) if acc is not None else end >= baseline
         if acc is not None:
-            summary += f"; accuracy {acc:.2f} (chance {chance:.2f})"
+            summary += f"; training accuracy {acc:.2f} (majority class {chance:.2f})"
     else:
         present = end >= T["high_loss"] * baseline
     if run.status == "diverged":
@@ -207,7 +211,8 @@ def unresponsive_units(run) -> dict:
 
 def weights_barely_moving(run) -> dict:
     name = "early-layer weights barely moving"
-    thr = f"weight_drift ||W_T - W_0|| / ||W_0|| < {T['weight_drift']:g} in every early layer at the last logged step"
+    thr = (f"weight_drift ||W_T - W_0|| / ||W_0|| < {T['weight_drift']:.0%} in every early layer at the last "
+           "logged step, and under half of the later hidden layers' largest drift")
     last = run.steps[-1]
     early, every, k = _early(run, last, "weight_drift")
     if last == run.steps[0] or not early or not all(_finite(v) for v in early):
@@ -215,10 +220,11 @@ def weights_barely_moving(run) -> dict:
     later = [v for v in every[k:] if _finite(v)]
     ev = {"step": last, "early_layers": list(range(k)), "early_drift": early, "all_layers_drift": every,
           "output_drift": run.layer_rows(last)[-1].get("weight_drift")}
-    summary = f"early {span(k)} moved at most {max(early):.2g} of their initial norm"
+    summary = f"early {span(k)} moved at most {max(early):.2%} of their initial norm"
     if later:
-        summary += f" (later hidden layers up to {max(later):.2g})"
-    status = "present" if max(early) < T["weight_drift"] else "absent"
+        summary += f" (later hidden layers up to {max(later):.2%})"
+    # The symptom is a contrast: early layers frozen while later ones learn (when there are later ones).
+    status = "present" if max(early) < T["weight_drift"] and (not later or max(early) < 0.5 * max(later)) else "absent"
     return indicator(6, "weights_barely_moving", name, status, summary, ev, thr)
 
 

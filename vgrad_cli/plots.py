@@ -81,16 +81,22 @@ def _save(fig, path: Path) -> Path:
 
 def _layer_lines(ax, run, column: str, steps: list[int], cmap):
     """One line per step: this column against layer index, log y. Returns whether anything was drawn."""
-    drawn = False
+    drawn, zeros = False, []
     for i, step in enumerate(steps):
         rows = run.layer_rows(step)
         y = _pos(r.get(column) for r in rows)
+        color = cmap(i / max(1, len(steps) - 1))
         if _has(y):
-            color = cmap(i / max(1, len(steps) - 1))
             ax.plot([r["layer"] for r in rows], y, marker="o", ms=3, lw=1.5, color=color, label=f"step {step}")
             drawn = True
+        zeros += [(r["layer"], color) for r in rows if r.get(column) == 0]
     if drawn:
         ax.set_yscale("log")
+        if zeros:  # exactly 0 has no place on a log axis, but it is the finding (dead layers): mark it
+            bottom = ax.get_ylim()[0]
+            ax.scatter([z[0] for z in zeros], [bottom] * len(zeros), marker="v", s=36, c=[z[1] for z in zeros],
+                       clip_on=False, zorder=5)
+            ax.annotate("▼ at the bottom = exactly 0", xy=(0.01, 0.99), xycoords="axes fraction", fontsize=8, va="top")
     return drawn
 
 

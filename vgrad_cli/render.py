@@ -87,14 +87,15 @@ def layer_table(first_rows: list[dict], last_rows: list[dict], title: str) -> Ta
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     t.add_column("layer", justify="right")
     t.add_column("name")
+    steps = [fs] if fs == ls else [fs, ls]  # a run that diverged at step 1 logged only step 0
     for col in ("grad_norm", "delta_norm"):
-        t.add_column(f"{col}\nstep {fs}", justify="right")
-        t.add_column(f"{col}\nstep {ls}", justify="right")
+        for s in steps:
+            t.add_column(f"{col}\nstep {s}", justify="right")
     last_by_layer = {r["layer"]: r for r in last_rows}
     for r in first_rows:
         lr = last_by_layer.get(r["layer"], {})
-        t.add_row(str(r["layer"]), r["name"], fmt(r["grad_norm"]), fmt(lr.get("grad_norm")),
-                  fmt(r["delta_norm"]), fmt(lr.get("delta_norm")))
+        cells = [fmt(r[col]) if s == fs else fmt(lr.get(col)) for col in ("grad_norm", "delta_norm") for s in steps]
+        t.add_row(str(r["layer"]), r["name"], *cells)
     return t
 
 
@@ -118,7 +119,7 @@ def time_table(profile: dict, first_step, last_step) -> Table:
     ts = profile["t"]
     pick = sorted({ts[round(i * (len(ts) - 1) / 5)] for i in range(6)}) if len(ts) > 6 else ts
     series = [(first_step, profile["first_step"])]
-    if profile.get("last_step") is not None:
+    if profile.get("last_step") is not None and last_step != first_step:
         series.append((last_step, profile["last_step"]))
     logs = [math.log10(v) for _, vals in series for v in vals if v and v > 0 and math.isfinite(v)]
     lo, hi = (min(logs), max(logs)) if logs else (0.0, 0.0)
@@ -144,7 +145,8 @@ def print_summary(console: Console, run_dir, summary: dict, first_rows, last_row
     v = summary.get("verdict")
     console.print(f"verdict: [{VERDICT_STYLE.get(v, 'bold')}]{v}[/] — {summary.get('verdict_reason')}")
     status = summary.get("status")
-    line = f"status: {status}, {summary.get('steps_completed')}/{summary.get('steps_planned')} steps"
+    done, planned = summary.get("steps_completed"), summary.get("steps_planned")
+    line = f"status: {status}, {'?' if done is None else done}/{planned} steps"
     if status == "diverged":
         line += f" (non-finite loss at step {summary.get('diverged_step')})"
     if summary.get("final_loss") is not None:

@@ -81,10 +81,17 @@ class Run:
     def model_text(self) -> str:
         m = self.config.get("model") or {}
         parts = [str(m.get("kind", "?"))]
-        for key in ("depth", "width", "hidden", "seq_len"):
+        for key in ("depth", "width"):
             if m.get(key) is not None:
                 parts.append(f"{key} {m[key]}")
-        parts += [str(m[k]) for k in ("cell", "activation", "init") if m.get(k)]
+        parts += [str(m[k]) for k in ("activation", "init") if m.get(k)]
+        if m.get("init_std") is not None:
+            parts.append(f"(std/gain {m['init_std']:g})")
+        if m.get("recurrent_init") not in (None, "default") or m.get("recurrent_std") is not None:
+            std = f" x{m['recurrent_std']:g}" if m.get("recurrent_std") is not None else ""
+            parts.append(f"recurrent {m.get('recurrent_init', 'default')}{std}")
+        if m.get("forget_bias") is not None:
+            parts.append(f"forget_bias {m['forget_bias']:g}")
         if m.get("norm") not in (None, "none"):
             parts.append(f"{m['norm']}norm")
         if m.get("residual"):
@@ -267,7 +274,12 @@ def resolve(arg: str, runs_dir: Path) -> list[Path]:
     if not runs_dir.is_dir():
         raise UsageError(f"no run '{arg}': no such directory, and there is no runs directory '{runs_dir}'")
     candidates = [d for d in sorted(runs_dir.iterdir()) if d.is_dir() and is_sweep(d)] + find_runs(runs_dir)
-    matches = [d for d in candidates if d.name == arg] or [d for d in candidates if d.name.startswith(arg)]
+    # An exact directory name wins; then runs whose config name is exactly ARG (the part before
+    # -<date>-<time>-<id>: `show exploding` means the run named "exploding", not "exploding-clipped");
+    # then any prefix.
+    matches = ([d for d in candidates if d.name == arg]
+               or [d for d in candidates if re.fullmatch(re.escape(arg) + r"-\d{8}-\d{6}-[0-9a-f]{4}", d.name)]
+               or [d for d in candidates if d.name.startswith(arg)])
     if not matches:
         raise UsageError(f"no run '{arg}': not a directory, and no run under '{runs_dir}' has a name "
                          f"starting with it (`vgrad runs` lists them)")
