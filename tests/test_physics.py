@@ -67,3 +67,12 @@ def test_batch_norm_and_residual_rescue_deep_sigmoid(remedy):
     rescued, _ = per_layer_delta_factor("sigmoid", "xavier_normal", depth=20, width=64, seeds=1, **remedy)
     assert plain ** 19 < 1e-10
     assert rescued ** 19 > 1e-2
+
+
+def test_tiny_gradients_are_measured_not_rounded_to_zero():
+    """A 40-layer sigmoid net's layer-0 error is ~1e-26: far below float32's square-root range.
+    Norms accumulate in float64, so the value is measured (and still follows ~0.23x per layer)."""
+    factor, host = per_layer_delta_factor("sigmoid", "xavier_normal", depth=40, width=32, seeds=1)
+    assert all(d > 0 for d in host["delta_norm"]) and all(g > 0 for g in host["grad_norm"])
+    assert host["delta_norm"][0] < 1e-20
+    assert factor == pytest.approx(0.23, abs=0.03)

@@ -1,0 +1,43 @@
+"""The benchmark command runs end to end in --quick mode and writes every group (no timing assertions)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _numbers(d):
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in d.values() if not isinstance(v, dict))
+
+
+def test_run_all_quick_writes_every_group(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "vgrad benchmarks" in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["quick"] is True
+    g = res["groups"]
+    assert set(g) == {"overhead", "startup", "sweep", "scale"}
+    # 1. ratios vgrad / bare loop, with a median and a spread
+    assert set(g["overhead"]["mlp"]["ratios"]) == {"every1/mlp", "every10/mlp"}
+    assert set(g["overhead"]["rnn"]["ratios"]) == {"every1/cell", "every1/fused", "every10/cell", "every10/fused"}
+    for model in ("mlp", "rnn"):
+        for s in g["overhead"][model]["ratios"].values():
+            assert _numbers(s) and s["median"] > 0 and s["min"] <= s["median"] <= s["max"]
+    # 2. start-up wall times
+    assert g["startup"]["help_s"]["median"] > 0 and g["startup"]["compare_s"]["median"] > 0
+    # 3. sweep speedup
+    assert _numbers(g["sweep"]["speedup"]) and g["sweep"]["speedup"]["median"] > 0
+    # 4. scale: time per step, memory at N and 2N, tables that grow linearly
+    for model in ("mlp", "rnn"):
+        r = g["scale"][model]
+        assert r["s_per_step"] > 0 and r["rss_ratio"] > 0
+        assert all(t["linear"] for t in r["tables"].values())
+    assert "time.csv" in g["scale"]["rnn"]["tables"] and "time.csv" not in g["scale"]["mlp"]["tables"]
