@@ -63,3 +63,26 @@ def only_run_dir(out: Path) -> Path:
     dirs = [d for d in out.iterdir() if d.is_dir()]
     assert len(dirs) == 1, dirs
     return dirs[0]
+
+
+def measure_at_init(activation, init, depth, width, seed=0, batch=256, **model):
+    """One forward/backward of a fresh MLP on a blobs batch, measured by a LayerProbe at step 0.
+    Returns (probe, host statistics)."""
+    import torch.nn.functional as F
+
+    from vgrad_cli.activations import ACTIVATIONS
+    from vgrad_cli.config import validate
+    from vgrad_cli.models import build_model
+    from vgrad_cli.probes import LayerProbe
+
+    cfg = validate({"seed": seed, "model": {"depth": depth, "width": width, "activation": activation,
+                                            "init": init, **model},
+                    "task": {"name": "blobs", "input_dim": width, "train_size": batch, "eval_size": 8}})
+    task = cfg.task.make(seed)
+    net = build_model(cfg.model, task, seed)
+    probe = LayerProbe(net, ACTIVATIONS[activation], True)
+    probe.attach()
+    F.cross_entropy(net(task.x_train), task.y_train).backward()
+    probe.after_backward()
+    probe.after_clip()
+    return probe, probe.to_host({})

@@ -9,34 +9,18 @@ Sigmoid's derivative is at most 0.25, so a deep sigmoid net vanishes geometrical
 import math
 
 import pytest
-import torch
-import torch.nn.functional as F
 
-from vgrad_cli.activations import ACTIVATIONS
-from vgrad_cli.config import validate
-from vgrad_cli.models import build_model
-from vgrad_cli.probes import LayerProbe
+from conftest import measure_at_init
 
 
 def per_layer_delta_factor(activation, init, depth, width, seeds=3, batch=256, **model):
     """Geometric-mean factor of delta_norm between consecutive hidden layers, averaged over seeds."""
-    factors, rows = [], None
+    factors, host = [], None
     for seed in range(seeds):
-        cfg = validate({"seed": seed, "model": {"depth": depth, "width": width, "activation": activation,
-                                                "init": init, **model},
-                        "task": {"name": "blobs", "input_dim": width, "train_size": batch, "eval_size": 8}})
-        task = cfg.task.make(seed)
-        net = build_model(cfg.model, task, seed)
-        probe = LayerProbe(net, ACTIVATIONS[activation], True)
-        probe.attach()
-        F.cross_entropy(net(task.x_train), task.y_train).backward()
-        probe.after_backward()
-        probe.after_clip()
-        host = probe.to_host({})
+        _, host = measure_at_init(activation, init, depth, width, seed, batch, **model)
         d = host["delta_norm"][:depth]  # hidden layers only
         factors.append((d[0] / d[-1]) ** (1 / (depth - 1)))
-        rows = host
-    return sum(factors) / len(factors), rows
+    return sum(factors) / len(factors), host
 
 
 def test_relu_kaiming_normal_keeps_the_gradient():

@@ -6,15 +6,12 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import small
+from conftest import measure_at_init, small
 from vgrad_cli import theory
 from vgrad_cli.activations import ACTIVATIONS
 from vgrad_cli.config import validate
 from vgrad_cli.inits import INITS
-from vgrad_cli.models import build_model
-from vgrad_cli.probes import LayerProbe
 from vgrad_cli.runner import run_experiment
 
 
@@ -90,17 +87,8 @@ def test_sigma_w2_is_fan_in_times_the_weight_variance_torch_draws(init):
 
 
 def _measured_factor(activation, init, depth, width, seed):
-    cfg = validate({"seed": seed, "model": {"depth": depth, "width": width, "activation": activation, "init": init},
-                    "task": {"name": "blobs", "input_dim": width, "train_size": 256, "eval_size": 8}})
-    task = cfg.task.make(seed)
-    net = build_model(cfg.model, task, seed)
-    probe = LayerProbe(net, ACTIVATIONS[activation], False)
-    probe.attach()
-    F.cross_entropy(net(task.x_train), task.y_train).backward()
-    probe.after_backward()
-    probe.after_clip()
-    rows = probe.rows(0, probe.to_host({}))
-    return theory.measured_factor(rows, depth)
+    probe, host = measure_at_init(activation, init, depth, width, seed)
+    return theory.measured_factor(probe.rows(0, host), depth)
 
 
 @pytest.mark.parametrize("init", ["kaiming_normal", "xavier_normal"])
