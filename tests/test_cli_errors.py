@@ -31,7 +31,7 @@ CASES = [
     ("set without =", small(), ["--set", "model.depth"], "expected KEY=VALUE"),
     ("set unknown key", small(), ["--set", "model.deepth=3"], "unknown key 'model.deepth'"),
     ("set bad value", small(), ["--set", "train.steps=-5"], "train.steps: must be >= 1"),
-    ("--steps 0", small(), ["--steps", "0"], "train.steps: must be >= 1"),
+    ("--steps 0", small(), ["--steps", "0"], "--steps 0: train.steps: must be >= 1"),
     ("--name with space", small(), ["--name", "my run"], "may hold only letters"),
 ]
 

@@ -82,9 +82,10 @@ def run(
     """Train the network CONFIG describes and write its per-layer gradient tables."""
     from .config import load_config
 
-    sets = list(set_ or [])
-    sets += [f"{k}={v}" for k, v in (("name", name), ("train.steps", steps), ("seed", seed)) if v is not None]
-    cfg = load_config(config, sets)
+    shortcuts = [("name", "--name", name), ("train.steps", "--steps", steps), ("seed", "--seed", seed)]
+    sets = list(set_ or []) + [f"{key}={value}" for key, _, value in shortcuts if value is not None]
+    flags = {key: f"{flag} {value}" for key, flag, value in shortcuts if value is not None}
+    cfg = load_config(config, sets, flags)
 
     from .render import RunProgress, make_console, print_summary
     from .runner import run_experiment

@@ -253,7 +253,7 @@ def apply_overrides(data: dict, sets: list[str]) -> dict:
 
 def validate(data: dict, source: str = "config", overrides: dict | None = None) -> Config:
     """Validate a config dict. `overrides` maps dotted keys set on the command line to the
-    `--set` text that set them, so an error about one of them blames the flag, not the file."""
+    flag that set them (e.g. "--set train.lr=0"), so an error about one of them blames the flag."""
     try:
         return Config.model_validate(data)
     except ValidationError as e:
@@ -261,15 +261,17 @@ def validate(data: dict, source: str = "config", overrides: dict | None = None) 
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         path, _ = _fields_at(tuple(errors[0]["loc"]))
         if overrides and path in overrides:
-            source = f"--set {overrides[path]}"
+            source = overrides[path]
         raise UsageError(f"{source}: {_describe(errors[0])}{more}") from None
 
 
-def load_config(path: str | Path | None, sets: list[str] | tuple = ()) -> Config:
-    """Read, override and validate. `path=None` starts from the defaults (used by sweeps and tests)."""
+def load_config(path: str | Path | None, sets: list[str] | tuple = (), flags: dict | None = None) -> Config:
+    """Read, override and validate. `path=None` starts from the defaults (used by sweeps and tests).
+    `flags` names the command-line flag behind a key (e.g. {"train.steps": "--steps -5"}) for errors."""
     data = read_yaml(path) if path is not None else {}
     apply_overrides(data, list(sets))
-    overrides = {item.partition("=")[0].strip(): item for item in sets}
+    overrides = {item.partition("=")[0].strip(): f"--set {item}" for item in sets}
+    overrides.update(flags or {})
     return validate(data, str(path) if path is not None else "config", overrides)
 
 
