@@ -164,7 +164,7 @@ def grad_heatmap(run, path: Path) -> Path:
         im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap,
                        interpolation="nearest", extent=extent)
         fig.colorbar(im, ax=ax, label="log10 grad_norm")
-        ticks = list(range(0, len(steps), math.ceil(len(steps) / 10)))  # about 10 labels, evenly spaced
+        ticks = _nice_ticks(steps)
         ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
     else:
         _empty(ax, "no positive finite grad_norm values")
@@ -174,6 +174,15 @@ def grad_heatmap(run, path: Path) -> Path:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(_title("log10 grad_norm per layer and logged step", run))
     return _save(fig, path)
+
+
+def _nice_ticks(steps: list[int], target: int = 8) -> list[int]:
+    """Indices of logged steps at round numbers (multiples of 1, 2 or 5 x 10^k), about `target` of them."""
+    raw = max(steps[-1], 1) / target
+    mag = 10 ** math.floor(math.log10(raw)) if raw >= 1 else 1
+    nice = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    idx = [i for i, step in enumerate(steps) if step % nice == 0]
+    return idx if len(idx) >= 2 else list(range(0, len(steps), max(1, math.ceil(len(steps) / 10))))
 
 
 def _decades(values) -> bool:
@@ -197,13 +206,39 @@ def loss_curves(run, path: Path) -> Path:
             ax_a.axhline(chance, color="0.5", ls="--", lw=1, label=f"chance {chance:.3g}")
         ax_a.set_ylim(-0.02, 1.02)
         ax_a.legend(fontsize=8)
+        ax_a.set_title("accuracy")
+        ax_a.set_ylabel("accuracy")
     else:
-        _empty(ax_a, "no accuracy: this task is a regression")
-    ax_a.set_title("accuracy")
+        _relative_loss(ax_a, run)
     ax_a.set_xlabel("training step")
-    ax_a.set_ylabel("accuracy")
     fig.suptitle(_title("loss and accuracy", run))
     return _save(fig, path)
+
+
+def _relative_loss(ax, run):
+    """Regression has no accuracy: show the loss relative to the input-blind baseline instead
+    (1 = the network has learned nothing about the input; log scale)."""
+    base = run.summary.get("baseline_loss")
+    m = run.metrics
+    ev = [r for r in m if isinstance(r.get("eval_loss"), (int, float))]
+    if not isinstance(base, (int, float)) or base <= 0:
+        _empty(ax, "no accuracy (regression) and no baseline loss")
+        return
+    ax.plot([r["step"] for r in m], _pos((r.get("loss") or 0) / base for r in m), lw=1.2, label="train (batch)")
+    if ev:
+        ax.plot([r["step"] for r in ev], _pos(r["eval_loss"] / base for r in ev), "o-", ms=4, label="eval")
+    ax.axhline(1.0, color="0.5", ls="--", lw=1, label="input-blind baseline")
+    ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.6, 2, 6 rather than 6x10^-1 on a short log axis
+    ax.yaxis.set_major_formatter(plain)
+    lo, hi = ax.get_ylim()
+    if hi / lo < 30:  # label minor ticks only on a short axis; over decades they would crowd it
+        ax.yaxis.set_minor_formatter(plain)
+    ax.set_title("loss / baseline loss (regression: no accuracy)")
+    ax.set_ylabel("loss / baseline (log scale)")
+    ax.legend(fontsize=8)
 
 
 def _draw_loss(ax, run, label: str | None, color=None):
