@@ -58,13 +58,15 @@ def time_profile(time_rows: list[dict]) -> tuple[int, list[float]]:
     return top, [r["delta_norm"] for r in time_rows if r["layer"] == top]
 
 
+def time_ratio(time_rows: list[dict]) -> float | None:
+    """||dL/dh_first|| / ||dL/dh_last|| of the top layer, for one logged step's time.csv rows."""
+    _, prof = time_profile(time_rows)
+    return _ratio(prof[0], prof[-1]) if prof else None
+
+
 def time_ratios(first_time: list[dict], last_time: list[dict]) -> dict:
-    """||dL/dh_first|| / ||dL/dh_last|| of the top layer, at the first and the last logged step."""
-    out = {}
-    for when, rows in (("first", first_time), ("last", last_time)):
-        _, prof = time_profile(rows)
-        out[f"time_ratio_{when}_step"] = _ratio(prof[0], prof[-1]) if prof else None
-    return out
+    """time_ratio at the first and the last logged step."""
+    return {f"time_ratio_{when}_step": time_ratio(rows) for when, rows in (("first", first_time), ("last", last_time))}
 
 
 def sample_profile(first_time: list[dict], last_time: list[dict], points: int = 32) -> dict | None:

@@ -8,7 +8,6 @@ somewhere downstream. Like rundir, this module imports neither torch nor pandas.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +106,7 @@ class Run:
 
     def stats(self) -> dict:
         """The summary's end-of-run numbers; for an unfinished run, the same read off its tables."""
-        from .analysis import first_last_ratio
+        from .analysis import first_last_ratio, time_ratio
 
         s = dict(self.summary)
         steps = self.steps
@@ -132,17 +131,6 @@ class Run:
         if self.metrics and s.get("wall_time_s") is None:
             s["wall_time_s"] = self.metrics[-1].get("time_s")
         return s
-
-
-def time_ratio(rows: list[dict]) -> float | None:
-    """delta_norm at t = 0 over delta_norm at the last t, for the first layer that has both."""
-    layer0 = [r for r in rows if r["layer"] == rows[0]["layer"]] if rows else []
-    if not layer0:
-        return None
-    a, b = layer0[0].get("delta_norm"), layer0[-1].get("delta_norm")
-    if a is None or b is None or (isinstance(b, float) and math.isnan(b)):
-        return None
-    return a / b if b != 0 else (math.inf if a > 0 else None)
 
 
 def _checked_table(run: Path, name: str, incomplete: bool, notes: list[str]) -> list[dict]:
