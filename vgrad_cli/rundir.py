@@ -27,11 +27,6 @@ METRIC_COLUMNS = [
 RUN_FILES = ("config.yaml", "summary.json")
 
 
-def _cell(v) -> str:
-    # str() of a float is its shortest round-trip form and already spells nan, inf and -inf
-    return "" if v is None else str(v)
-
-
 class CsvTable:
     """An append-only CSV file: header at creation, then whole rows handed to the OS per append."""
 
@@ -55,10 +50,15 @@ class CsvTable:
         self.file.close()
 
 
-def write_json_atomic(path: Path, data: dict):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+def write_text_atomic(path: Path, text: str):
+    """Write a whole file or nothing: readers (and a crash) never see half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict):
+    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 
 def create_unique_dir(root: str | Path, names, what: str = "run directory") -> Path:

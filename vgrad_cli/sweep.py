@@ -16,7 +16,6 @@ import difflib
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UsageError
-from .rundir import create_unique_dir
+from .rundir import create_unique_dir, write_text_atomic
 
 SHORT_NAMES = {
     "depth": "model.depth", "width": "model.width", "activation": "model.activation", "init": "model.init",
@@ -292,14 +291,8 @@ def create_sweep_dir(out: Path, plan: Plan) -> Path:
     # two sweeps started in the same second get -2, -3, ...
     path = create_unique_dir(out, (f"sweep-{names}-{stamp}" + (f"-{i + 1}" if i else "") for i in range(100)),
                              "sweep directory")
-    write_atomic(path / MANIFEST, json.dumps(plan.manifest(), indent=2) + "\n")
+    write_text_atomic(path / MANIFEST, json.dumps(plan.manifest(), indent=2) + "\n")
     return path
-
-
-def write_atomic(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def cell(v) -> str:

@@ -15,7 +15,8 @@ from pathlib import Path
 from rich.table import Table
 
 from .render import VERDICT_STYLE, fmt
-from .sweep import cell, write_atomic
+from .rundir import write_text_atomic
+from .sweep import cell
 
 # sweep.csv: the swept parameters' columns come first, then these.
 RUN_COLUMNS = [
@@ -114,7 +115,7 @@ class SweepCsv:
 
     def __init__(self, path: Path, params: list, rows: list[dict]):
         self.columns = [p.name for p in params] + RUN_COLUMNS
-        write_atomic(path, csv_text(self.columns, rows))
+        write_text_atomic(path, csv_text(self.columns, rows))
         self.file = open(path, "a", newline="", encoding="utf-8")
 
     def append(self, row: dict):
@@ -180,7 +181,7 @@ def summary_columns(plan) -> list[str]:
 
 def write_report(sweep_dir: Path, plan, rows: list[dict], console):
     groups = aggregate(plan, rows)
-    write_atomic(sweep_dir / "sweep_summary.csv", csv_text(summary_columns(plan), groups))
+    write_text_atomic(sweep_dir / "sweep_summary.csv", csv_text(summary_columns(plan), groups))
     if rows:
         try:
             plot(sweep_dir / "sweep.png", plan, groups)
