@@ -8,8 +8,6 @@ activations) and moved to the host in one transfer per logged step: no per-param
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .activations import Activation
@@ -88,7 +86,6 @@ class LayerProbe:
         # Reused every logged step: the parameters before the update (no fresh allocation per step)
         self._before_buf: list | None = None
         self._param_norms = None      # per-parameter norms at after_backward (= before the update)
-        self._grad_versions: list = []  # each grad and its in-place version counter at after_backward
         # Activation-sized scratch tensors, reused across logged steps: a fresh multi-megabyte
         # temporary per step costs more to allocate and first touch than the arithmetic (~5x on CPU)
         self._scratch: dict = {}
@@ -109,8 +106,6 @@ class LayerProbe:
         self.model.recorder = None
         params = self.params
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        # (tensor, in-place version) of every grad: after_clip sees whether clipping touched them
-        self._grad_versions = [(p.grad, p.grad._version) if p.grad is not None else None for p in params]
         s = self.stats
         s["grad_norm"] = _per_layer_norm(_norms64(grads), self.param_layer, self.n)
         s["grad_max_abs"] = torch.zeros(self.n, device=self.param_layer.device).scatter_reduce_(
@@ -138,13 +133,9 @@ class LayerProbe:
         s["grad_norm_total"] = s["grad_norm"].square().sum().sqrt()
 
     @torch.no_grad()
-    def after_clip(self):
-        unchanged = len(self._grad_versions) == len(self.params) and all(
-            (p.grad is None and v is None) or (v is not None and p.grad is v[0] and p.grad._version == v[1])
-            for p, v in zip(self.params, self._grad_versions)
-        )
-        self._grad_versions = []  # do not keep this step's gradients alive past it
-        if unchanged and "grad_norm_total" in self.stats:  # no clipping happened: same gradients, same norm
+    def after_clip(self, clipped: bool = True):
+        """The total gradient norm after clipping; without clipping it is the norm already taken."""
+        if not clipped:
             self.stats["grad_norm_clipped"] = self.stats["grad_norm_total"]
             return
         grads = [p.grad for p in self.params if p.grad is not None]

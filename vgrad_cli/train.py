@@ -145,7 +145,7 @@ def _train(cfg, task, writer: RunWriter, on_log, device) -> TrainResult:
             elif clip_value is not None:
                 torch.nn.utils.clip_grad_value_(params, clip_value, foreach=True)
             if logged:
-                probe.after_clip()
+                probe.after_clip(clipped=clip_norm is not None or clip_value is not None)
             if step < steps:
                 if logged:
                     probe.before_update()
