@@ -101,18 +101,17 @@ def run(
         last_rows[:] = rows
         progress.log(step, metrics, rows)
 
+    from .errors import UsageError
+    from .render import error
+
     try:
         run_dir, summary = run_experiment(cfg, out, on_start=progress.start, on_log=on_log)
-    except KeyboardInterrupt:  # pragma: no cover - signals are handled inside the loop
+    except KeyboardInterrupt:  # pragma: no cover - Ctrl-C before training; inside it, signals end the run
         raise typer.Exit(130)
-    except Exception as e:
-        from .errors import UsageError
-
+    except UsageError:
+        raise
+    except Exception as e:  # the run directory already holds status "failed" and the traceback
         progress.stop()
-        if isinstance(e, UsageError):
-            raise
-        from .render import error
-
         error(f"run failed: {type(e).__name__}: {e} (details in the run's summary.json)")
         raise typer.Exit(1)
     finally:
