@@ -45,7 +45,7 @@ def rnn_config(quick: bool) -> dict:
 def child(cfg_json: str) -> dict:
     """One run in this process; what the parent needs, as JSON on stdout."""
     from vgrad_cli.config import validate
-    from vgrad_cli.runner import run_experiment
+    from vgrad_cli.training.runner import run_experiment
 
     cfg = validate(json.loads(cfg_json))
     with tempfile.TemporaryDirectory() as tmp:

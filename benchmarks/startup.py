@@ -40,7 +40,7 @@ def wall(cmd: list[str], reps: int) -> list[float]:
 def two_runs(root: Path, steps: int) -> list[Path]:
     """Two small finished runs (an MLP at two depths), written in-process."""
     from vgrad_cli.config import validate
-    from vgrad_cli.runner import run_experiment
+    from vgrad_cli.training.runner import run_experiment
 
     runs = []
     for depth in (4, 8):

@@ -42,7 +42,7 @@ def write_config(tmp_path):
 @pytest.fixture
 def cli():
     """Run the typer app in-process; returns the click Result (exit_code, stdout, stderr)."""
-    from vgrad_cli.cli import app
+    from vgrad_cli.cli.main import app
 
     runner = CliRunner()
 
@@ -73,7 +73,7 @@ def measure_at_init(activation, init, depth, width, seed=0, batch=256, **model):
     from vgrad_cli.activations import ACTIVATIONS
     from vgrad_cli.config import validate
     from vgrad_cli.models import build_model
-    from vgrad_cli.probes import LayerProbe
+    from vgrad_cli.measure.probes import LayerProbe
 
     cfg = validate({"seed": seed, "model": {"depth": depth, "width": width, "activation": activation,
                                             "init": init, **model},

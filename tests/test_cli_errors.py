@@ -61,7 +61,7 @@ def test_help_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from vgrad_cli.cli import app; from typer.testing import CliRunner; "
+    code = ("import sys; from vgrad_cli.cli.main import app; from typer.testing import CliRunner; "
             "r = CliRunner().invoke(app, ['run', '--help']); assert r.exit_code == 0, r.output; "
             "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

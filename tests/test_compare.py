@@ -13,7 +13,7 @@ import pytest
 from conftest import small
 
 from vgrad_cli.config import validate
-from vgrad_cli.runner import run_experiment
+from vgrad_cli.training.runner import run_experiment
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,7 @@ def test_no_torch_and_fast(root):
     """compare, show and runs read CSV and JSON only: torch must never be imported."""
     code = (
         "import sys, time\n"
-        "from vgrad_cli.cli import app\n"
+        "from vgrad_cli.cli.main import app\n"
         "t = time.perf_counter()\n"
         f"for args in (['compare', 'shallow', 'deep', '--runs-dir', {str(root)!r}], ['show', 'deep', '--runs-dir', "
         f"{str(root)!r}], ['runs', '--runs-dir', {str(root)!r}]):\n"

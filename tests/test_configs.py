@@ -10,7 +10,7 @@ import pytest
 
 from conftest import CONFIGS
 from vgrad_cli.config import load_config
-from vgrad_cli.runner import run_experiment
+from vgrad_cli.training.runner import run_experiment
 
 FAST = ["train.steps=1", "log.every=1", "train.device=cpu"]
 
@@ -26,7 +26,7 @@ def test_dying_relu_dies_and_leaky_relu_learns(tmp_path):
     short = ["train.device=cpu"]  # the full 1000 steps: the collapse comes after step ~700
     dying_dir, dying = run_experiment(load_config(CONFIGS / "07_dying_relu.yaml", short), tmp_path)
     leaky_dir, leaky = run_experiment(load_config(CONFIGS / "08_leaky_relu.yaml", short), tmp_path)
-    from vgrad_cli.rundir import read_table
+    from vgrad_cli.rundir.files import read_table
 
     last = [r for r in read_table(dying_dir, "layers.csv") if r["step"] == 1000 and r["act_dead_frac"] is not None]
     assert max(r["act_dead_frac"] for r in last) == 1.0  # a whole layer has died

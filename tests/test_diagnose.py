@@ -9,8 +9,8 @@ import pytest
 
 from conftest import small
 from vgrad_cli.config import load_config, validate
-from vgrad_cli.diagnose import diagnose, short_report
-from vgrad_cli.runner import run_experiment
+from vgrad_cli.analysis.diagnose import diagnose, short_report
+from vgrad_cli.training.runner import run_experiment
 
 RELU = {"activation": "relu", "init": "kaiming_normal"}
 ADDING = {"name": "adding", "seq_len": 40, "train_size": 256, "eval_size": 64}

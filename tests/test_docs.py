@@ -2,8 +2,8 @@
 
 from conftest import ROOT
 from vgrad_cli.docgen import render
-from vgrad_cli.probes import LAYER_COLUMNS
-from vgrad_cli.rundir import METRIC_COLUMNS
+from vgrad_cli.measure.probes import LAYER_COLUMNS
+from vgrad_cli.rundir.files import METRIC_COLUMNS
 
 
 def test_config_reference_is_generated_from_the_schema():

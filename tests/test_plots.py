@@ -10,8 +10,8 @@ from conftest import small
 from PIL import Image
 
 from vgrad_cli.config import validate
-from vgrad_cli.plots import DPI, FIGSIZE, compare_plot, write_run_plots
-from vgrad_cli.runner import run_experiment
+from vgrad_cli.report.plots import DPI, FIGSIZE, compare_plot, write_run_plots
+from vgrad_cli.training.runner import run_experiment
 
 RUN_PLOTS = ["gradient_flow", "grad_heatmap", "loss", "activations"]
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from vgrad_cli.activations import ACTIVATIONS
 from vgrad_cli.config import validate
 from vgrad_cli.models import build_model
-from vgrad_cli.probes import LAYER_COLUMNS, LayerProbe
+from vgrad_cli.measure.probes import LAYER_COLUMNS, LayerProbe
 
 
 def tiny(activation="tanh", norm="none", residual=False):

@@ -12,8 +12,8 @@ from vgrad_cli.activations import ACTIVATIONS
 from vgrad_cli.config import validate
 from vgrad_cli.errors import UsageError
 from vgrad_cli.models import build_model
-from vgrad_cli.probes import TIME_COLUMNS, LayerProbe, Recorder
-from vgrad_cli.runner import run_experiment
+from vgrad_cli.measure.probes import TIME_COLUMNS, LayerProbe, Recorder
+from vgrad_cli.training.runner import run_experiment
 
 
 def rnn_config(kind="rnn", task=None, **model):

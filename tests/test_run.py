@@ -14,9 +14,9 @@ import yaml
 
 from conftest import CONFIGS, ROOT, only_run_dir, small, vgrad_subprocess
 from vgrad_cli.config import load_config, validate
-from vgrad_cli.probes import LAYER_COLUMNS
-from vgrad_cli.rundir import METRIC_COLUMNS
-from vgrad_cli.runner import run_experiment
+from vgrad_cli.measure.probes import LAYER_COLUMNS
+from vgrad_cli.rundir.files import METRIC_COLUMNS
+from vgrad_cli.training.runner import run_experiment
 
 
 def read_csv(path):

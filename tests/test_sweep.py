@@ -65,7 +65,7 @@ def grid(tmp_path_factory):
     """One 2x2 grid with 2 seeds through the local executor (shared: it is the slow part)."""
     from typer.testing import CliRunner
 
-    from vgrad_cli.cli import app
+    from vgrad_cli.cli.main import app
 
     tmp = tmp_path_factory.mktemp("grid")
     base = tmp / "base.yaml"
@@ -140,7 +140,7 @@ def test_diverging_point_is_recorded_and_isolated(cli, write_config, tmp_path):
 
 
 def test_default_base_is_the_bundled_deep_sigmoid_config():
-    from vgrad_cli.sweep import DEFAULT_BASE, new_plan
+    from vgrad_cli.sweep.plan import DEFAULT_BASE, new_plan
 
     assert yaml.safe_load((CONFIGS / "01_deep_sigmoid.yaml").read_text()) == DEFAULT_BASE
     plan = new_plan(["depth"], [], None, None, [])
@@ -161,7 +161,7 @@ def test_sweep_without_config_uses_the_bundled_base(cli, tmp_path):
 
 
 def test_docs_describe_every_sweep_csv_column():
-    from vgrad_cli.sweep_report import RUN_COLUMNS
+    from vgrad_cli.sweep.report import RUN_COLUMNS
 
     text = (ROOT / "docs" / "sweep.md").read_text()
     for col in RUN_COLUMNS + ["n_runs", "n_completed", "n_diverged", "n_interrupted", "n_failed", "verdicts"]:
@@ -169,7 +169,7 @@ def test_docs_describe_every_sweep_csv_column():
 
 
 def test_values_are_yaml_scalars():
-    from vgrad_cli.sweep import parse_values
+    from vgrad_cli.sweep.plan import parse_values
 
     got = parse_values(["lr", "residual", "clip_norm"], ["lr=1e-3,0.1,1", "residual=true,false", "clip_norm=null,1.5"])
     assert got == {"lr": [0.001, 0.1, 1], "residual": [True, False], "clip_norm": [None, 1.5]}

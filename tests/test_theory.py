@@ -1,4 +1,4 @@
-"""Mean-field theory (vgrad_cli/theory.py): closed forms, quadrature, the inits' sigma_w^2, and
+"""Mean-field theory (vgrad_cli/analysis/theory.py): closed forms, quadrature, the inits' sigma_w^2, and
 agreement with the per-layer factor measured at step 0."""
 
 import math
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import measure_at_init, small
-from vgrad_cli import theory
+from vgrad_cli.analysis import theory
 from vgrad_cli.activations import ACTIVATIONS
 from vgrad_cli.config import validate
 from vgrad_cli.inits import INITS
-from vgrad_cli.runner import run_experiment
+from vgrad_cli.training.runner import run_experiment
 
 
 def test_every_activation_has_phi_and_the_gains_equal_torchs():
@@ -132,5 +132,5 @@ def test_theory_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, vgrad_cli.theory as t; t.predict('gelu', 2.0); assert 'torch' not in sys.modules"
+    code = "import sys, vgrad_cli.analysis.theory as t; t.predict('gelu', 2.0); assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

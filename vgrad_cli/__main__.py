@@ -1,5 +1,5 @@
 """`python -m vgrad_cli ...` runs the same CLI as the `vgrad` script."""
 
-from .cli import main
+from .cli.main import main
 
 main()

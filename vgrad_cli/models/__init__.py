@@ -1,7 +1,6 @@
-"""Model builders: model.kind -> nn.Module (mlp.py: mlp; recurrent.py: rnn, lstm, gru).
-
-Every model exposes `probe_layers()` (the rows of layers.csv, input side first) and a
-`recorder` attribute that the probes set on logged steps only (None otherwise: zero cost).
+"""Model builders: model.kind -> nn.Module (mlp.py: mlp; recurrent.py: rnn, lstm, gru). Imports
+torch, activations.py and inits.py only. Every model exposes `probe_layers()` (the rows of
+layers.csv, input side first) and a `recorder` attribute that the probes set on logged steps only.
 """
 
 from __future__ import annotations

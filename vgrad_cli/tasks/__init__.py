@@ -1,8 +1,6 @@
-"""Synthetic tasks: generated on the fly from a seed, no downloads.
-
-Each task is a pydantic model of its own keys (its `name` is the tag) with a `make(seed)` method
-returning a TaskData. To add a task, write that class in the module that fits (static.py for
-fixed-size inputs, sequence.py for sequences) and list it in TASK_TYPES.
+"""Synthetic tasks, generated from a seed (no downloads); losses.py maps a task's loss to torch.
+Imports pydantic (torch only inside `make` and losses.py), nothing else of vgrad_cli. To add a task,
+write its pydantic class in static.py (fixed-size inputs) or sequence.py and list it in TASK_TYPES.
 """
 
 from __future__ import annotations

@@ -204,7 +204,7 @@ def theory_for_run(run_dir) -> dict | None:
     and `measured_over_predicted`."""
     import yaml
 
-    from .rundir import read_table
+    from ..rundir.files import read_table
 
     run = Path(run_dir)
     try:

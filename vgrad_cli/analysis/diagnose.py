@@ -4,10 +4,10 @@ measured per-layer factor against mean-field theory, and say what to change.
     diagnose(run_dir) -> dict      also written to <run_dir>/diagnosis.json
     short_report(diagnosis)        3-6 lines for the end of `vgrad run`
 
-The indicators (diagnose_indicators.py, and the ablation probe in diagnose_ablation.py) each say
+The indicators (indicators.py, and the ablation probe in ablation.py) each say
 present | absent | not measurable, with evidence and threshold. The verdict reads them in order of
 severity: exploding > dying-relu > vanishing > underfitting > healthy. Recommendations
-(diagnose_advice.py) follow from the verdict and the config. Only diagnosis.json is written: the
+(advice.py) follow from the verdict and the config. Only diagnosis.json is written: the
 run's tables are never touched.
 """
 
@@ -16,16 +16,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from . import diagnose_indicators as ind
-from .errors import UsageError
+from . import indicators as ind
+from ..errors import UsageError
 
 DIAGNOSIS_VERSION = 1
 
 
 def load(run_dir) -> tuple:
     """The run, checked: (Run, validated Config, resolved config dict). Bad input -> UsageError."""
-    from .config import validate
-    from .runstore import load_run
+    from ..config import validate
+    from ..rundir.store import load_run
 
     path = Path(run_dir)
     if not path.exists():
@@ -43,7 +43,7 @@ def load(run_dir) -> tuple:
 
 def diagnose(run_dir, k: int | None = None, ablation: bool = True, write: bool = True) -> dict:
     """Every indicator, the theory, the verdict and recommendations for one run."""
-    from .diagnose_advice import recommend
+    from .advice import recommend
     from .theory import theory_for_run
 
     run, cfg, raw = load(run_dir)
@@ -73,14 +73,14 @@ def diagnose(run_dir, k: int | None = None, ablation: bool = True, write: bool =
     }
     out = _clean(out)
     if write:
-        from .rundir import write_json_atomic
+        from ..rundir.files import write_json_atomic
 
         write_json_atomic(run.path / "diagnosis.json", out)
     return out
 
 
 def _ablation(path, cfg, baseline, k):
-    from .diagnose_ablation import ablation
+    from .ablation import ablation
 
     return ablation(path, cfg, baseline, k)
 
@@ -111,7 +111,7 @@ def decide(by_key: dict) -> tuple[str, str, bool]:
 
 def theory_section(run, th: dict | None) -> dict:
     """Mean-field prediction next to the measured per-layer (or per-time-step) factor at step 0."""
-    from .analysis import time_profile
+    from .verdict import time_profile
     from .theory import measured_factor
 
     out = dict(th or {"applicable": False, "reason": "no readable config.yaml/layers.csv"})

@@ -1,30 +1,19 @@
-"""The `vgrad` command line: parse, then delegate. Heavy imports (torch, matplotlib) happen inside
-the commands so that `vgrad --help` starts instantly."""
+"""`vgrad run CONFIG`: train the network a config describes and write its run directory."""
 
 from __future__ import annotations
 
-import functools
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-app = typer.Typer(
-    name="vgrad",
-    help="Measure vanishing and exploding gradients: train a network from a YAML config and get "
-    "per-layer gradient tables.",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+from .app import app, usage_errors
 
 
 def _print_diagnosis(console, run_dir):
     """The short form of `vgrad diagnose` (it also writes diagnosis.json into the run)."""
-    from .diagnose import diagnose, short_report
-    from .errors import UsageError
+    from ..analysis.diagnose import diagnose, short_report
+    from ..errors import UsageError
 
     try:
         lines = short_report(diagnose(run_dir))
@@ -32,39 +21,6 @@ def _print_diagnosis(console, run_dir):
         return
     for line in lines:
         console.print(line, soft_wrap=True, markup=False, highlight=False)
-
-
-def _version(value: bool):
-    if value:
-        from . import __version__
-
-        typer.echo(f"vgrad {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
-):
-    """Measure vanishing and exploding gradients, layer by layer and step by step."""
-
-
-def usage_errors(fn):
-    """Bad input -> one line on stderr and exit code 2, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from .errors import UsageError
-
-        try:
-            return fn(*args, **kwargs)
-        except UsageError as e:
-            from .render import error
-
-            error(str(e))
-            raise typer.Exit(e.exit_code)
-
-    return wrapper
 
 
 @app.command()
@@ -80,15 +36,15 @@ def run(
     no_plots: bool = typer.Option(False, "--no-plots", help="do not write plots/ (the PNG figures)"),
 ):
     """Train the network CONFIG describes and write its per-layer gradient tables."""
-    from .config import load_config
+    from ..config import load_config
 
     shortcuts = [("name", "--name", name), ("train.steps", "--steps", steps), ("seed", "--seed", seed)]
     sets = list(set_ or []) + [f"{key}={value}" for key, _, value in shortcuts if value is not None]
     flags = {key: f"{flag} {value}" for key, flag, value in shortcuts if value is not None}
     cfg = load_config(config, sets, flags)
 
-    from .render import RunProgress, make_console, print_summary
-    from .runner import run_experiment
+    from ..report.console import RunProgress, make_console, print_summary
+    from ..training.runner import run_experiment
 
     console = make_console()
     progress = RunProgress(console, quiet)
@@ -101,8 +57,8 @@ def run(
         last_rows[:] = rows
         progress.log(step, metrics, rows)
 
-    from .errors import UsageError
-    from .render import error
+    from ..errors import UsageError
+    from ..report.console import error
 
     try:
         run_dir, summary = run_experiment(cfg, out, on_start=progress.start, on_log=on_log)
@@ -117,7 +73,7 @@ def run(
     finally:
         progress.stop()
     if not no_plots:
-        from .plots import write_run_plots
+        from ..report.plots import write_run_plots
 
         write_run_plots(run_dir)
     if quiet:
@@ -127,16 +83,3 @@ def run(
         _print_diagnosis(console, run_dir)
     if summary["status"] == "interrupted":
         raise typer.Exit(130)
-
-
-# Commands kept in their own modules register themselves on `app` when imported; each keeps its
-# heavy imports inside its functions. One line per module:
-# (command modules)
-from . import cli_diagnose  # noqa: E402,F401
-from . import cli_sweep  # noqa: E402,F401
-from . import cli_compare  # noqa: E402,F401
-
-
-def main():  # console-script entry point
-    app()
-

@@ -23,7 +23,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 _warm = False
@@ -37,7 +37,7 @@ def warm_up():
         return
     import torch
 
-    from . import runner, train  # noqa: F401
+    from ..training import loop, runner  # noqa: F401
 
     w = torch.ones(2, requires_grad=True)
     w.sum().backward()
@@ -51,8 +51,8 @@ def execute_point(config: dict, out_root: str, stop=None) -> tuple[str | None, s
     import torch
 
     torch.set_num_threads(1)
-    from .config import validate
-    from .runner import run_experiment
+    from ..config import validate
+    from ..training.runner import run_experiment
 
     started: dict = {}
 

@@ -12,13 +12,13 @@ from typing import List, Optional
 
 import typer
 
-from .cli import app, usage_errors
+from .app import app, usage_errors
 
 RUNS_DIR_HELP = "where run names are looked up (a RUN may also be a path)"
 
 
 def _load(args: list[str], runs_dir: Path) -> list:
-    from .runstore import load_run, resolve
+    from ..rundir.store import load_run, resolve
 
     paths = [p for a in args for p in resolve(a, runs_dir)]
     return [load_run(p) for p in paths]
@@ -40,9 +40,9 @@ def compare(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help=RUNS_DIR_HELP),
 ):
     """Put runs side by side: per-layer grad_norm and delta_norm, log10 ratios to the first run, each run's verdict."""
-    from .compare import FORMATS, build, parse_step, render_csv, render_json, render_markdown, render_table
-    from .errors import UsageError
-    from .render import make_console
+    from ..report.compare import FORMATS, build, parse_step, render_csv, render_json, render_markdown, render_table
+    from ..errors import UsageError
+    from ..report.console import make_console
 
     if format_ not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{format_}'")
@@ -63,7 +63,7 @@ def compare(
         text = {"json": render_json, "csv": render_csv, "markdown": render_markdown}[format_](data)
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     if plot is not None:
-        from .plots import compare_plot
+        from ..report.plots import compare_plot
 
         plot.parent.mkdir(parents=True, exist_ok=True)
         compare_plot(loaded, plot)
@@ -77,9 +77,10 @@ def show(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help=RUNS_DIR_HELP),
 ):
     """Print an existing run's end-of-run summary (per-layer table and verdict) without training."""
-    from .errors import UsageError
-    from .render import make_console, print_summary
-    from .runstore import load_run, resolve
+    from ..analysis.verdict import run_stats
+    from ..errors import UsageError
+    from ..report.console import make_console, print_summary
+    from ..rundir.store import load_run, resolve
 
     paths = resolve(run, runs_dir)
     if len(paths) > 1:
@@ -89,14 +90,14 @@ def show(
     task = (r.config.get("task") or {}).get("name", "?")
     console.print(f"[bold]{r.name}[/]: {r.model_text()} | task {task} | {r.date_text()}", soft_wrap=True)
     _notes(console, [r])
-    s = r.stats()
+    s = run_stats(r)
     if r.incomplete or s.get("verdict") is None:
         s.update(_provisional_verdict(r, s))
     steps = r.steps
     first, last = (r.layer_rows(steps[0]), r.layer_rows(steps[-1])) if steps else ([], [])
     print_summary(console, r.path, s, first, last)
     if r.time and steps:  # the through-time profile, as compare shows it
-        from .compare import build, print_blocks, time_block
+        from ..report.compare import build, print_blocks, time_block
 
         print_blocks([time_block(build([r], ["first", "last"]))], console)
     plots = sorted((r.path / "plots").glob("*.png"))
@@ -106,7 +107,7 @@ def show(
 
 def _provisional_verdict(r, s: dict) -> dict:
     """The verdict rule applied to what an unfinished run logged, marked as such."""
-    from .analysis import verdict
+    from ..analysis.verdict import verdict
 
     ratio = {k: s.get(k) for k in ("grad_norm_ratio_first_step", "grad_norm_ratio_last_step",
                                    "delta_norm_ratio_first_step", "delta_norm_ratio_last_step",
@@ -126,9 +127,10 @@ def runs_(
     from rich.markup import escape
     from rich.table import Table
 
-    from .errors import UsageError
-    from .render import VERDICT_STYLE, fmt, make_console
-    from .runstore import find_runs, load_run
+    from ..analysis.verdict import run_stats
+    from ..errors import UsageError
+    from ..report.console import VERDICT_STYLE, fmt, make_console
+    from ..rundir.store import find_runs, load_run
 
     folder = runs_dir or Path("runs")
     if runs_dir is not None and not runs_dir.is_dir():
@@ -145,7 +147,7 @@ def runs_(
         except UsageError as e:  # one damaged run must not hide the others
             rows.append(("", str(p.relative_to(folder)), str(e), "damaged", "", "", ""))
             continue
-        s = r.stats()
+        s = run_stats(r)
         task = (r.config.get("task") or {}).get("name")
         rows.append((r.date_text(), str(p.relative_to(folder)), r.model_text() + (f" | {task}" if task else ""), r.status, s.get("verdict") or "", f"{_n(s.get('steps_completed'))}/{_n(s.get('steps_planned'))}",
                      fmt(s.get("final_loss"))))

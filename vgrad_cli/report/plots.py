@@ -131,7 +131,7 @@ def gradient_flow(run, path: Path) -> Path:
 def _theory_line(ax, run):
     """Mean-field prediction for plain MLPs: delta shrinks (or grows) by sqrt(chi_1) per layer.
     Anchored on the measured step-0 delta_norm of the last hidden layer, drawn back to layer 0."""
-    from .theory import theory_for_run
+    from ..analysis.theory import theory_for_run
 
     th = theory_for_run(run.path) or {}
     rows = [r for r in run.layer_rows(run.steps[0]) if r.get("name") != "output"] if run.steps else []
@@ -322,7 +322,7 @@ def gradient_through_time(run, path: Path) -> Path | None:
 
 def write_run_plots(run_dir) -> list[Path]:
     """Write plots/*.png for one run directory; returns the files written."""
-    from .runstore import load_run
+    from ..rundir.store import load_run
 
     run = load_run(Path(run_dir))
     out = Path(run_dir) / "plots"
@@ -335,7 +335,7 @@ def write_run_plots(run_dir) -> list[Path]:
 def compare_plot(runs, path) -> Path:
     """Runs side by side: grad_norm and delta_norm per layer (first step dashed, last solid), loss."""
     from .compare import label
-    from .runstore import Run, load_run
+    from ..rundir.store import Run, load_run
 
     runs = [r if isinstance(r, Run) else load_run(Path(r)) for r in runs]
     plt = _plt()

@@ -116,3 +116,31 @@ def _label(key: str) -> str:
     if col == "time":
         return f"through-time ||dL/dh_0|| / ||dL/dh_T|| at the {when}"
     return f"layer-0/output {col} at the {when}"
+
+
+def run_stats(run) -> dict:
+    """A loaded run's (rundir.store.Run) summary numbers; for an unfinished run, the same read off its
+    tables."""
+    s = dict(run.summary)
+    steps = run.steps
+    if steps:
+        s.setdefault("first_logged_step", steps[0])
+        s.setdefault("last_logged_step", steps[-1])
+        first, last = run.layer_rows(steps[0]), run.layer_rows(steps[-1])
+        for col in ("grad_norm", "delta_norm"):
+            for when, rows in (("first", first), ("last", last)):
+                if s.get(f"{col}_ratio_{when}_step") is None:
+                    s[f"{col}_ratio_{when}_step"] = first_last_ratio(rows, col)
+    if run.time and steps:
+        for when, step in (("first", steps[0]), ("last", steps[-1])):
+            if s.get(f"time_ratio_{when}_step") is None:
+                s[f"time_ratio_{when}_step"] = time_ratio(run.time_rows(step))
+    if run.metrics and s.get("final_loss") is None:
+        last = run.metrics[-1]
+        s["final_loss"], s["final_accuracy"] = last.get("loss"), last.get("accuracy")
+        evals = [m for m in run.metrics if m.get("eval_loss") is not None]
+        if evals:
+            s["final_eval_loss"], s["final_eval_accuracy"] = evals[-1]["eval_loss"], evals[-1].get("eval_accuracy")
+    if run.metrics and s.get("wall_time_s") is None:
+        s["wall_time_s"] = run.metrics[-1].get("time_s")
+    return s

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .activations import Activation
+from ..activations import Activation
 
 TIME_COLUMNS = ["step", "layer", "t", "delta_norm"]
 LAYER_COLUMNS = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .diagnose_indicators import THRESHOLDS, indicator, span
+from .indicators import THRESHOLDS, indicator, span
 
 MAX_EXAMPLES = 2048  # the fixed batch set: the first training examples, in train.batch_size batches
 
@@ -42,8 +42,8 @@ def ablation(run_dir: Path, cfg, baseline: float | None, k: int | None = None) -
         return _not(f"k = {k} must leave at least one hidden layer above it (model.depth {depth})", {"k": k})
     import torch
 
-    from .models import build_model
-    from .train import LOSSES
+    from ..models import build_model
+    from ..tasks.losses import LOSSES
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small models; and diagnose must not crowd a shared machine

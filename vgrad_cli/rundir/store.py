@@ -3,7 +3,7 @@
 A RUN argument is a path, or a unique prefix of a run's name under the runs directory (runs inside
 a sweep directory count too). A sweep directory (one holding sweep.csv) stands for all its runs.
 Tables are checked as they are read, so a damaged run gives one clear line instead of a traceback
-somewhere downstream. Like rundir, this module imports neither torch nor pandas.
+somewhere downstream. Like files.py, this module imports neither torch nor pandas.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UsageError
-from .rundir import read_summary, read_table
+from ..errors import UsageError
+from .files import read_summary, read_table
 
 # A run that did not reach its end: its tables hold what was logged so far, and that is worth showing.
 INCOMPLETE = ("running", "interrupted", "failed")
@@ -103,34 +103,6 @@ class Run:
             return started[:16].replace("T", " ")
         m = _STAMP.search(self.name)
         return f"{m[1]}-{m[2]}-{m[3]} {m[4]}:{m[5]}" if m else ""
-
-    def stats(self) -> dict:
-        """The summary's end-of-run numbers; for an unfinished run, the same read off its tables."""
-        from .analysis import first_last_ratio, time_ratio
-
-        s = dict(self.summary)
-        steps = self.steps
-        if steps:
-            s.setdefault("first_logged_step", steps[0])
-            s.setdefault("last_logged_step", steps[-1])
-            first, last = self.layer_rows(steps[0]), self.layer_rows(steps[-1])
-            for col in ("grad_norm", "delta_norm"):
-                for when, rows in (("first", first), ("last", last)):
-                    if s.get(f"{col}_ratio_{when}_step") is None:
-                        s[f"{col}_ratio_{when}_step"] = first_last_ratio(rows, col)
-        if self.time and steps:
-            for when, step in (("first", steps[0]), ("last", steps[-1])):
-                if s.get(f"time_ratio_{when}_step") is None:
-                    s[f"time_ratio_{when}_step"] = time_ratio(self.time_rows(step))
-        if self.metrics and s.get("final_loss") is None:
-            last = self.metrics[-1]
-            s["final_loss"], s["final_accuracy"] = last.get("loss"), last.get("accuracy")
-            evals = [m for m in self.metrics if m.get("eval_loss") is not None]
-            if evals:
-                s["final_eval_loss"], s["final_eval_accuracy"] = evals[-1]["eval_loss"], evals[-1].get("eval_accuracy")
-        if self.metrics and s.get("wall_time_s") is None:
-            s["wall_time_s"] = self.metrics[-1].get("time_s")
-        return s
 
 
 def _checked_table(run: Path, name: str, incomplete: bool, notes: list[str]) -> list[dict]:

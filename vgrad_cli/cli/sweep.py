@@ -1,5 +1,6 @@
-"""`vgrad sweep`: the command line. The work is in sweep.py (plan, directory, rows),
-sweep_exec.py (local processes, Ray) and sweep_report.py (table, summary, plot); all imported lazily."""
+"""`vgrad sweep`: the command line. The work is in the sweep package (plan.py: plan and directory;
+run.py: running and resuming; executors.py: local processes, Ray; report.py: table, summary, plot),
+all imported lazily."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli import app, usage_errors
+from .app import app, usage_errors
 
 EXECUTORS = ("local", "ray")
 
@@ -44,7 +45,7 @@ def sweep(
         None, "--resume", help="a sweep directory: run only its points that are missing or incomplete"),
 ):
     """Run one experiment per point of a parameter grid (times seeds) and tabulate and plot the gradients."""
-    from .errors import UsageError
+    from ..errors import UsageError
 
     # ---- check everything before anything is written --------------------------------------------
     if executor not in EXECUTORS:
@@ -53,7 +54,8 @@ def sweep(
         raise UsageError("--address is the Ray cluster to use; add --executor ray")
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be >= 1 (got {workers})")
-    from .sweep import create_sweep_dir, new_plan, resumed_plan, run_sweep
+    from ..sweep.plan import create_sweep_dir, new_plan, resumed_plan
+    from ..sweep.run import run_sweep
 
     if resume is not None:
         given = [f for f, v in (("PARAM", params), ("--values", values), ("--seeds", seeds is not None),
@@ -64,7 +66,7 @@ def sweep(
     else:
         plan = new_plan(list(params or []), list(values or []), seeds, config, list(set_ or []))
 
-    from .sweep_exec import LocalExecutor, RayExecutor
+    from ..sweep.executors import LocalExecutor, RayExecutor
 
     if executor == "ray":
         runner = RayExecutor(address, workers)
@@ -74,7 +76,7 @@ def sweep(
         runner = LocalExecutor(workers or _cpu_count())
 
     # ---- run ------------------------------------------------------------------------------------
-    from .render import make_console
+    from ..report.console import make_console
 
     console = make_console()
     sweep_dir = Path(resume) if resume is not None else create_sweep_dir(out, plan)
@@ -96,7 +98,7 @@ def sweep(
         raise typer.Exit(130)
     failed = sum(r["status"] == "failed" for r in rows)
     if failed:
-        from .render import error
+        from ..report.console import error
 
         error(f"{failed} run{'s' if failed > 1 else ''} failed; see the error column of {sweep_dir / 'sweep.csv'}")
         raise typer.Exit(1)
@@ -105,6 +107,6 @@ def sweep(
 def _check_devices(plan):
     """train.device: cuda on a machine without CUDA would fail every local run: say so up front."""
     if any((p.config.get("train") or {}).get("device") == "cuda" for p in plan.points):
-        from .train import resolve_device
+        from ..training.loop import resolve_device
 
         resolve_device("cuda")

@@ -16,25 +16,19 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from .activations import ACTIVATIONS
-from .errors import UsageError
-from .models import build_model
-from .probes import LAYER_COLUMNS, TIME_COLUMNS, LayerProbe
-from .rundir import METRIC_COLUMNS, RunWriter
+from ..activations import ACTIVATIONS
+from ..errors import UsageError
+from ..models import build_model
+from ..measure.probes import LAYER_COLUMNS, TIME_COLUMNS, LayerProbe
+from ..rundir.files import METRIC_COLUMNS, RunWriter
+from ..tasks.losses import LOSSES
 
 OPTIMIZERS = {
     "sgd": lambda params, t: torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay),
     "adam": lambda params, t: torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay),
     "rmsprop": lambda params, t: torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay),
 }
-def _cross_entropy(out, y):
-    # sequence tasks with several output steps: (batch, steps, classes) vs (batch, steps)
-    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-
-
-LOSSES = {"cross_entropy": _cross_entropy, "mse": F.mse_loss}
 
 
 def resolve_device(name: str) -> torch.device:

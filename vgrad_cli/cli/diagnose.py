@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from .cli import app, usage_errors
+from .app import app, usage_errors
 
 STATUS_STYLE = {"present": "bold red", "absent": "green", "not measurable": "dim"}
 
@@ -32,9 +32,9 @@ def diagnose(
 ):
     """Check a run for the symptoms of vanishing and exploding gradients, compare the measured
     per-layer factor with mean-field theory, and recommend config changes."""
-    from .diagnose import diagnose as run_diagnosis
-    from .errors import UsageError
-    from .runstore import resolve
+    from ..analysis.diagnose import diagnose as run_diagnosis
+    from ..errors import UsageError
+    from ..rundir.store import resolve
 
     if format_ not in ("table", "json"):
         raise UsageError(f"--format must be table or json, not '{format_}'")
@@ -64,9 +64,9 @@ def diagnose(
 
 
 def _suggested(path: Path, d: dict, rec: int) -> str:
-    from .diagnose_advice import suggested_config
-    from .errors import UsageError
-    from .runstore import load_run
+    from ..analysis.advice import suggested_config
+    from ..errors import UsageError
+    from ..rundir.store import load_run
 
     recs = d["recommendations"]
     if not recs:
@@ -80,8 +80,8 @@ def render(d: dict, path: Path) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from .diagnose import theory_line
-    from .render import VERDICT_STYLE, make_console
+    from ..analysis.diagnose import theory_line
+    from ..report.console import VERDICT_STYLE, make_console
 
     console = make_console()
     console.print(f"[bold]vgrad diagnose[/] {escape(d['run'])}: {escape(d['model'])} | status {d['status']}", soft_wrap=True)

@@ -3,7 +3,7 @@
 Each returns {"id", "key", "name", "status", "summary", "evidence", "threshold"}; status is
 present | absent | not measurable. Thresholds live in THRESHOLDS (docs/diagnose.md explains each);
 they were set on the bundled configs so that the healthy ones (03, 05, 06, 08, 15) show nothing.
-No torch here: the ablation probe (indicator 5) is in diagnose_ablation.py.
+No torch here: the ablation probe (indicator 5) is in ablation.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from .analysis import EXPLODING_RATIO, GROWTH, VANISHING_RATIO, time_profile
+from .verdict import EXPLODING_RATIO, GROWTH, VANISHING_RATIO, time_profile
 
 THRESHOLDS = {
     "min_loss_drop": 0.10,        # (1) loss fell by less than 10 % of its step-0 value ...

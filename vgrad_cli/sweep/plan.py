@@ -1,13 +1,13 @@
-"""`vgrad sweep`: one experiment per point of a parameter grid (times seeds), run in parallel.
+"""A sweep's plan: one experiment per point of a parameter grid (times seeds), and its directory.
 
-The flow, top to bottom in this module:
-  1. plan    - parse PARAMs and --values, build every point's config and validate ALL of them;
+The flow of `vgrad sweep`:
+  1. plan    - parse PARAMs and --values, build every point's config and validate ALL of them (here);
   2. (the CLI gets the executor ready: Ray imported and reachable)
-  3. start   - only now create the sweep directory and its sweep.json (the plan, for --resume);
-  4. run     - the executor runs the points; each finished run appends one complete row to sweep.csv;
-  5. report  - sweep_summary.csv, sweep.png and the console table (sweep_report.py).
+  3. start   - only now create the sweep directory and its sweep.json (the plan, for --resume; here);
+  4. run     - the executor runs the points; each finished run appends one complete row to sweep.csv
+               (run.py; executors in executors.py);
+  5. report  - sweep_summary.csv, sweep.png and the console table (report.py).
 Bad input stops at step 1 or 2, so it leaves nothing behind.
-Executors live in sweep_exec.py; rendering and plotting in sweep_report.py.
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ import hashlib
 import json
 import math
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .errors import UsageError
-from .rundir import create_unique_dir, write_text_atomic
+from ..errors import UsageError
+from ..rundir.files import create_unique_dir, write_text_atomic
 
 SHORT_NAMES = {
     "depth": "model.depth", "width": "model.width", "activation": "model.activation", "init": "model.init",
@@ -51,7 +50,7 @@ MANIFEST = "sweep.json"
 
 def default_values(key: str) -> list | None:
     """A sensible ladder per short name; None where there is no natural one (the user must say)."""
-    from .config import MODEL_KINDS, NORMS, OPTIMIZERS
+    from ..config import MODEL_KINDS, NORMS, OPTIMIZERS
 
     return {
         "model.depth": [1, 2, 4, 8, 16, 32],
@@ -173,7 +172,7 @@ def _set(data: dict, key: str, value):
 
 def _check_known(name: str, key: str, base: dict):
     """An unknown dotted key fails here, as an unknown parameter, before any point is built."""
-    from .config import validate
+    from ..config import validate
 
     data = json.loads(json.dumps(base))
     _set(data, key, None)
@@ -198,7 +197,7 @@ def build_plan(names: list[str], values: dict[str, list], seeds: list[int], base
     """Every point of the grid x seeds, each validated; the first bad one raises a UsageError naming it."""
     from itertools import product
 
-    from .config import validate
+    from ..config import validate
 
     params = []
     for name in names:
@@ -238,7 +237,7 @@ def build_plan(names: list[str], values: dict[str, list], seeds: list[int], base
 def new_plan(names: list[str], value_items: list[str], seeds: int | None, config: Path | None,
              sets: list[str]) -> Plan:
     """The plan for a fresh sweep from the command line."""
-    from .config import apply_overrides, read_yaml
+    from ..config import apply_overrides, read_yaml
 
     if not names:
         raise UsageError("name at least one parameter to sweep, e.g. `vgrad sweep depth` (or use --resume DIR)")
@@ -304,69 +303,3 @@ def cell(v) -> str:
     if isinstance(v, float):
         return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
     return str(v)
-
-
-def finished_runs(sweep_dir: Path, plan: Plan) -> dict[int, Path]:
-    """For --resume: point index -> its finished run directory. Run directories of this sweep that
-    did not finish (failed, interrupted, no summary) move to .incomplete/, out of the sweep's way."""
-    by_name = {p.run_name: p.index for p in plan.points}
-    done: dict[int, Path] = {}
-    stale = []
-    for d in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            name = (yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}).get("name")
-        except (OSError, yaml.YAMLError, AttributeError):
-            continue  # not a run directory: leave it alone
-        if name not in by_name:
-            continue
-        try:
-            status = json.loads((d / "summary.json").read_text(encoding="utf-8")).get("status")
-        except (OSError, json.JSONDecodeError):
-            status = None
-        if status in FINAL_STATUSES:
-            if by_name[name] in done:  # two finished runs of one point: keep the later (names sort by time)
-                stale.append(done[by_name[name]])
-            done[by_name[name]] = d
-        else:
-            stale.append(d)
-    if stale:
-        (Path(sweep_dir) / ".incomplete").mkdir(exist_ok=True)
-        for d in stale:
-            shutil.move(str(d), str(Path(sweep_dir) / ".incomplete" / d.name))
-    return done
-
-
-# ----------------------------------------------------------------------------- running
-
-
-def run_sweep(plan: Plan, sweep_dir: Path, executor, console, resume: bool = False) -> tuple[list[dict], bool]:
-    """Run the points not finished yet. Returns (rows in plan order, interrupted?). Writes the report."""
-    from .sweep_report import SweepCsv, SweepProgress, make_row, write_report
-
-    done = finished_runs(sweep_dir, plan) if resume else {}
-    rows: dict[int, dict] = {i: make_row(plan, plan.points[i], sweep_dir, d, None) for i, d in done.items()}
-    table = SweepCsv(sweep_dir / "sweep.csv", plan.params, [rows[i] for i in sorted(rows)])
-    todo = [p for p in plan.points if p.index not in rows]
-    if resume:
-        console.print(f"{len(rows)} of {len(plan.points)} runs already finished; running the other {len(todo)}")
-    progress = SweepProgress(console, len(plan.points), len(rows))
-
-    def on_result(index: int, run_dir: Path | None, error: str | None):
-        point = plan.points[index]
-        rows[index] = row = make_row(plan, point, sweep_dir, run_dir, error)
-        table.append(row)
-        progress.advance(point.label(plan.params), row)
-
-    interrupted = False
-    try:
-        executor.run([(p.index, p.config) for p in todo], sweep_dir, on_result)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        progress.stop()
-        table.close()
-    ordered = [rows[i] for i in sorted(rows)]
-    write_report(sweep_dir, plan, ordered, console)
-    # Runs can be stopped without the driver noticing (a signal to the workers only): same outcome.
-    interrupted = interrupted or any(r["status"] == "interrupted" for r in ordered)
-    return ordered, interrupted

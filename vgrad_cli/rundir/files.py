@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UsageError
+from ..errors import UsageError
 
 SCHEMA_VERSION = 1
 METRIC_COLUMNS = [

@@ -14,8 +14,9 @@ import json
 import math
 from dataclasses import dataclass
 
-from .errors import UsageError
-from .runstore import Run
+from ..errors import UsageError
+from ..analysis.verdict import run_stats
+from ..rundir.store import Run
 
 FORMATS = ("table", "json", "csv", "markdown")
 MAX_TIME_ROWS = 16  # the through-time profile is subsampled for reading; json/csv carry every t
@@ -67,12 +68,12 @@ RUN_FIELDS = [  # (key in the run's stats, label in the table)
 
 
 def run_info(run: Run, lab: str) -> dict:
-    s = run.stats()
+    s = run_stats(run)
     info = {"label": lab, "name": run.name, "dir": str(run.path), "model": run.model_text(),
             "task": (run.config.get("task") or {}).get("name"), "notes": "; ".join(run.notes) or None}
     for key, _ in RUN_FIELDS:
         info.setdefault(key, s.get(key))
-    from .theory import theory_columns
+    from ..analysis.theory import theory_columns
 
     info.update(theory_columns(run.path))
     return info
@@ -123,7 +124,7 @@ class Block:
 
 
 def _fmt(v) -> str:
-    from .render import fmt
+    from .console import fmt
 
     return fmt(v)
 

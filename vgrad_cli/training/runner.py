@@ -10,9 +10,9 @@ import time
 import traceback
 from pathlib import Path
 
-from . import __version__
-from .analysis import ratios, sample_profile, time_ratios, verdict
-from .rundir import SCHEMA_VERSION, RunWriter
+from .. import __version__
+from ..analysis.verdict import ratios, sample_profile, time_ratios, verdict
+from ..rundir.files import SCHEMA_VERSION, RunWriter
 
 
 def versions() -> dict:
@@ -29,7 +29,7 @@ def run_experiment(cfg, out_root: str | Path, on_start=None, on_log=None) -> tup
     The directory is created only after the config validated (the caller's job) and the task was
     generated; an unexpected error still leaves a summary.json with status `failed`.
     """
-    from .train import resolve_device, train
+    from .loop import resolve_device, train
 
     resolve_device(cfg.train.device)          # bad device -> UsageError before anything is written
     task = cfg.task.make(cfg.seed)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .render import VERDICT_STYLE, fmt
-from .rundir import write_text_atomic
-from .sweep import cell
+from ..report.console import VERDICT_STYLE, fmt
+from ..rundir.files import write_text_atomic
+from .plan import cell
 
 # sweep.csv: the swept parameters' columns come first, then these.
 RUN_COLUMNS = [
@@ -82,7 +82,7 @@ class SweepProgress:
 
 def make_row(plan, point, sweep_dir: Path, run_dir: Path | None, error: str | None) -> dict:
     """One sweep.csv row, read from the run's own summary.json so that the two always agree."""
-    from .rundir import read_summary
+    from ..rundir.files import read_summary
 
     row = {p.name: v for p, v in zip(plan.params, point.values)}
     row.update(seed=point.seed, run_dir=None, status="failed", error=error)
@@ -92,7 +92,7 @@ def make_row(plan, point, sweep_dir: Path, run_dir: Path | None, error: str | No
         row["run_dir"] = Path(run_dir).name  # relative to the sweep directory: the sweep can move
         row["error"] = summary.get("error") or (error if summary.get("status") == "failed" else None)
         row["_baseline_loss"] = summary.get("baseline_loss")  # for the plot only, not a CSV column
-        from .theory import theory_columns
+        from ..analysis.theory import theory_columns
 
         row.update(theory_columns(Path(run_dir)))  # empty where theory does not apply (norm, residual, rnn)
     elif run_dir is not None:

@@ -154,7 +154,7 @@ def _predicted(cfg: dict, changes: dict) -> float | None:
 
 def suggested_config(cfg: dict, recommendation: dict, source: str) -> str:
     """The run's resolved config with the recommendation applied, as YAML that load_config accepts."""
-    from .config import validate
+    from ..config import validate
 
     new = apply(cfg, recommendation["set"])
     if new.get("name"):

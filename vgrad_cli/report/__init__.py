@@ -1,0 +1,4 @@
+"""What a person sees: console.py (rich tables and progress), plots.py (matplotlib, imported lazily)
+and compare.py (runs side by side). Reads run directories through rundir and numbers through
+analysis; never imports torch, training, sweep or cli.
+"""
