@@ -9,13 +9,22 @@ from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+# Tests that assert a training outcome (learns, dies, diverges) must hold for any seed of a small set,
+# since another CPU's floating point changes a run as much as another seed does:
+# `VGRAD_TEST_SEED=3 make test` reruns them with seed 3 (the default 0 is what CI runs).
+TEST_SEED = int(os.environ.get("VGRAD_TEST_SEED", "0"))
+
+
+def seeded(sets: list[str] | None = None) -> list[str]:
+    """--set overrides for a bundled config, plus the test seed (the configs ship seed 0)."""
+    return list(sets or []) + ([f"seed={TEST_SEED}"] if TEST_SEED else [])
 
 
 def small(**over) -> dict:
     """A tiny, fast config as a dict; keyword args are merged section by section."""
     cfg = {
         "name": "t",
-        "seed": 0,
+        "seed": TEST_SEED,
         "model": {"kind": "mlp", "depth": 3, "width": 16, "activation": "tanh", "init": "xavier_normal"},
         "task": {"name": "blobs", "train_size": 256, "eval_size": 128},
         "train": {"steps": 20, "batch_size": 32, "lr": 0.1, "device": "cpu"},

@@ -31,6 +31,9 @@ CASES = [
     ("set without =", small(), ["--set", "model.depth"], "expected KEY=VALUE"),
     ("set unknown key", small(), ["--set", "model.deepth=3"], "unknown key 'model.deepth'"),
     ("set bad value", small(), ["--set", "train.steps=-5"], "train.steps: must be >= 1"),
+    ("set key without its section", small(), ["--set", "depth=40"], "unknown key 'depth' (did you mean 'model.depth'?)"),
+    ("set a task key of another task", small(), ["--set", "task.seq_len=40"],
+     "unknown key 'task.seq_len' (only tasks adding, temporal_order take 'seq_len')"),
     ("--steps 0", small(), ["--steps", "0"], "--steps 0: train.steps: must be >= 1"),
     ("--name with space", small(), ["--name", "my run"], "may hold only letters"),
 ]

@@ -12,6 +12,7 @@ import sys
 import pytest
 from conftest import small
 
+from vgrad_cli.analysis.diagnose import diagnose
 from vgrad_cli.config import validate
 from vgrad_cli.training.runner import run_experiment
 
@@ -217,6 +218,25 @@ def test_show_and_runs(cli, root):
         assert r.exit_code == 0, r.output
         assert "shallow-tanh-" in r.output and "deep-sigmoid-" in r.output and "completed" in r.output
     usage_error(cli("runs", "--runs-dir", root / "nowhere"), "does not exist")
+
+
+def test_show_prints_the_diagnosis_lines_run_printed(cli, root):
+    r = cli("show", "deep", "--runs-dir", root)
+    d = json.loads((run_dir(root, "deep") / "summary.json").read_text())
+    assert f"verdict: {d['verdict']}" in r.output
+    # the symptoms `vgrad run` lists under its verdict line, when any is present
+    present = [i for i in diagnose(run_dir(root, "deep"), ablation=False, write=False)["indicators"]
+               if i["status"] == "present"]
+    assert bool(present) == ("symptoms present" in r.output)
+    for i in present[:3]:
+        assert f"({i['id']}) {i['name']}" in r.output
+
+
+def test_runs_and_show_from_another_directory_say_where_they_looked(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = cli("runs")
+    assert r.exit_code == 0 and str(tmp_path / "runs") in r.output and "--runs-dir" in r.output
+    usage_error(cli("show", "deep"), str(tmp_path / "runs"), "--runs-dir")
 
 
 def test_no_torch_and_fast(root):

@@ -86,8 +86,26 @@ def test_divergence_is_caught_and_recorded(tmp_path):
     assert 0 < step < 200 and "non-finite" in summary["verdict_reason"]
     metrics = read_csv(run / "metrics.csv")
     assert metrics, "rows logged before the divergence are kept"
-    assert all(int(m["step"]) < step for m in metrics)
-    assert all(math.isfinite(float(m["loss"])) for m in metrics)
+    steps = [int(m["step"]) for m in metrics]
+    # whatever log.every says (7 here), the last finite step and the non-finite one are in the tables
+    assert steps[-2:] == [step - 1, step] and steps == sorted(set(steps))
+    assert all(math.isfinite(float(m["loss"])) for m in metrics[:-1]) and not math.isfinite(float(metrics[-1]["loss"]))
+    layers = read_csv(run / "layers.csv")
+    assert {int(r["step"]) for r in layers} == set(steps)
+    assert summary["last_logged_step"] == step - 1  # the summary's figures: the last finite step
+
+
+def test_divergence_between_logged_steps_replays_to_the_same_rows(tmp_path):
+    """The rows written for the diverged run with log.every 7 match a run that logs every step."""
+    base = small(model={"activation": "relu", "init": "kaiming_normal", "init_std": 3.0, "depth": 8},
+                 train={"lr": 5.0, "steps": 200})
+    sparse, s1 = run_experiment(validate({**base, "log": {"every": 7, "eval_every": 1000}}), tmp_path / "a")
+    dense, s2 = run_experiment(validate({**base, "log": {"every": 1, "eval_every": 1000}}), tmp_path / "b")
+    assert s1["diverged_step"] == s2["diverged_step"]
+    step = s1["diverged_step"]
+    pick = lambda rows: [(r["step"], r["layer"], r["grad_norm"], r["delta_norm"]) for r in rows
+                         if int(r["step"]) in (step - 1, step)]
+    assert pick(read_csv(sparse / "layers.csv")) == pick(read_csv(dense / "layers.csv"))
 
 
 def test_clip_norm_caps_the_applied_gradient(tmp_path):

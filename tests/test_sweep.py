@@ -230,8 +230,10 @@ def test_ctrl_c_stops_workers_and_leaves_sweep_csv_consistent(write_config, tmp_
     env = {**os.environ, "NO_COLOR": "1"}
     cmd = [sys.executable, "-m", "vgrad_cli", "sweep", "depth", "--values", "1,2,3", "--config", str(base),
            "--workers", "2", "--out", str(tmp_path)]
+    # A shell's background job (`make test &`) starts with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: give the sweep the SIGINT a terminal's foreground process has.
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 30
     while time.time() < deadline:  # wait until both workers are training (their layers.csv has rows)
         started = [p for p in tmp_path.glob("sweep-*/*/layers.csv") if p.stat().st_size > 500]

@@ -88,6 +88,17 @@ class ModelConfig(Section):
         return data
 
 
+# model keys that mean something only for some kinds (the others accept their default)
+KIND_ONLY = {"activation": ("mlp", "rnn"), "recurrent_init": RECURRENT_KINDS, "recurrent_std": RECURRENT_KINDS,
+             "forget_bias": ("lstm",)}
+
+
+def applicable(model: dict) -> dict:
+    """A model section without the keys its kind ignores: what a person should read or edit."""
+    kind = model.get("kind", "mlp")
+    return {k: v for k, v in model.items() if kind in KIND_ONLY.get(k, (kind,))}
+
+
 def _check_kind(m: "ModelConfig"):
     """Keys that only make sense for some model kinds (their defaults are accepted everywhere, so a
     resolved config.yaml validates again)."""
@@ -298,15 +309,31 @@ def _fields_at(loc: tuple) -> tuple[str, list[str]]:
     return ".".join(path), siblings
 
 
+def _elsewhere(parent: str, leaf: str) -> str:
+    """A key that exists, just not here: `depth` at the top (-> model.depth), or `seq_len` under a
+    task that has none (-> the tasks that take it)."""
+    if parent == "task":
+        takers = [name for name, t in zip(TASK_NAMES, TASK_TYPES) if leaf in t.model_fields]
+        if takers:
+            return f" (only task{'s' if len(takers) > 1 else ''} {', '.join(takers)} take{'' if len(takers) > 1 else 's'} '{leaf}')"
+        return ""
+    if parent:
+        return ""
+    sections = {"model": ModelConfig, "train": TrainConfig, "log": LogConfig}
+    homes = [f"{name}.{leaf}" for name, cls in sections.items() if leaf in cls.model_fields]
+    homes += [f"task.{leaf}"] if not homes and any(leaf in t.model_fields for t in TASK_TYPES) else []
+    return f" (did you mean '{homes[0]}'?)" if homes else ""
+
+
 def _describe(err: dict) -> str:
     kind, loc, value, ctx = err["type"], tuple(err["loc"]), err.get("input"), err.get("ctx") or {}
     path, siblings = _fields_at(loc)
     where = f"{path}: " if path else ""
     got = f"got {value!r}"
     if kind == "extra_forbidden":
-        parent = path.rpartition(".")[0]
+        parent, _, leaf = path.rpartition(".")
         full = [f"{parent}.{s}" if parent else s for s in siblings]
-        return f"unknown key '{path}'{_closest(path, full)}; allowed here: {', '.join(siblings)}"
+        return f"unknown key '{path}'{_elsewhere(parent, leaf) or _closest(path, full)}; allowed here: {', '.join(siblings)}"
     if kind == "missing":
         return f"{where}required key is missing"
     if kind == "union_tag_invalid":

@@ -148,19 +148,24 @@ def apply(cfg: dict, changes: dict) -> dict:
 
 
 def _predicted(cfg: dict, changes: dict) -> float | None:
+    """The mean-field factor after the change; None when the change cannot move it (a learning
+    rate, clipping, training longer: theory at init knows nothing of those)."""
+    if not any(k.startswith("model.") for k in changes):
+        return None
     p = theory.for_model(apply(cfg, changes)["model"])
     return p["factor"] if p.get("applicable") else None
 
 
 def suggested_config(cfg: dict, recommendation: dict, source: str) -> str:
     """The run's resolved config with the recommendation applied, as YAML that load_config accepts."""
-    from ..config import validate
+    from ..config import applicable, validate
 
     new = apply(cfg, recommendation["set"])
     if new.get("name"):
         new["name"] = (str(new["name"])[:76] + "-fix")
-    validated = validate(new, "suggested config")  # never print a config that would not load
+    validated = validate(new, "suggested config").to_dict()  # never print a config that would not load
+    validated["model"] = applicable(validated["model"])  # e.g. no recurrent_init in an MLP's config
     header = (f"# suggested by `vgrad diagnose {source}`: {recommendation['title']}\n"
               f"# changed: {', '.join(f'{k}={_yaml_scalar(v)}' for k, v in recommendation['set'].items())}\n"
               f"# why: {recommendation['why']}\n")
-    return header + yaml.safe_dump(validated.to_dict(), sort_keys=False, default_flow_style=False)
+    return header + yaml.safe_dump(validated, sort_keys=False, default_flow_style=False)

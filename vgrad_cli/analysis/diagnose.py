@@ -47,20 +47,9 @@ def diagnose(run_dir, k: int | None = None, ablation: bool = True, write: bool =
     from .theory import theory_for_run
 
     run, cfg, raw = load(run_dir)
-    s = run.summary
-    baseline, chance = s.get("baseline_loss"), s.get("chance_accuracy")
-    items = [
-        ind.slow_training(run, baseline),
-        ind.poor_performance(run, baseline, chance),
-        ind.gradient_decay(run),
-        ind.unresponsive_units(run),
-        _ablation(run.path, cfg, baseline, k) if ablation else ind.indicator(
-            5, "reliance_on_upper_layers", "reliance on upper layers (ablation)", "not measurable",
-            "ablation probe skipped (--no-ablation)", {}, ""),
-        ind.weights_barely_moving(run),
-        ind.dying_relu(run, cfg.model.activation),
-        ind.exploding(run, baseline, cfg.train.clip_norm),
-    ]
+    baseline = run.summary.get("baseline_loss")
+    ablated = _ablation(run.path, cfg, baseline, k) if ablation else None
+    items = indicators(run, raw, ablated)
     by_key = {i["key"]: i for i in items}
     th = theory_section(run, theory_for_run(run.path))
     verdict, detail, recovered = decide(by_key)
@@ -77,6 +66,51 @@ def diagnose(run_dir, k: int | None = None, ablation: bool = True, write: bool =
 
         write_json_atomic(run.path / "diagnosis.json", out)
     return out
+
+
+def indicators(run, raw: dict, ablated: dict | None = None) -> list[dict]:
+    """The eight indicators, read off the run's tables (the ablation probe, which needs torch and
+    the weights, is passed in already measured, or reported as skipped)."""
+    s = run.summary
+    baseline, chance = s.get("baseline_loss"), s.get("chance_accuracy")
+    model, train = raw.get("model") or {}, raw.get("train") or {}
+    return [
+        ind.slow_training(run, baseline),
+        ind.poor_performance(run, baseline, chance),
+        ind.gradient_decay(run),
+        ind.unresponsive_units(run),
+        ablated or ind.indicator(5, "reliance_on_upper_layers", "reliance on upper layers (ablation)",
+                                 "not measurable", "ablation probe skipped (--no-ablation)", {}, ""),
+        ind.weights_barely_moving(run),
+        ind.dying_relu(run, model.get("activation")),
+        ind.exploding(run, baseline, train.get("clip_norm")),
+    ]
+
+
+def run_verdict(run) -> tuple[str, str]:
+    """The run's verdict and its reason: the same rule as `vgrad diagnose` (decide() over the
+    indicators), so summary.json, `run`, `show`, `runs` and diagnosis.json never disagree. The
+    verdict never depends on the ablation probe, which is left out here (no torch needed)."""
+    if not run.steps or not run.metrics:
+        return "unknown", "nothing was measured (no logged step)"
+    verdict, detail, _ = decide({i["key"]: i for i in indicators(run, run.config or {})})
+    return verdict, detail
+
+
+def stored_or_fresh(run) -> dict:
+    """A loaded run's diagnosis: its diagnosis.json when that is current (written after the run
+    ended), else computed now without the ablation probe (no torch) and without writing."""
+    import json
+
+    path = run.path / "diagnosis.json"
+    if not run.incomplete and path.is_file():
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(d, dict) and d.get("diagnosis_version") == DIAGNOSIS_VERSION and "indicators" in d:
+                return d
+        except (OSError, ValueError):
+            pass  # unreadable: compute it again
+    return diagnose(run.path, ablation=False, write=False)
 
 
 def _ablation(path, cfg, baseline, k):
@@ -156,10 +190,14 @@ def theory_line(th: dict) -> str:
     return line
 
 
-def short_report(diagnosis: dict) -> list[str]:
-    """3-6 lines: the verdict, the present indicators, the top recommendation."""
+def short_report(diagnosis: dict, headline: bool = True) -> list[str]:
+    """3-6 lines: the verdict, the present indicators, the top recommendation. `vgrad run` and
+    `show` print the verdict line themselves (headline=False): the symptoms then lead."""
     present = [i for i in diagnosis["indicators"] if i["status"] == "present"]
-    lines = [f"diagnosis: {diagnosis['verdict']} — {diagnosis['verdict_detail']}"]
+    if headline:
+        lines = [f"diagnosis: {diagnosis['verdict']} — {diagnosis['verdict_detail']}"]
+    else:
+        lines = [f"symptoms present (`vgrad diagnose {diagnosis['run']}` explains each):"] if present else []
     for i in present[:3]:
         lines.append(f"  ({i['id']}) {i['name']}: {i['summary']}")
     if len(present) > 3:

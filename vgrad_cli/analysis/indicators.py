@@ -92,7 +92,7 @@ def slow_training(run, baseline: float | None) -> dict:
     elif plateau:
         trend = "rose" if improvement < -T["plateau_improvement"] else "stayed flat"
         summary = (f"loss {trend} over steps {steps[half]}-{steps[-1]} ({mid:.3g} -> {end:.3g}) "
-                   f"and ends at {end / baseline:.2f}x the baseline")
+                   f"and ends at {end / baseline:.3g}x the baseline")
     else:
         summary = f"loss {start:.3g} -> {end:.3g} ({drop:.0%} drop); last half {improvement:+.0%}"
     if present and min(losses) < T["high_loss"] * end:
@@ -107,10 +107,12 @@ def poor_performance(run, baseline: float | None, chance: float | None) -> dict:
     losses = [m["loss"] for m in run.metrics if _finite(m.get("loss"))]
     if not losses or baseline is None:
         return indicator(2, "poor_performance", name, "not measurable", "no finite loss or no baseline", {}, thr)
+    if len(losses) < 4 and run.status != "diverged":  # a run of a step or two cannot have learned yet
+        return indicator(2, "poor_performance", name, "not measurable", f"only {len(losses)} finite logged losses", {}, thr)
     end = smoothed_end_loss(losses)
     ev = {"loss_end": end, "baseline_loss": baseline, "loss_over_baseline": end / baseline if baseline else None}
     n = max(1, len(losses) // 10)
-    summary = (f"training loss {end:.3g} (mean of the last {n} logged steps) = {end / baseline:.2f}x the "
+    summary = (f"training loss {end:.3g} (mean of the last {n} logged steps) = {end / baseline:.3g}x the "
                f"input-blind baseline {baseline:.3g}")
     if chance is not None:
         # Classification: accuracy decides; the loss can be dominated by a few confident mistakes.
@@ -142,6 +144,13 @@ def _decay(first, last, n_steps: int) -> dict:
     return d
 
 
+def _across_layers(run, rows) -> bool:
+    """Whether 'layer 0 / output' means anything: not for a one-layer recurrent net, whose two rows
+    are the recurrent layer and its linear head. There the gradient travels through time, and
+    ||dL/dh_0|| / ||dL/dh_T|| is the evidence."""
+    return not run.time or len(rows) > 2
+
+
 def gradient_decay(run) -> dict:
     name = "early-layer gradients orders of magnitude below later layers"
     thr = f"delta_norm ratio layer 0 / output (or ||dL/dh_0|| / ||dL/dh_T||) < {T['vanishing_ratio']:g} at the first or last logged step"
@@ -155,7 +164,7 @@ def gradient_decay(run) -> dict:
                "delta": _decay(rows[0].get("delta_norm"), rows[-1].get("delta_norm"), n),
                "grad": _decay(rows[0].get("grad_norm"), rows[-1].get("grad_norm"), n)}
         ev[f"{when}_step"] = per
-        r = per["delta"]["ratio"]
+        r = per["delta"]["ratio"] if _across_layers(run, rows) else None
         if r is not None and r < T["vanishing_ratio"]:
             found.append(("across layers", step))
         if r is not None:
@@ -269,7 +278,7 @@ def exploding(run, baseline: float | None, clip: float | None) -> dict:
         rows = run.layer_rows(step)
         r = _decay(rows[0].get("delta_norm"), rows[-1].get("delta_norm"), len(rows) - 1)["ratio"]
         ev[f"delta_ratio_{when}_step"] = r
-        if r is not None and r > T["exploding_ratio"]:
+        if r is not None and r > T["exploding_ratio"] and _across_layers(run, rows):
             signs.append(f"layer-0/output delta_norm {r:.3g} at step {step}")
         if run.time:
             _, prof = time_profile(run.time_rows(step))

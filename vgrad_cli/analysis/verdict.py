@@ -1,20 +1,13 @@
-"""From measurements to words: first/last-layer ratios and the run's verdict.
+"""Ratios from the measurements: layer 0 over the output layer, and through time.
 
-The verdict rule (also in docs/run-format.md):
   ratio = (value at layer 0, the input side) / (value at the output layer), for grad_norm and
-  delta_norm, at the first and at the last logged step. All four go into summary.json; the
-  verdict reads the delta_norm ratios, the back-propagated error signal that theory speaks of.
-  (grad_norm = delta x the layer's input, so it also carries the forward signal's scale: a
-  residual stream that grows, or a 2-D input, moves it without any gradient vanishing.)
+  delta_norm, at the first and at the last logged step (all four go into summary.json).
   Recurrent runs add the through-time ratios ||dL/dh_0|| / ||dL/dh_T-1|| of the top stacked
-  layer (time_ratio_first_step, time_ratio_last_step), read the same way.
-  1. status diverged (a non-finite loss)                             -> exploding
-  2. a delta_norm or time ratio > EXPLODING_RATIO (100)              -> exploding
-  3. grad_norm_total at a logged step > GROWTH (1000) x its step-0 value -> exploding
-  4. a delta_norm or time ratio < VANISHING_RATIO (0.01)             -> vanishing
-  5. otherwise                                                       -> healthy
-  ("unknown" only when no step was logged at all, e.g. a run that failed before step 0.)
-Two orders of magnitude is where early layers learn ~100x slower than late ones.
+  layer (time_ratio_first_step, time_ratio_last_step).
+The thresholds below are the verdict's: a delta_norm or time ratio below VANISHING_RATIO (two
+orders of magnitude: early layers learn ~100x slower than late ones) is vanishing, above
+EXPLODING_RATIO exploding. The verdict itself is decided in one place for every command:
+analysis/diagnose.py (decide, run_verdict) from the indicators in indicators.py.
 """
 
 from __future__ import annotations
@@ -24,7 +17,6 @@ import math
 VANISHING_RATIO = 1e-2
 EXPLODING_RATIO = 1e2
 GROWTH = 1e3
-VERDICT_KEYS = ("delta_norm_ratio", "time_ratio")  # the back-propagated error: across layers, through time
 
 
 def first_last_ratio(rows: list[dict], column: str) -> float | None:
@@ -79,43 +71,6 @@ def sample_profile(first_time: list[dict], last_time: list[dict], points: int = 
     ts = sorted({round(i * (n - 1) / (points - 1)) for i in range(points)}) if n > points else list(range(n))
     return {"layer": layer, "t": ts, "first_step": [first[t] for t in ts],
             "last_step": [last[t] for t in ts] if len(last) == n else None}
-
-
-def verdict(status: str, ratio: dict, diverged_step: int | None, grad_total_growth: float | None) -> tuple[str, str]:
-    if status == "diverged":
-        return "exploding", f"the loss became non-finite at step {diverged_step}"
-    finite = {k: v for k, v in ratio.items() if k.startswith(VERDICT_KEYS) and v is not None and not math.isnan(v)}
-    if finite:
-        k_hi = max(finite, key=finite.get)
-        if finite[k_hi] > EXPLODING_RATIO:
-            return "exploding", f"{_label(k_hi)} is {finite[k_hi]:.2g} (> {EXPLODING_RATIO:g})" + _later(k_hi, finite)
-    if grad_total_growth is not None and grad_total_growth > GROWTH:
-        return "exploding", f"grad_norm_total grew {grad_total_growth:.2g}x over step 0 (> {GROWTH:g}x)"
-    if finite:
-        k_lo = min(finite, key=finite.get)
-        if finite[k_lo] < VANISHING_RATIO:
-            return "vanishing", f"{_label(k_lo)} is {finite[k_lo]:.2g} (< {VANISHING_RATIO:g})" + _later(k_lo, finite)
-        return "healthy", (
-            f"every delta_norm ratio lies in [{VANISHING_RATIO:g}, {EXPLODING_RATIO:g}] "
-            f"(lowest: {_label(k_lo)} = {finite[k_lo]:.2g})"
-        )
-    return "unknown", "nothing was measured (no logged step)"
-
-
-def _later(key: str, finite: dict) -> str:
-    """When the first step decided but training brought the same ratio back into range, say so."""
-    last = finite.get(key.replace("_first_step", "_last_step")) if key.endswith("_first_step") else None
-    if last is not None and VANISHING_RATIO <= last <= EXPLODING_RATIO:
-        return f"; by the last step it is {last:.2g}, back in range"
-    return ""
-
-
-def _label(key: str) -> str:
-    col, _, when = key.partition("_ratio_")
-    when = when.replace("_", " ")
-    if col == "time":
-        return f"through-time ||dL/dh_0|| / ||dL/dh_T|| at the {when}"
-    return f"layer-0/output {col} at the {when}"
 
 
 def run_stats(run) -> dict:

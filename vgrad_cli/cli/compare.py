@@ -100,6 +100,15 @@ def show(
         from ..report.compare import build, print_blocks, time_block
 
         print_blocks([time_block(build([r], ["first", "last"]))], console)
+    if steps and r.metrics:  # the diagnosis lines `vgrad run` printed (from diagnosis.json when there is one)
+        from ..analysis.diagnose import short_report, stored_or_fresh
+
+        try:
+            lines = short_report(stored_or_fresh(r), headline=False)
+        except UsageError:  # e.g. no config.yaml: the tables above are all there is
+            lines = []
+        for line in lines:
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
     plots = sorted((r.path / "plots").glob("*.png"))
     if plots:
         console.print(f"plots: {r.path / 'plots'} ({', '.join(p.name for p in plots)})", soft_wrap=True)
@@ -107,14 +116,9 @@ def show(
 
 def _provisional_verdict(r, s: dict) -> dict:
     """The verdict rule applied to what an unfinished run logged, marked as such."""
-    from ..analysis.verdict import verdict
+    from ..analysis.diagnose import run_verdict
 
-    ratio = {k: s.get(k) for k in ("grad_norm_ratio_first_step", "grad_norm_ratio_last_step",
-                                   "delta_norm_ratio_first_step", "delta_norm_ratio_last_step",
-                                   "time_ratio_first_step", "time_ratio_last_step")}
-    totals = [m.get("grad_norm_total") for m in r.metrics if isinstance(m.get("grad_norm_total"), (int, float))]
-    growth = max(totals) / totals[0] if totals and totals[0] else None
-    v, reason = verdict(r.status, ratio, s.get("diverged_step"), growth)
+    v, reason = run_verdict(r)
     return {"verdict": v, "verdict_reason": f"{reason} (provisional: the run is {r.status})"}
 
 
@@ -138,7 +142,9 @@ def runs_(
     console = make_console()
     paths = find_runs(folder)
     if not paths:
-        console.print(f"no runs under '{folder}' yet: `vgrad run configs/01_deep_sigmoid.yaml` makes one", soft_wrap=True)
+        where = "" if runs_dir is not None else " (the runs folder of the current directory; --runs-dir DIR looks elsewhere)"
+        console.print(f"no runs under '{folder.resolve()}'{where} yet: `vgrad run configs/01_deep_sigmoid.yaml` "
+                      "makes one", soft_wrap=True, markup=False)
         return
     rows = []
     for p in paths:

@@ -16,7 +16,7 @@ def _print_diagnosis(console, run_dir):
     from ..errors import UsageError
 
     try:
-        lines = short_report(diagnose(run_dir))
+        lines = short_report(diagnose(run_dir), headline=False)
     except UsageError:  # nothing logged yet (e.g. interrupted at step 0): nothing to diagnose
         return
     for line in lines:

@@ -232,7 +232,8 @@ def resolve(arg: str, runs_dir: Path) -> list[Path]:
         if cand.exists():
             raise UsageError(f"'{cand}' is a file, not a run directory")
     if not runs_dir.is_dir():
-        raise UsageError(f"no run '{arg}': no such directory, and there is no runs directory '{runs_dir}'")
+        raise UsageError(f"no run '{arg}': no such directory, and there is no runs directory "
+                         f"'{runs_dir.resolve()}' (run from the folder that holds runs/, or add --runs-dir DIR)")
     candidates = [d for d in sorted(runs_dir.iterdir()) if d.is_dir() and is_sweep(d)] + find_runs(runs_dir)
     # An exact directory name wins; then runs whose config name is exactly ARG (the part before
     # -<date>-<time>-<id>: `show exploding` means the run named "exploding", not "exploding-clipped");
@@ -241,8 +242,8 @@ def resolve(arg: str, runs_dir: Path) -> list[Path]:
                or [d for d in candidates if re.fullmatch(re.escape(arg) + r"-\d{8}-\d{6}-[0-9a-f]{4}", d.name)]
                or [d for d in candidates if d.name.startswith(arg)])
     if not matches:
-        raise UsageError(f"no run '{arg}': not a directory, and no run under '{runs_dir}' has a name "
-                         f"starting with it (`vgrad runs` lists them)")
+        raise UsageError(f"no run '{arg}': not a directory, and no run under '{runs_dir.resolve()}' has a name "
+                         f"starting with it (`vgrad runs` lists them; --runs-dir DIR looks elsewhere)")
     if len(matches) > 1:
         shown = ", ".join(d.name for d in matches[:8]) + (f", and {len(matches) - 8} more" if len(matches) > 8 else "")
         raise UsageError(f"'{arg}' is ambiguous: it matches {len(matches)} runs: {shown}; give a longer prefix")

@@ -89,110 +89,173 @@ def train(cfg, task, writer: RunWriter, on_log: Callable | None = None) -> Train
         torch.set_num_threads(threads)
 
 
+class _Trainer:
+    """A model, its optimizer and its batch stream, built from the config's seed. Building it twice
+    gives the same run (CPU determinism): that is what lets a diverged run be replayed up to the
+    step that went non-finite, so its last rows are measured whatever log.every says."""
+
+    def __init__(self, cfg, task, device):
+        self.task, self.device = task, device
+        self.model = build_model(cfg.model, task, cfg.seed).to(device)
+        self.model.train()
+        self.initial_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.optimizer = OPTIMIZERS[cfg.train.optimizer](self.model.parameters(), cfg.train)
+        self.loss_fn = LOSSES[task.loss]
+        self.classify = task.loss == "cross_entropy"
+        # lstm/gru have no activation key: their hidden state lies in (-1, 1) like tanh's output
+        self.probe = LayerProbe(self.model, ACTIVATIONS[cfg.model.activation or "tanh"], cfg.log.activations)
+        self.params = list(self.model.parameters())
+        self.clip_norm, self.clip_value = cfg.train.clip_norm, cfg.train.clip_value
+        self.batch_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.batch = cfg.train.batch_size  # sampled with replacement: any size works
+
+    def forward_backward(self, logged: bool):
+        """One batch: loss, gradients, clipping; measured (before and after clipping) if logged."""
+        idx = torch.randint(len(self.task.x_train), (self.batch,), generator=self.batch_gen)
+        idx = idx.to(self.device, non_blocking=True)
+        x, y = self.task.x_train[idx], self.task.y_train[idx]
+        if logged:
+            self.probe.attach()
+        out = self.model(x)
+        loss = self.loss_fn(out, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if logged:
+            self.probe.after_backward()
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm, foreach=True)
+        elif self.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(self.params, self.clip_value, foreach=True)
+        if logged:
+            self.probe.after_clip(clipped=self.clip_norm is not None or self.clip_value is not None)
+        return out, y, loss
+
+    def update(self, logged: bool):
+        if logged:
+            self.probe.before_update()
+        self.optimizer.step()
+        if logged:
+            self.probe.after_update()
+
+    def measured(self, out, y, loss, recent, do_eval: bool) -> dict:
+        """A logged step's statistics on the host, in one transfer."""
+        extra = {"loss": loss.detach(), "recent_losses": recent}
+        if self.classify:
+            extra["accuracy"] = (out.detach().argmax(-1) == y).float().mean()
+        if do_eval:
+            extra.update(evaluate(self.model, self.task, self.loss_fn, self.classify))
+        return self.probe.to_host(extra)
+
+
 def _train(cfg, task, writer: RunWriter, on_log, device) -> TrainResult:
     task = task.to(device)
-    model = build_model(cfg.model, task, cfg.seed).to(device)
-    model.train()
-    initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    optimizer = OPTIMIZERS[cfg.train.optimizer](model.parameters(), cfg.train)
-    loss_fn = LOSSES[task.loss]
-    classify = task.loss == "cross_entropy"
-    # lstm/gru have no activation key: their hidden state lies in (-1, 1) like tanh's output
-    probe = LayerProbe(model, ACTIVATIONS[cfg.model.activation or "tanh"], cfg.log.activations)
-    params = list(model.parameters())
+    tr = _Trainer(cfg, task, device)
     layers_csv = writer.table("layers.csv", LAYER_COLUMNS)
     metrics_csv = writer.table("metrics.csv", METRIC_COLUMNS)
     time_csv = writer.table("time.csv", TIME_COLUMNS) if cfg.model.kind != "mlp" else None
 
     steps, every, eval_every = cfg.train.steps, cfg.log.every, cfg.log.eval_every
-    clip_norm, clip_value = cfg.train.clip_norm, cfg.train.clip_value
-    batch_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    n_train = len(task.x_train)
-    batch = cfg.train.batch_size  # sampled with replacement: any size works
     loss_buf = torch.zeros(every, device=device)  # losses of the steps since the last log
     pending = 0
     result = TrainResult()
     t0 = time.perf_counter()
 
+    def is_logged(step: int) -> bool:
+        return step % every == 0 or step == steps
+
+    def write(step: int, trainer: _Trainer, host: dict, do_eval: bool) -> list[dict]:
+        """One logged step's rows into the tables and the result; returns its layers.csv rows."""
+        rows = trainer.probe.rows(step, host)
+        metrics = {
+            "step": step, "loss": host["loss"], "accuracy": host.get("accuracy"),
+            "grad_norm_total": host["grad_norm_total"], "grad_norm_clipped": host["grad_norm_clipped"],
+            "eval_loss": host.get("eval_loss"), "eval_accuracy": host.get("eval_accuracy"),
+            "lr": trainer.optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 4),
+        }
+        time_rows = trainer.probe.time_rows(step, host)
+        layers_csv.append(rows)
+        metrics_csv.append([metrics])
+        if time_csv is not None:
+            time_csv.append(time_rows)
+        if not math.isfinite(host["loss"]):
+            return rows  # the step that went non-finite: in the tables, not in the summary's figures
+        if not result.first_rows:
+            result.first_rows, result.grad_total_first = rows, metrics["grad_norm_total"]
+            result.first_time = time_rows
+        result.last_rows, result.last_metrics, result.last_time = rows, metrics, time_rows
+        result.grad_total_max = max(result.grad_total_max or 0.0, metrics["grad_norm_total"])
+        if do_eval:
+            result.last_eval = {"eval_loss": metrics["eval_loss"], "eval_accuracy": metrics["eval_accuracy"]}
+        if on_log is not None:
+            on_log(step, metrics, rows)
+        return rows
+
     with StopSignals() as stop:
+        last_written = -1
         for step in range(steps + 1):
             if stop.requested:
                 result.status, result.stop_signal = "interrupted", stop.requested
                 result.steps_completed = step
                 break
-            logged = step % every == 0 or step == steps
-            idx = torch.randint(n_train, (batch,), generator=batch_gen).to(device, non_blocking=True)
-            x, y = task.x_train[idx], task.y_train[idx]
-            if logged:
-                probe.attach()
-            out = model(x)
-            loss = loss_fn(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            logged = is_logged(step)
+            out, y, loss = tr.forward_backward(logged)
             if not logged:
                 loss_buf[pending] = loss.detach()
                 pending += 1
-            else:
-                probe.after_backward()
-            if clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)
-            elif clip_value is not None:
-                torch.nn.utils.clip_grad_value_(params, clip_value, foreach=True)
-            if logged:
-                probe.after_clip(clipped=clip_norm is not None or clip_value is not None)
             if step < steps:
-                if logged:
-                    probe.before_update()
-                optimizer.step()
-                if logged:
-                    probe.after_update()
+                tr.update(logged)
             if not logged:
                 continue
 
             # ---- a logged step: one host transfer, then the tables -------------------------------
-            extra = {"loss": loss.detach(), "recent_losses": loss_buf[:pending]}
-            if classify:
-                extra["accuracy"] = (out.detach().argmax(-1) == y).float().mean()
             do_eval = step % eval_every == 0 or step == steps
-            if do_eval:
-                extra.update(evaluate(model, task, loss_fn, classify))
-            host = probe.to_host(extra)
+            host = tr.measured(out, y, loss, loss_buf[:pending], do_eval)
             pending = 0
             bad = [i for i, v in enumerate(host["recent_losses"] + [host["loss"]]) if not math.isfinite(v)]
             if bad:
-                # The first non-finite loss since the previous logged step: rows before it stay.
-                result.status, result.diverged_step = "diverged", step - len(host["recent_losses"]) + bad[0]
-                result.steps_completed = result.diverged_step
+                # The first non-finite loss since the previous logged step: rows before it stay, and
+                # the last finite step and the non-finite one are measured and written too.
+                first_bad = step - len(host["recent_losses"]) + bad[0]
+                if first_bad == step and step - 1 <= last_written:
+                    write(step, tr, host, False)  # already measured: nothing to replay
+                    diverged = step
+                else:
+                    diverged = _replay(cfg, task, device, is_logged, last_written, first_bad, step, write)
+                result.status, result.diverged_step = "diverged", diverged
+                result.steps_completed = diverged
                 break
-            rows = probe.rows(step, host)
-            metrics = {
-                "step": step, "loss": host["loss"], "accuracy": host.get("accuracy"),
-                "grad_norm_total": host["grad_norm_total"], "grad_norm_clipped": host["grad_norm_clipped"],
-                "eval_loss": host.get("eval_loss"), "eval_accuracy": host.get("eval_accuracy"),
-                "lr": optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 4),
-            }
-            time_rows = probe.time_rows(step, host)
-            layers_csv.append(rows)
-            metrics_csv.append([metrics])
-            if time_csv is not None:
-                time_csv.append(time_rows)
-            if not result.first_rows:
-                result.first_rows, result.grad_total_first = rows, metrics["grad_norm_total"]
-                result.first_time = time_rows
-            result.last_rows, result.last_metrics, result.last_time = rows, metrics, time_rows
-            result.grad_total_max = max(result.grad_total_max or 0.0, metrics["grad_norm_total"])
-            if do_eval:
-                result.last_eval = {"eval_loss": metrics["eval_loss"], "eval_accuracy": metrics["eval_accuracy"]}
+            write(step, tr, host, do_eval)
+            last_written = step
             result.steps_completed = min(step + 1, steps)
-            if on_log is not None:
-                on_log(step, metrics, rows)
         else:
             result.status = "completed"
     if result.status != "diverged":
         # The trained weights (and the initial ones) let `vgrad diagnose` re-run probes later,
         # e.g. re-initialising early layers to see whether the network relies on them.
-        torch.save({"final": model.state_dict(), "init": initial_state}, writer.path / "model.pt")
+        torch.save({"final": tr.model.state_dict(), "init": tr.initial_state}, writer.path / "model.pt")
     return result
+
+
+def _replay(cfg, task, device, is_logged, last_written: int, first_bad: int, detected: int, write) -> int:
+    """Train again from the seed up to the first non-finite loss, measuring and writing the step
+    before it and that step. Steps up to the last written one are measured exactly as the first
+    time (a recurrent net's logged steps run unfused cells, which round differently) and not written
+    again. Should the replay's rounding move the blow-up, every step from then on is written until
+    it comes. Returns the step whose loss went non-finite. Costs one run up to that step, paid
+    only by a run that diverged."""
+    tr = _Trainer(cfg, task, device)
+    start = max(last_written + 1, first_bad - 1)
+    nothing = torch.zeros(0, device=device)
+    for step in range(detected + 1):
+        logged = is_logged(step) if step <= last_written else step >= start
+        out, y, loss = tr.forward_backward(logged)
+        if step > last_written and logged:
+            host = tr.measured(out, y, loss, nothing, False)
+            write(step, tr, host, False)
+            if not math.isfinite(host["loss"]):
+                return step
+        tr.update(logged)
+    return first_bad  # the replay stayed finite up to the step that first showed it: keep that step
 
 
 @torch.no_grad()

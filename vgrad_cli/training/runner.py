@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 
 from .. import __version__
-from ..analysis.verdict import ratios, sample_profile, time_ratios, verdict
+from ..analysis.verdict import ratios, sample_profile, time_ratios
 from ..rundir.files import SCHEMA_VERSION, RunWriter
 
 
@@ -55,8 +55,20 @@ def run_experiment(cfg, out_root: str | Path, on_start=None, on_log=None) -> tup
         raise
     writer.close()
     summary.update(summarize(result, time.time() - started))
+    summary.update(judge(writer.path, summary))
     writer.write_summary(summary)
     return writer.path, summary
+
+
+def judge(run_dir: Path, summary: dict) -> dict:
+    """The verdict, by the rule `vgrad diagnose` uses, read back from the tables just written."""
+    from ..analysis.diagnose import run_verdict
+    from ..rundir.store import load_run
+
+    run = load_run(run_dir)
+    run.summary = summary  # the final one: on disk it still says "running"
+    verdict, reason = run_verdict(run)
+    return {"verdict": verdict, "verdict_reason": reason}
 
 
 def summarize(result, wall_time: float) -> dict:
@@ -66,7 +78,6 @@ def summarize(result, wall_time: float) -> dict:
     growth = None
     if result.grad_total_first and result.grad_total_max is not None:
         growth = result.grad_total_max / result.grad_total_first
-    v, reason = verdict(result.status, r, result.diverged_step, growth)
     m = result.last_metrics
     out = {
         "status": result.status,
@@ -78,8 +89,6 @@ def summarize(result, wall_time: float) -> dict:
         "final_eval_loss": result.last_eval.get("eval_loss"),
         "final_eval_accuracy": result.last_eval.get("eval_accuracy"),
         "wall_time_s": round(wall_time, 3),
-        "verdict": v,
-        "verdict_reason": reason,
         "first_logged_step": result.first_rows[0]["step"] if result.first_rows else None,
         "last_logged_step": result.last_rows[0]["step"] if result.last_rows else None,
         "n_layers": len(result.first_rows),
