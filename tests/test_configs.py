@@ -50,4 +50,7 @@ def test_lstm_learns_the_adding_problem_where_a_tanh_rnn_cannot(tmp_path):
     # Half the baseline, not a tuned figure: the final MSEs move with the CPU and the seed (LSTM 0.029
     # here, 0.063 on an AMD EPYC, its eval loss swinging late in training; the RNN 0.116-0.171)
     assert lstm["final_eval_loss"] < 0.5 * baseline < rnn["final_eval_loss"]
-    assert rnn["time_ratio_last_step"] < 1e-2 < lstm["time_ratio_last_step"]
+    # both start vanishing through time; the LSTM opens the path (0.18-0.51 at the end over seeds 0 and 2).
+    # The RNN's own end-of-training ratio is not asserted: seed 2 ends at 4.8 while still near the baseline
+    assert rnn["time_ratio_first_step"] < 1e-6 and lstm["time_ratio_first_step"] < 1e-6
+    assert lstm["time_ratio_last_step"] > 1e-2

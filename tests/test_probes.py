@@ -125,9 +125,17 @@ def test_weight_drift_tracks_distance_from_init():
     assert host["weight_norm"][0] == pytest.approx(1.5 * w0.norm().item(), rel=1e-5)
 
 
+def hooked(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
 def test_unlogged_forward_records_nothing():
     model, task = tiny("tanh")
-    assert model.recorder is None
-    LayerProbe(model, ACTIVATIONS["tanh"], True)  # building a probe attaches nothing
+    probe = LayerProbe(model, ACTIVATIONS["tanh"], True)  # building a probe attaches nothing
+    assert hooked(model) == 0
     model(task.x_train).sum().backward()
-    assert model.recorder is None
+    probe.attach()  # a logged step: hooks for its forward only ...
+    assert hooked(model) > 0
+    F.cross_entropy(model(task.x_train), task.y_train).backward()
+    probe.after_backward()
+    assert hooked(model) == 0  # ... gone before the next step

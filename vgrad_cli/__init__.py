@@ -4,3 +4,16 @@ This package's face stays small and light: nothing heavy (torch, matplotlib) is 
 """
 
 __version__ = "0.1.0"
+
+from .errors import GradientProblem  # noqa: E402  (no torch: a plain exception)
+
+__all__ = ["Monitor", "GradientProblem", "__version__"]
+
+
+def __getattr__(name: str):
+    # `from vgrad_cli import Monitor` imports torch; `import vgrad_cli` (the CLI's start) must not
+    if name == "Monitor":
+        from .monitor.monitor import Monitor
+
+        return Monitor
+    raise AttributeError(f"module 'vgrad_cli' has no attribute {name!r}")

@@ -105,9 +105,29 @@ def _exploding(cfg: dict) -> list[dict]:
     return out
 
 
+# A model of the user's own (Monitor runs): no config key to set, so the advice is in words.
+OWN_MODEL = {
+    "exploding": [("gradient clipping", "torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0) before optimizer.step() "
+                   "limits each step's size (Pascanu et al. 2013)"),
+                  ("a lower learning rate, or warm-up", "smaller steps where the gradient is large"),
+                  ("a critical init", "Kaiming init for ReLU-family layers (He et al. 2015); scale residual branches "
+                   "down (e.g. by 1/sqrt(depth), Fixup) or add normalization")],
+    "dying-relu": [("leaky ReLU (or GELU/SiLU)", "a non-zero slope for negative inputs: no unit can die (Maas et al. 2013)"),
+                   ("a lower learning rate", "large steps push units into the region where they output 0 for every input")],
+    "vanishing": [("normalization or residual connections", "batch/layer norm re-scale each layer; an identity path "
+                   "carries the gradient back unshrunk (Ioffe & Szegedy 2015; He et al. 2016)"),
+                  ("a non-saturating activation with Kaiming init", "sigmoid/tanh shrink the error at every layer; "
+                   "ReLU-family activations with Kaiming init keep it (He et al. 2015)"),
+                  ("gated units for sequences", "an LSTM or GRU can learn to keep the path back in time open")],
+    "underfitting": [("train longer or with a larger learning rate", "the gradient reaches every layer; the loss is still high")],
+}
+
+
 def recommend(cfg: dict, verdict: str, indicators: dict, recovered: bool) -> list[dict]:
     """cfg: the resolved config as a dict (config.yaml). Ordered, most preferred first."""
     m, t = cfg["model"], cfg["train"]
+    if m.get("kind") == "custom":
+        return [{**rec(title, why, {}), "optional": recovered, "command": None} for title, why in OWN_MODEL.get(verdict, [])]
     if verdict == "exploding":
         out = _exploding(cfg)
     elif verdict == "dying-relu":

@@ -38,6 +38,8 @@ def load(run_dir) -> tuple:
         raise UsageError(f"'{path}' logged no step yet: nothing to diagnose")
     if not run.config:
         raise UsageError(f"'{path}' has no config.yaml: the diagnosis needs the model's config")
+    if run.config.get("source") == "monitor":  # a model of the user's own: no vgrad config to validate
+        return run, None, run.config
     return run, validate(run.config, f"{path}/config.yaml"), run.config
 
 
@@ -48,7 +50,13 @@ def diagnose(run_dir, k: int | None = None, ablation: bool = True, write: bool =
 
     run, cfg, raw = load(run_dir)
     baseline = run.summary.get("baseline_loss")
-    ablated = _ablation(run.path, cfg, baseline, k) if ablation else None
+    ablated = None
+    if ablation and cfg is None:
+        ablated = ind.indicator(5, "reliance_on_upper_layers", "reliance on upper layers (ablation)", "not measurable",
+                                "the ablation probe rebuilds the model from its config, and this model is your own "
+                                "(a Monitor run): vgrad cannot rebuild it", {}, "")
+    elif ablation:
+        ablated = _ablation(run.path, cfg, baseline, k)
     items = indicators(run, raw, ablated)
     by_key = {i["key"]: i for i in items}
     th = theory_section(run, theory_for_run(run.path))
@@ -205,5 +213,5 @@ def short_report(diagnosis: dict, headline: bool = True) -> list[str]:
     recs = diagnosis.get("recommendations") or []
     if recs:
         r = recs[0]
-        lines.append(f"try{' (optional)' if r.get('optional') else ''}: {r['title']}: {r['command']}")
+        lines.append(f"try{' (optional)' if r.get('optional') else ''}: {r['title']}: {r['command'] or r['why']}")
     return lines[:6]

@@ -161,6 +161,8 @@ def predict(activation: str, sw2: float, sb2: float = 0.0, depth: int | None = N
 
 def not_applicable(model: dict) -> str | None:
     """Why mean-field theory (as implemented) does not describe this model, or None if it does."""
+    if model.get("kind") == "custom":
+        return f"a model of your own ({model.get('class', '?')}): vgrad does not know its architecture"
     if model.get("kind", "mlp") != "mlp":
         return f"model.kind {model.get('kind')}: the theory here is for plain MLPs (recurrent weights are shared across time)"
     if model.get("norm", "none") not in (None, "none"):

@@ -73,6 +73,9 @@ def _suggested(path: Path, d: dict, rec: int) -> str:
         raise UsageError(f"nothing to try: the diagnosis of '{path.name}' is {d['verdict']}, with no recommendation")
     if not 1 <= rec <= len(recs):
         raise UsageError(f"--rec must be between 1 and {len(recs)} (the recommendations of this run)")
+    if not recs[rec - 1].get("command"):
+        raise UsageError(f"'{path.name}' is a model of your own (a Monitor run): --try writes vgrad configs only; "
+                         "the recommendations say what to change in your code")
     return suggested_config(load_run(path).config, recs[rec - 1], str(path))
 
 
@@ -101,8 +104,8 @@ def render(d: dict, path: Path) -> None:
     for n, r in enumerate(d["recommendations"], 1):
         after = f" (theory after: per-layer factor {r['theory_factor_after']:.3f})" if r.get("theory_factor_after") else ""
         opt = " [optional: training recovered]" if r.get("optional") else ""
-        console.print(f"{n}. {escape(r['title'])}{escape(opt)}: {escape(r['why'])}{after}\n"
-                      f"   vgrad run {escape(str(path / 'config.yaml'))} {escape(r['command'])}", soft_wrap=True)
-    if d["recommendations"]:
+        run = f"\n   vgrad run {escape(str(path / 'config.yaml'))} {escape(r['command'])}" if r.get("command") else ""
+        console.print(f"{n}. {escape(r['title'])}{escape(opt)}: {escape(r['why'])}{after}{run}", soft_wrap=True)
+    if any(r.get("command") for r in d["recommendations"]):
         console.print(f"[dim]`vgrad diagnose {escape(d['run'])} --try` prints recommendation 1 as a config file[/]", soft_wrap=True)
     console.print(f"[dim]written: {escape(str(path / 'diagnosis.json'))}[/]", soft_wrap=True)

@@ -1,16 +1,20 @@
-"""Per-layer measurements ("probes"), computed on logged steps only.
+"""The measurement engine: per-layer statistics, computed on logged steps only, for any model.
 
-The model calls `recorder.record(layer, z, a)` during forward when a recorder is attached; the
-probe attaches one only on logged steps, so other steps pay nothing. All statistics are computed
-with a handful of batched tensor ops (torch._foreach_norm over every gradient at once, stacked
-activations) and moved to the host in one transfer per logged step: no per-parameter .item().
+On a logged step the probe hooks the layers' modules (measure/layers.py says which: a built-in
+model declares them, any other model's are discovered on the first logged step) and the hooks hand
+each layer's output (its gradient is δ) and activation to a Recorder; vgrad's recurrent models
+also record through `model.recorder` (hidden states through time). Hooks exist only during a logged
+step's forward, so other steps pay nothing. All statistics are computed with a handful of batched
+tensor ops (torch._foreach_norm over every gradient at once, stacked activations) and moved to the
+host in one transfer per logged step: no per-parameter .item().
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..activations import Activation
+from ..activations import ACTIVATIONS, Activation
+from .layers import hook_candidates, is_activation
 
 TIME_COLUMNS = ["step", "layer", "t", "delta_norm"]
 LAYER_COLUMNS = [
@@ -23,15 +27,54 @@ LAYER_COLUMNS = [
 UNRESPONSIVE_REL = 0.01
 
 
+def first_tensor(x):
+    """A module's output as one tensor: the first tensor of a tuple/list (an LSTM's output sequence,
+    attention's output), else None (e.g. a dict)."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, (tuple, list)):
+        return next((t for t in x if isinstance(t, torch.Tensor)), None)
+    return None
+
+
 class Recorder:
-    """Collects each layer's pre-activation z (keeping its gradient) and, optionally, its output a."""
+    """What one logged forward pass hands the probe.
+
+    By module (hooks): every output of a watched module (δ candidates keep their gradient; several
+    calls of one module are several tensors) and the first input. By layer index (a model's own
+    calls, vgrad's recurrent nets): record(layer, z, a) and the hidden states through time.
+    """
 
     def __init__(self, keep_activations: bool):
         self.keep_activations = keep_activations
-        self.z: list = []
-        self.a: list = []
-        self.h: list = []  # recurrent models: every hidden state h_t, layer by layer
+        self.out: dict = {}    # id(module) -> [output tensors]
+        self.inp: dict = {}    # id(module) -> its first input (detached)
+        self.order: list = []  # modules in first-call order (what discovery reads)
+        self.z: dict = {}      # layer index -> [tensors whose gradient is δ]
+        self.a: dict = {}      # layer index -> activation tensor
+        self.h: list = []      # recurrent models: every hidden state h_t, layer by layer
 
+    # --- hooks ---
+    def on_output(self, module, output, keep_grad: bool):
+        t = first_tensor(output)
+        if t is None:
+            return
+        if id(module) not in self.out:
+            self.order.append(module)
+        if keep_grad and t.requires_grad:
+            t.retain_grad()
+            self.out.setdefault(id(module), []).append(t)
+        else:
+            self.out.setdefault(id(module), []).append(t.detach())
+
+    def on_input(self, module, args):
+        t = first_tensor(args)
+        if t is not None and id(module) not in self.inp:
+            self.inp[id(module)] = t
+
+    # --- a model's own calls ---
     def record_time(self, layer: int, t: int, h):
         h.retain_grad()
         self.h.append(h)
@@ -39,9 +82,9 @@ class Recorder:
     def record(self, layer: int, z, a):
         if z.requires_grad:
             z.retain_grad()
-        self.z.append(z)
+        self.z.setdefault(layer, []).append(z)
         if a is not None and self.keep_activations:
-            self.a.append(a.detach())
+            self.a[layer] = a.detach()
 
 
 def _per_layer_norm(per_param_norms, param_layer, n_layers):
@@ -68,16 +111,31 @@ def _abs_max_each(tensors):
 
 
 class LayerProbe:
-    def __init__(self, model, activation: Activation, keep_activations: bool):
+    def __init__(self, model, activation: Activation | None, keep_activations: bool, layers=None):
+        """layers: the model's ProbeLayers; None: the model's own `probe_layers()`, or, for a model
+        without one, discovered on the first logged step (`select` narrows or groups them)."""
         self.model = model
-        self.layers = model.probe_layers()
-        self.n = len(self.layers)
-        self.params = [p for layer in self.layers for p in layer.params]
+        self.default_saturation = activation.saturated_outside if activation is not None else None
+        self.keep_activations = keep_activations
+        self.recorder: Recorder | None = None
+        self.stats: dict = {}
+        self.notes: list[str] = []
+        self.select = None
+        self._hooks: list = []
+        self._scratch: dict = {}
+        if layers is None and hasattr(model, "probe_layers"):
+            layers = model.probe_layers()
+        self.layers: list | None = None
+        if layers is not None:
+            self._setup(layers)
+
+    def _setup(self, layers):
+        self.layers = layers
+        self.n = len(layers)
+        self.params = [p for layer in layers for p in layer.params]
         device = self.params[0].device
-        self.param_layer = torch.tensor(
-            [i for i, layer in enumerate(self.layers) for _ in layer.params], device=device
-        )
-        self.weights = [layer.weight for layer in self.layers]
+        self.param_layer = torch.tensor([i for i, layer in enumerate(layers) for _ in layer.params], device=device)
+        self.weights = [layer.weight for layer in layers]
         # Initial weights, for weight_drift = ||W_t - W_0|| / ||W_0|| (do early layers move at all?)
         self.w0 = [w.detach().clone() for w in self.weights]
         self.w0_norm = torch.stack(torch._foreach_norm(self.w0)).clamp_min(1e-30)
@@ -86,24 +144,73 @@ class LayerProbe:
         # Reused every logged step: the parameters before the update (no fresh allocation per step)
         self._before_buf: list | None = None
         self._param_norms = None      # per-parameter norms at after_backward (= before the update)
-        # Activation-sized scratch tensors, reused across logged steps: a fresh multi-megabyte
-        # temporary per step costs more to allocate and first touch than the arithmetic (~5x on CPU)
-        self._scratch: dict = {}
-        self.saturated_outside = activation.saturated_outside
-        self.keep_activations = keep_activations
-        self.recorder: Recorder | None = None
-        self.stats: dict = {}
+        self.explicit = any(layer.delta is None for layer in layers)  # the model records δ itself
+        self.saturation = [self._saturation(layer) for layer in layers]
+
+    def _saturation(self, layer):
+        """(lo, hi) flat regions; None: does not saturate; False: unknown (no saturation statistic)."""
+        if layer.activation is None:
+            return self.default_saturation
+        if layer.activation in ACTIVATIONS:
+            return ACTIVATIONS[layer.activation].saturated_outside
+        return False
 
     # --- the steps of one logged training step, in order -----------------------------------
     def attach(self):
-        self.recorder = Recorder(self.keep_activations)
-        self.model.recorder = self.recorder
+        """Arm the hooks for one forward pass (and the model's own recorder, if it has one)."""
+        rec = self.recorder = Recorder(self.keep_activations)
         self.stats = {}
+        if self.layers is None:  # discovery: watch every candidate, decide after this step
+            watched = [(m, "delta") for m in hook_candidates(self.model) if not is_activation(m)]
+            watched += [(m, "act") for m in hook_candidates(self.model) if is_activation(m)]
+            inputs = [m for m, role in watched if role == "delta"]
+        else:
+            watched = [(layer.delta, "delta") for layer in self.layers if layer.delta is not None]
+            watched += [(layer.act, "act") for layer in self.layers if layer.act is not None]
+            inputs = [layer.act_input_of for layer in self.layers if layer.act_input_of is not None]
+            if self.explicit:
+                self.model.recorder = rec
+        seen = set()
+        for m, role in watched:
+            if (id(m), role) in seen:
+                continue
+            seen.add((id(m), role))
+            keep = role == "delta"
+            self._hooks.append(m.register_forward_hook(lambda mod, args, out, k=keep: rec.on_output(mod, out, k)))
+        if self.keep_activations or self.layers is None:
+            for m in {id(m): m for m in inputs}.values():
+                self._hooks.append(m.register_forward_pre_hook(lambda mod, args: rec.on_input(mod, args)))
+
+    def detach(self):
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        if self.layers is not None and self.explicit:
+            self.model.recorder = None
+
+    def _discover(self):
+        from .layers import discover
+
+        rec = self.recorder
+
+        def same_tensor(a, b):
+            outs, inp = rec.out.get(id(a)), rec.inp.get(id(b))
+            return inp is None or any(o is inp or (o.shape == inp.shape and o.data_ptr() == inp.data_ptr()) for o in outs or [])
+
+        layers, self.notes = discover(self.model, rec.order, same_tensor, lambda m: len(rec.out.get(id(m), ())),
+                                      self.select)
+        if not layers:
+            raise ValueError("the model's forward pass called no module that holds parameters")
+        self._setup(layers)
 
     @torch.no_grad()
-    def after_backward(self):
-        """Gradient statistics, before clipping. Detaches the recorder from the model."""
-        self.model.recorder = None
+    def after_backward(self, keep_hooks: bool = False):
+        """Gradient statistics, before clipping. Removes the hooks (keep_hooks: not yet, more
+        micro-batches of this step will run forward: gradient accumulation)."""
+        if not keep_hooks:
+            self.detach()
+        if self.layers is None:
+            self._discover()
         params = self.params
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         s = self.stats
@@ -111,26 +218,67 @@ class LayerProbe:
         s["grad_max_abs"] = torch.zeros(self.n, device=self.param_layer.device).scatter_reduce_(
             0, self.param_layer, _abs_max_each(grads).float(), "amax", include_self=False
         )
-        zs = self.recorder.z
-        deltas = [z.grad if z.grad is not None else torch.zeros_like(z) for z in zs]
-        s["delta_norm"] = torch.stack(_norms64(deltas))
+        self._delta_norms()
         # One fused norm over every parameter: weight_norm now, and the "before" norm of update_ratio
         # (the parameters do not change between here and the update; clipping touches only grads).
         self._param_norms = torch.stack(torch._foreach_norm(params)).float()
         s["weight_norm"] = self._param_norms[self.weight_index]
         s["weight_drift"] = torch.stack(torch._foreach_norm(torch._foreach_sub(self.weights, self.w0))) / self.w0_norm
-        if self.recorder.a:
-            acts = self.recorder.a
-            if len(acts) == 1:  # e.g. a one-layer rnn: a view, no copy
-                stacked = acts[0].unsqueeze(0)
-            else:
-                stacked = torch.stack(acts, out=self._buffer("acts", (len(acts), *acts[0].shape), acts[0]))
-            s.update(self._activation_stats(stacked))
+        self._activations()
         if self.recorder.h:  # gradient through time: ||dL/dh_t|| for every layer and t, one fused norm
             hs = self.recorder.h
             norms = torch.stack(_norms64([h.grad if h.grad is not None else torch.zeros_like(h) for h in hs]))
             s["time_delta_norm"] = norms.reshape(self.n - 1, -1)
         s["grad_norm_total"] = s["grad_norm"].square().sum().sqrt()
+
+    def _delta_norms(self):
+        """δ of every layer: the norm of the gradient at its output (over all calls of its module)."""
+        rec, zs, index = self.recorder, [], []
+        for i, layer in enumerate(self.layers):
+            tensors = rec.z.get(i, []) if layer.delta is None else rec.out.get(id(layer.delta), [])
+            zs += tensors
+            index += [i] * len(tensors)
+        self.missing_delta = set(range(self.n)) - set(index)
+        if not zs:
+            self.stats["delta_norm"] = torch.zeros(self.n, dtype=torch.float64, device=self.param_layer.device)
+            return
+        deltas = [z.grad if z.grad is not None else torch.zeros_like(z) for z in zs]
+        idx = torch.tensor(index, device=self.param_layer.device)
+        self.stats["delta_norm"] = _per_layer_norm(_norms64(deltas), idx, self.n)
+
+    def _activations(self):
+        """Activation statistics per layer that has an activation: layers whose activations share a
+        shape and an activation are stacked into one batched computation (vgrad's MLPs: all)."""
+        self.act_layers = []
+        if not self.keep_activations:
+            return
+        rec, groups = self.recorder, {}
+        for i, layer in enumerate(self.layers):
+            if layer.act is not None:
+                a = (rec.out.get(id(layer.act)) or [None])[-1]
+            elif layer.act_input_of is not None:
+                a = rec.inp.get(id(layer.act_input_of))
+            else:
+                a = rec.a.get(i)
+            if a is None or a.dim() < 2 or not a.is_floating_point():
+                continue
+            a = a.detach()
+            if layer.channel_dim != -1 and a.dim() > 2:
+                a = a.movedim(layer.channel_dim, -1)
+            a = a.reshape(-1, a.shape[-1])  # (samples, units): batch x positions, channels
+            groups.setdefault((tuple(a.shape), str(a.dtype), self.saturation[i]), []).append((i, a))
+        parts = []
+        for (_, _, sat), members in groups.items():
+            acts = [a for _, a in members]
+            stacked = acts[0].unsqueeze(0) if len(acts) == 1 else torch.stack(
+                acts, out=self._buffer(f"acts{len(parts)}", (len(acts), *acts[0].shape), acts[0]))
+            parts.append(([i for i, _ in members], self._activation_stats(stacked, sat, f"tmp{len(parts)}")))
+        if not parts:
+            return
+        self.act_layers = [i for idx, _ in parts for i in idx]
+        self.no_saturation = {i for i in self.act_layers if self.saturation[i] is False}
+        for key in parts[0][1]:
+            self.stats[key] = torch.cat([st[key] for _, st in parts])
 
     @torch.no_grad()
     def after_clip(self, clipped: bool = True):
@@ -165,7 +313,7 @@ class LayerProbe:
         return buf
 
     @torch.no_grad()
-    def _activation_stats(self, a):
+    def _activation_stats(self, a, saturated_outside="default", scratch: str = "tmp"):
         """a: (hidden layers, batch, units). A few cheap batched sums into one reused scratch tensor
         (torch's std/var use a Welford kernel that is ~20x slower on CPU at 20 x 128 x 128).
 
@@ -174,14 +322,16 @@ class LayerProbe:
         The layer's std over all units and examples follows from the law of total variance:
         mean_u(v_u) + mean_u((m_u - M)^2), every term non-negative.
         """
+        if saturated_outside == "default":
+            saturated_outside = self.default_saturation
         n = a.shape[1]
-        tmp = self._buffer("tmp", a.shape, a)
+        tmp = self._buffer(scratch, a.shape, a)
         unit_scale = torch.abs(a, out=tmp).sum(1) / n  # mean |a| per unit; 0 exactly iff the unit is always 0
-        if self.saturated_outside is None:
+        if not saturated_outside:  # does not saturate (None), or unknown (False: the row says nothing)
             saturated = torch.zeros(a.shape[0], device=a.device)
         else:
             # outside [lo, hi]  <=>  |a - mid| > half; counted with float ops (bool reductions are slow)
-            lo, hi = self.saturated_outside
+            lo, hi = saturated_outside
             mid, half = (lo + hi) / 2, (hi - lo) / 2
             dist = tmp if mid == 0 else torch.sub(a, mid, out=tmp).abs_()  # tanh: tmp already holds |a|
             saturated = dist.sub_(half).clamp_min_(0).sign_().flatten(1).mean(1)
@@ -230,12 +380,21 @@ class LayerProbe:
 
     def rows(self, step: int, columns: dict) -> list[dict]:
         """layers.csv rows; a statistic that does not apply to a layer (e.g. activations of the
-        output layer, update_ratio on the final step) stays None (an empty cell)."""
+        output layer, update_ratio on the final step, δ of a layer the forward pass skipped) stays
+        None (an empty cell)."""
+        act_pos = {layer: k for k, layer in enumerate(getattr(self, "act_layers", []))}
         out = []
         for i, layer in enumerate(self.layers):
             row = {"step": step, "layer": i, "name": layer.name}
             for col in LAYER_COLUMNS[3:]:
                 vals = columns.get(col)
-                row[col] = vals[i] if vals is not None and i < len(vals) else None
+                if col.startswith("act_"):
+                    k = act_pos.get(i)
+                    unknown = col == "act_saturated_frac" and i in getattr(self, "no_saturation", ())
+                    row[col] = vals[k] if vals is not None and k is not None and not unknown else None
+                elif col == "delta_norm" and i in getattr(self, "missing_delta", ()):
+                    row[col] = None
+                else:
+                    row[col] = vals[i] if vals is not None and i < len(vals) else None
             out.append(row)
         return out

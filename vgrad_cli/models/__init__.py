@@ -1,19 +1,12 @@
 """Model builders: model.kind -> nn.Module (mlp.py: mlp; recurrent.py: rnn, lstm, gru). Imports
-torch, activations.py and inits.py only. Every model exposes `probe_layers()` (the rows of
-layers.csv, input side first) and a `recorder` attribute that the probes set on logged steps only.
+torch, activations.py, inits.py and measure.layers. Every model declares `probe_layers()` (the rows
+of layers.csv, input side first, and where the probe hooks each); recurrent ones also record
+hidden states through `model.recorder`, which the probe sets on logged steps only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-
-@dataclass
-class ProbeLayer:
-    name: str
-    params: list     # every parameter of the layer: grad_norm and update_ratio cover all of them
-    weight: Any      # the layer's main weight matrix: weight_norm and weight_drift
+from ..measure.layers import ProbeLayer  # noqa: F401  (what probe_layers() returns)
 
 
 def build_model(model_cfg, task, seed: int):

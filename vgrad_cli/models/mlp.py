@@ -12,7 +12,7 @@ from torch import nn
 
 from ..activations import ACTIVATIONS
 from ..inits import INITS
-from . import ProbeLayer
+from ..measure.layers import ProbeLayer
 
 NORM_LAYERS = {"none": lambda width: nn.Identity(), "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 
@@ -34,7 +34,6 @@ class MLP(nn.Module):
             for i in range(cfg.depth)
         )
         self.head = nn.Linear(cfg.width, output_dim)
-        self.recorder = None  # set by probes on logged steps
         act = ACTIVATIONS[cfg.activation]
         with torch.no_grad():
             for block in self.blocks:
@@ -45,25 +44,17 @@ class MLP(nn.Module):
             self.head.bias.fill_(cfg.bias_init)
 
     def forward(self, x):
-        rec = self.recorder
         h = x
-        for i, block in enumerate(self.blocks):
-            # z: the pre-activation, i.e. the input of the nonlinearity (after the norm, if any);
-            # its gradient is delta_l. With batch norm, the Linear's raw output would fold BN's
-            # 1/sigma into delta and hide what the activation does to the gradient.
-            z = block.norm(block.linear(h))
-            a = block.act(z)
-            if rec is not None:
-                rec.record(i, z, a)
+        for block in self.blocks:
+            a = block.act(block.norm(block.linear(h)))
             h = h + a if block.skip else a
-        out = self.head(h)
-        if rec is not None:
-            rec.record(len(self.blocks), out, None)
-        return out
+        return self.head(h)
 
     def probe_layers(self) -> list[ProbeLayer]:
-        layers = [
-            ProbeLayer(f"hidden{i}", list(b.parameters()), b.linear.weight) for i, b in enumerate(self.blocks)
-        ]
-        layers.append(ProbeLayer("output", list(self.head.parameters()), self.head.weight))
+        # δ at the norm's output: the pre-activation z, i.e. the input of the nonlinearity. With batch
+        # norm, the Linear's raw output would fold BN's 1/sigma into δ and hide what the activation
+        # does to the gradient. The activation statistics: the activation module's output.
+        layers = [ProbeLayer(f"hidden{i}", list(b.parameters()), b.linear.weight, delta=b.norm, act=b.act)
+                  for i, b in enumerate(self.blocks)]
+        layers.append(ProbeLayer("output", list(self.head.parameters()), self.head.weight, delta=self.head))
         return layers

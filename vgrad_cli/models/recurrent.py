@@ -17,7 +17,7 @@ from torch import nn
 
 from ..activations import ACTIVATIONS
 from ..inits import INITS
-from . import ProbeLayer
+from ..measure.layers import ProbeLayer
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # row blocks of weight_ih / weight_hh
 

@@ -79,6 +79,8 @@ class Run:
 
     def model_text(self) -> str:
         m = self.config.get("model") or {}
+        if m.get("kind") == "custom":  # a Monitor run: the user's own model
+            return f"{m.get('class', 'model')} ({len(m.get('layers') or [])} layers, {m.get('parameters', 0):,} parameters)"
         parts = [str(m.get("kind", "?"))]
         for key in ("depth", "width"):
             if m.get(key) is not None:

@@ -1,0 +1,262 @@
+"""Monitor: vgrad's measurements on the user's own model, in the user's own training loop.
+
+    mon = Monitor(model, optimizer=opt, out="runs", name="mynet", every=10)
+    for x, y in loader:
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(); loss.backward()
+        mon.step(loss)        # after backward, before clipping and opt.step()
+        opt.step()
+    mon.close()               # summary.json with the verdict (also: `with Monitor(...) as mon:`)
+
+The step counter counts optimizer steps when an optimizer is given (gradient accumulation: several
+mon.step() calls per opt.step(); the last one's gradient, the accumulated one, is measured), else
+mon.step() calls. A logged step is armed before its forward pass (the hooks must see it) and
+measured in mon.step(); with an optimizer, its step hooks add the update ratio and the norm after
+clipping. Steps that are not logged do no measurement work and no host synchronisation: one
+device-side copy of the loss, read at the next logged step to catch a non-finite loss in between.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import GradientProblem
+from ..measure.probes import LAYER_COLUMNS, LayerProbe
+from ..rundir.files import METRIC_COLUMNS, SCHEMA_VERSION, RunWriter
+from .watch import Watch
+
+ON_PROBLEM = ("warn", "raise", None)
+
+
+class Monitor:
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, out="runs",
+                 name: str | None = None, every: int = 10, on_problem: str | None = "warn", layers=None,
+                 activations: bool = True, plots: bool = True, steps: int | None = None):
+        """model: any torch.nn.Module. optimizer: optional; with it, update_ratio and the gradient
+        norm after clipping are recorded and only optimizer steps count. out/name: the run directory
+        is out/<name>-<date>-<time>-<id> (name: the model's class). every: log every N steps (step 0
+        always). on_problem: "warn" prints one line the first time a problem shows, "raise" raises
+        GradientProblem, None is silent. layers: module names (or prefixes) to keep, or {row name:
+        [module names]} to group several modules into one row; default: every module with
+        parameters. activations: activation statistics (dead, saturated, unresponsive units).
+        plots: write plots/ at close(). steps: the planned number of steps, for the summary."""
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"Monitor needs a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        if on_problem not in ON_PROBLEM:
+            raise ValueError(f"on_problem must be 'warn', 'raise' or None, got {on_problem!r}")
+        if layers is not None and not isinstance(layers, (list, tuple, dict)):
+            raise ValueError("layers must be a list of module names or a {row name: [module names]} dict")
+        self.model, self.optimizer, self.every, self.plots = model, optimizer, every, plots
+        self.name = name or type(model).__name__
+        self.step_index = 0              # the step being accumulated (optimizer steps, or step() calls)
+        self.status = "running"
+        self.diverged_step: int | None = None
+        self._rank0 = _rank() == 0
+        self._armed = False
+        self._measured = False
+        self._t0 = time.perf_counter()
+        self._started = time.time()
+        self.probe = LayerProbe(model, None, activations, layers=None)
+        self.probe.select = layers
+        self.watch = Watch(on_problem)
+        self._loss_buf = None
+        self._pending = 0
+        self._first = self._last = None
+        self._handles = []
+        self.writer = None
+        if self._rank0:
+            self.writer = RunWriter(out, self.name)
+            self._layers_csv = self.writer.table("layers.csv", LAYER_COLUMNS)
+            self._metrics_csv = self.writer.table("metrics.csv", METRIC_COLUMNS)
+            self.summary = {"schema_version": SCHEMA_VERSION, "name": self.name, "status": "running", "source": "monitor",
+                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self._started)),
+                            "steps_planned": steps, "seed": None, "versions": _versions(),
+                            "task_loss": None, "baseline_loss": None, "chance_accuracy": None}
+            self.writer.write_summary(self.summary)
+            self.writer.write_config(self._config())  # again at close(), with the layers found
+        if optimizer is not None:
+            self._handles = [optimizer.register_step_pre_hook(self._before_update),
+                             optimizer.register_step_post_hook(self._after_update)]
+        self._arm()
+
+    # ------------------------------------------------------------------ the user's calls
+    @property
+    def path(self) -> Path | None:
+        """The run directory (None on ranks other than 0 of a distributed run: only rank 0 writes)."""
+        return self.writer.path if self.writer is not None else None
+
+    def step(self, loss=None):
+        """After loss.backward(), before clipping and optimizer.step()."""
+        if self.status != "running":
+            raise RuntimeError(f"Monitor.step() after close() (status {self.status})")
+        if not self._armed:
+            if loss is not None:
+                self._buffer(loss)
+            if self.optimizer is None:
+                self._advance()
+            return
+        self._loss = loss.detach() if isinstance(loss, torch.Tensor) else (
+            torch.tensor(float(loss)) if loss is not None else None)
+        # with an optimizer the hooks stay for the next micro-batches of this step; else they go now
+        self.probe.after_backward(keep_hooks=self.optimizer is not None)
+        self._measured = True
+        if self.optimizer is None:
+            self.probe.after_clip(clipped=False)
+            self._finish()
+            self._advance()
+
+    def close(self, status: str | None = None):
+        """End the run: summary.json with the verdict, then plots. Safe to call twice."""
+        if self.status != "running":
+            return
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.probe.detach()
+        self.status = status or ("diverged" if self.diverged_step is not None else "completed")
+        if self.writer is None:
+            return
+        self.writer.close()
+        self.summary.update(self._final_summary())
+        self.writer.write_summary(self.summary)
+        from ..training.runner import judge
+
+        self.summary.update(judge(self.writer.path, self.summary))
+        self.writer.write_summary(self.summary)
+        if self.plots:
+            from ..report.plots import write_run_plots
+
+            write_run_plots(self.writer.path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None or issubclass(exc_type, GradientProblem):
+            self.close()
+        else:
+            self.close("interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed")
+        return False
+
+    # ------------------------------------------------------------------ the optimizer's hooks
+    def _before_update(self, optimizer, args, kwargs):
+        if self._measured:
+            self.probe.detach()
+            self.probe.after_clip(clipped=True)   # the norm the optimizer will apply
+            self.probe.before_update()
+
+    def _after_update(self, optimizer, args, kwargs):
+        if self._measured:
+            self.probe.after_update()
+            self._finish()
+        self._advance()
+
+    # ------------------------------------------------------------------ internals
+    def _logged(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def _arm(self):
+        self._armed = self._rank0 and self._logged(self.step_index)  # other ranks measure nothing
+        self._measured = False
+        if self._armed:
+            self.probe.attach()
+
+    def _advance(self):
+        self.step_index += 1
+        self._arm()
+
+    def _buffer(self, loss):
+        """An unlogged step's loss, kept on the device: checked for non-finite at the next logged step."""
+        if not isinstance(loss, torch.Tensor):
+            return
+        if self._loss_buf is None or self._loss_buf.device != loss.device:
+            self._loss_buf = torch.zeros(self.every, device=loss.device)
+            self._pending = 0
+        if self._pending < self.every:
+            self._loss_buf[self._pending] = loss.detach().reshape(-1)[0]
+            self._pending += 1
+
+    def _finish(self):
+        """A measured step: one host transfer, the rows, the live checks."""
+        step = self.step_index
+        extra = {}
+        device = self.probe.param_layer.device
+        if self._loss is not None:
+            extra["loss"] = self._loss.reshape(-1)[0].float().to(device)
+        if self._loss_buf is not None and self._pending:
+            extra["recent_losses"] = self._loss_buf[:self._pending].to(device)
+        host = self.probe.to_host(extra)
+        recent = host.pop("recent_losses", [])
+        if not isinstance(recent, list):
+            recent = [recent]
+        self._pending = 0
+        rows = self.probe.rows(step, host)
+        lr = self.optimizer.param_groups[0].get("lr") if self.optimizer is not None else None
+        metrics = {"step": step, "loss": host.get("loss"), "accuracy": None,
+                   "grad_norm_total": host["grad_norm_total"], "grad_norm_clipped": host.get("grad_norm_clipped"),
+                   "eval_loss": None, "eval_accuracy": None, "lr": lr if isinstance(lr, (int, float)) else None,
+                   "time_s": round(time.perf_counter() - self._t0, 4)}
+        bad = [i for i, v in enumerate(recent + [metrics["loss"]]) if v is not None and not math.isfinite(v)]
+        if bad and self.diverged_step is None:
+            self.diverged_step = step - len(recent) + bad[0]
+        if self.writer is not None:
+            self._layers_csv.append(rows)
+            self._metrics_csv.append([metrics])
+            if self._first is None:
+                self._first = (rows, metrics)
+            if metrics["loss"] is None or math.isfinite(metrics["loss"]):
+                self._last = (rows, metrics)
+        if self._rank0:
+            self.watch.check(step, rows, metrics, self.diverged_step, self.path)
+
+    def _final_summary(self) -> dict:
+        from ..analysis.verdict import ratios
+
+        first_rows, first_m = self._first or ([], {})
+        last_rows, last_m = self._last or ([], {})
+        growth = None
+        if first_m.get("grad_norm_total") and self._last is not None:
+            growth = max(m.get("grad_norm_total") or 0 for m in (first_m, last_m)) / first_m["grad_norm_total"]
+        out = {"status": self.status, "steps_completed": self.step_index, "diverged_step": self.diverged_step,
+               "final_loss": last_m.get("loss"), "final_accuracy": None, "final_eval_loss": None,
+               "final_eval_accuracy": None, "wall_time_s": round(time.time() - self._started, 3),
+               "first_logged_step": first_rows[0]["step"] if first_rows else None,
+               "last_logged_step": last_rows[0]["step"] if last_rows else None,
+               "n_layers": len(first_rows), "grad_norm_total_growth": growth,
+               "notes": self.probe.notes, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        out.update(ratios(first_rows, last_rows))
+        self.writer.write_config(self._config())
+        return out
+
+    def _config(self) -> dict:
+        """config.yaml of a monitored run: what the model and the optimizer were (not a config that
+        `vgrad run` can train: the model is the user's)."""
+        layers = self.probe.layers or []
+        opt = self.optimizer
+        train = {"optimizer": type(opt).__name__ if opt is not None else None, "clip_norm": None}
+        if opt is not None:
+            train["lr"] = opt.param_groups[0].get("lr") if isinstance(opt.param_groups[0].get("lr"), (int, float)) else None
+        return {"name": self.name, "source": "monitor",
+                "model": {"kind": "custom", "class": type(self.model).__name__,
+                          "parameters": sum(p.numel() for p in self.model.parameters()),
+                          "layers": [{"name": l.name, "type": type(l.delta).__name__ if l.delta is not None else None,
+                                      "parameters": sum(p.numel() for p in l.params)} for l in layers]},
+                "train": train, "log": {"every": self.every, "activations": self.probe.keep_activations}}
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _versions() -> dict:
+    from ..training.runner import versions
+
+    return versions()

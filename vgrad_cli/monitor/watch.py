@@ -1,0 +1,67 @@
+"""Warnings during training: the verdict's rules applied to each logged step as it arrives.
+
+Each kind of problem is reported once, the first time it shows, with its evidence: one line on
+stderr ("warn"), or GradientProblem ("raise") so that a script or a sweep can stop early.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+
+from ..analysis.indicators import THRESHOLDS
+from ..analysis.verdict import EXPLODING_RATIO, GROWTH, VANISHING_RATIO
+from ..errors import GradientProblem
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+class Watch:
+    def __init__(self, on_problem: str | None):
+        self.on_problem = on_problem
+        self.seen: set[str] = set()
+        self.first_total: float | None = None
+
+    def problems(self, step: int, rows: list[dict], metrics: dict, diverged_step: int | None) -> list[tuple[str, str]]:
+        """(kind, evidence) of every problem this step shows."""
+        found = []
+        if diverged_step is not None:
+            found.append(("diverged", f"the loss became non-finite at step {diverged_step}"))
+        measured = [r for r in rows if _finite(r.get("delta_norm"))]
+        if len(measured) >= 2 and measured[-1]["delta_norm"] > 0:
+            first, last = measured[0], measured[-1]
+            r = first["delta_norm"] / last["delta_norm"]
+            where = f"delta_norm {first['name']} / {last['name']} = {r:.2g}"
+            if r < VANISHING_RATIO:
+                found.append(("vanishing", f"{where} (< {VANISHING_RATIO:g})"))
+            elif r > EXPLODING_RATIO:
+                found.append(("exploding", f"{where} (> {EXPLODING_RATIO:g})"))
+        total = metrics.get("grad_norm_total")
+        if _finite(total):
+            if self.first_total is None:
+                self.first_total = total
+            elif self.first_total > 0 and total > GROWTH * self.first_total:
+                found.append(("exploding", f"grad_norm_total grew {total / self.first_total:.2g}x since the first logged step "
+                                           f"(> {GROWTH:g}x)"))
+        dead = [(r["name"], r["act_dead_frac"]) for r in rows if _finite(r.get("act_dead_frac"))]
+        if dead:
+            mean = statistics.fmean(v for _, v in dead)
+            name, worst = max(dead, key=lambda x: x[1])
+            if mean >= THRESHOLDS["dead_mean"] or worst >= THRESHOLDS["dead_layer"]:
+                found.append(("dying", f"{mean:.0%} of units dead on average, {worst:.0%} in {name}"))
+        return found
+
+    def check(self, step: int, rows: list[dict], metrics: dict, diverged_step: int | None, path) -> None:
+        for kind, evidence in self.problems(step, rows, metrics, diverged_step):
+            if kind in self.seen:
+                continue
+            self.seen.add(kind)
+            label = {"dying": "dying units", "diverged": "divergence"}.get(kind, f"{kind} gradients")
+            message = f"vgrad: {label} at step {step}: {evidence}" + (f" (details: vgrad diagnose {path})" if path else "")
+            if self.on_problem == "raise":
+                raise GradientProblem(kind, step, message)
+            if self.on_problem == "warn":
+                print(message, file=sys.stderr, flush=True)
