@@ -125,3 +125,9 @@ def group(found: list[ProbeLayer], layers, names: dict) -> list[ProbeLayer]:
         raise ValueError(f"layers={list(layers)!r} matches no module with parameters; found: "
                          + ", ".join(f.name for f in found[:12]))
     return kept
+
+
+def static_order(model) -> list:
+    """The modules holding parameters in definition order: the layer order when no forward pass may
+    be watched (a torch.compile'd model, whose graph a hook would break)."""
+    return [m for m in model.modules() if _holds_params(m)]

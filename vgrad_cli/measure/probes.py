@@ -111,10 +111,13 @@ def _abs_max_each(tensors):
 
 
 class LayerProbe:
-    def __init__(self, model, activation: Activation | None, keep_activations: bool, layers=None):
+    def __init__(self, model, activation: Activation | None, keep_activations: bool, layers=None, hooks: bool = True):
         """layers: the model's ProbeLayers; None: the model's own `probe_layers()`, or, for a model
-        without one, discovered on the first logged step (`select` narrows or groups them)."""
+        without one, discovered on the first logged step (`select` narrows or groups them).
+        hooks=False: gradients, weights and updates only (δ and activations need hooks), layers in
+        definition order; for a compiled model, whose graph a hook would break."""
         self.model = model
+        self.hooks = hooks
         self.default_saturation = activation.saturated_outside if activation is not None else None
         self.keep_activations = keep_activations
         self.recorder: Recorder | None = None
@@ -160,6 +163,8 @@ class LayerProbe:
         """Arm the hooks for one forward pass (and the model's own recorder, if it has one)."""
         rec = self.recorder = Recorder(self.keep_activations)
         self.stats = {}
+        if not self.hooks:
+            return
         if self.layers is None:  # discovery: watch every candidate, decide after this step
             watched = [(m, "delta") for m in hook_candidates(self.model) if not is_activation(m)]
             watched += [(m, "act") for m in hook_candidates(self.model) if is_activation(m)]
@@ -192,6 +197,10 @@ class LayerProbe:
         from .layers import discover
 
         rec = self.recorder
+        if not self.hooks:
+            from .layers import static_order
+
+            rec.order = static_order(self.model)
 
         def same_tensor(a, b):
             outs, inp = rec.out.get(id(a)), rec.inp.get(id(b))

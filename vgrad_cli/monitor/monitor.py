@@ -30,6 +30,9 @@ from ..rundir.files import METRIC_COLUMNS, SCHEMA_VERSION, RunWriter
 from .watch import Watch
 
 ON_PROBLEM = ("warn", "raise", None)
+COMPILED_NOTE = ("torch.compile'd model: delta_norm and the activation columns are left empty (they need hooks "
+                 "inside the compiled graph, which would break it); gradient, weight and update columns are exact, "
+                 "layers in definition order")
 
 
 class Monitor:
@@ -53,7 +56,6 @@ class Monitor:
         if layers is not None and not isinstance(layers, (list, tuple, dict)):
             raise ValueError("layers must be a list of module names or a {row name: [module names]} dict")
         self.model, self.optimizer, self.every, self.plots = model, optimizer, every, plots
-        self.name = name or type(model).__name__
         self.step_index = 0              # the step being accumulated (optimizer steps, or step() calls)
         self.status = "running"
         self.diverged_step: int | None = None
@@ -62,7 +64,13 @@ class Monitor:
         self._measured = False
         self._t0 = time.perf_counter()
         self._started = time.time()
-        self.probe = LayerProbe(model, None, activations, layers=None)
+        # A compiled model: hooks inside its graph would break it, so δ and the activation
+        # statistics stay empty (said in summary.json's notes) and the rest is measured as usual.
+        self.compiled = isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
+        inner = model._orig_mod if self.compiled else model
+        self.name = name or type(inner).__name__
+        self._class = type(inner).__name__
+        self.probe = LayerProbe(inner, None, activations and not self.compiled, layers=None, hooks=not self.compiled)
         self.probe.select = layers
         self.watch = Watch(on_problem)
         self._loss_buf = None
@@ -229,7 +237,8 @@ class Monitor:
                "first_logged_step": first_rows[0]["step"] if first_rows else None,
                "last_logged_step": last_rows[0]["step"] if last_rows else None,
                "n_layers": len(first_rows), "grad_norm_total_growth": growth,
-               "notes": self.probe.notes, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+               "notes": self.probe.notes + ([COMPILED_NOTE] if self.compiled else []),
+               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         out.update(ratios(first_rows, last_rows))
         self.writer.write_config(self._config())
         return out
@@ -243,7 +252,7 @@ class Monitor:
         if opt is not None:
             train["lr"] = opt.param_groups[0].get("lr") if isinstance(opt.param_groups[0].get("lr"), (int, float)) else None
         return {"name": self.name, "source": "monitor",
-                "model": {"kind": "custom", "class": type(self.model).__name__,
+                "model": {"kind": "custom", "class": self._class,
                           "parameters": sum(p.numel() for p in self.model.parameters()),
                           "layers": [{"name": l.name, "type": type(l.delta).__name__ if l.delta is not None else None,
                                       "parameters": sum(p.numel() for p in l.params)} for l in layers]},

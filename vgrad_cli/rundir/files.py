@@ -25,6 +25,7 @@ METRIC_COLUMNS = [
     "step", "loss", "accuracy", "grad_norm_total", "grad_norm_clipped", "eval_loss", "eval_accuracy", "lr", "time_s",
 ]
 RUN_FILES = ("config.yaml", "summary.json")
+TEXT_COLUMNS = ("name",)
 
 
 class CsvTable:
@@ -136,4 +137,5 @@ def read_table(run: Path, name: str) -> list[dict]:
         raise UsageError(f"'{run}' has no {name}") from None
     except (csv.Error, UnicodeDecodeError) as e:
         raise UsageError(f"'{path}' is corrupt: {e}") from None
-    return [{k: _number(v) if v is not None else None for k, v in r.items()} for r in rows]
+    # a layer's name stays text: an nn.Sequential's layers are called "0", "1", ...
+    return [{k: (v if k in TEXT_COLUMNS else _number(v)) if v is not None else None for k, v in r.items()} for r in rows]
