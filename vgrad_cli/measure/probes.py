@@ -161,6 +161,7 @@ class LayerProbe:
     # --- the steps of one logged training step, in order -----------------------------------
     def attach(self):
         """Arm the hooks for one forward pass (and the model's own recorder, if it has one)."""
+        self.detach()  # never two sets of hooks, even if a logged step was never measured
         rec = self.recorder = Recorder(self.keep_activations)
         self.stats = {}
         if not self.hooks:
@@ -239,6 +240,8 @@ class LayerProbe:
             norms = torch.stack(_norms64([h.grad if h.grad is not None else torch.zeros_like(h) for h in hs]))
             s["time_delta_norm"] = norms.reshape(self.n - 1, -1)
         s["grad_norm_total"] = s["grad_norm"].square().sum().sqrt()
+        if not keep_hooks:
+            self.recorder = None  # the outputs and activations it holds are not needed any more
 
     def _delta_norms(self):
         """δ of every layer: the norm of the gradient at its output (over all calls of its module)."""

@@ -156,6 +156,7 @@ class Monitor:
     def _before_update(self, optimizer, args, kwargs):
         if self._measured:
             self.probe.detach()
+            self.probe.recorder = None            # its layer outputs: not needed past this point
             self.probe.after_clip(clipped=True)   # the norm the optimizer will apply
             self.probe.before_update()
 
