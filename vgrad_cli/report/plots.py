@@ -22,6 +22,8 @@ FIGSIZE = {  # inches; at DPI 100 -> pixels
     "compare": (16, 6),
 }
 MAX_LINES = 6  # logged steps drawn in one panel: first, last and evenly spaced ones between
+FEW_POINTS = 30  # a line with at most this many points gets markers
+FEW_LAYERS = 3   # up to this many layers, a statistic reads better as lines over training steps
 
 
 def _plt():
@@ -47,6 +49,32 @@ def _has(values) -> bool:
     return any(not math.isnan(v) for v in values)
 
 
+def _marks(values) -> dict:
+    """Markers when a line has few points: a line through one point is invisible (a run that diverged
+    at step 2 logged only step 0)."""
+    return {"marker": "o", "ms": 4} if len(values) <= FEW_POINTS else {}
+
+
+def _diverged(ax, run):
+    """Where a diverged run's loss became non-finite; training steps are whole numbers on the x-axis."""
+    _integer_x(ax)
+    step = run.summary.get("diverged_step")
+    if run.status == "diverged" and isinstance(step, int):
+        ax.axvline(step, color="tab:red", ls="--", lw=1, label=f"diverged at step {step} (non-finite loss)")
+
+
+def _include_y(ax, y: float):
+    """Widen the y-axis so that y (a baseline) is on it: where the loss sits against it is the story."""
+    lo, hi = ax.get_ylim()
+    if lo <= y <= hi:
+        return
+    if ax.get_yscale() == "log":
+        ax.set_ylim(min(lo, y / 2), max(hi, y * 2))
+    else:
+        pad = 0.05 * (max(hi, y) - min(lo, y))
+        ax.set_ylim(min(lo, y - pad), max(hi, y + pad))
+
+
 def _pick(steps: list[int], n: int = MAX_LINES) -> list[int]:
     if len(steps) <= n:
         return steps
@@ -64,10 +92,11 @@ def _title(what: str, run) -> str:
     return f"{what}: {run.name}\n{run.model_text()} | {run.status}, verdict {verdict}"
 
 
-def _layer_axis(ax):
+def _integer_x(ax):
+    """Layers and steps are whole numbers: ticks at round ones (0, 200, 400, not 0.25 or 150)."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
 
 
 def _save(fig, path: Path) -> Path:
@@ -100,13 +129,33 @@ def _layer_lines(ax, run, column: str, steps: list[int], cmap):
     return drawn
 
 
-def _step_legend(fig, axes):
+def _step_legend(fig, axes, title: str = "logged step"):
     """One legend for the whole figure, outside the axes, so that it never hides a line."""
     for ax in axes:
         handles, labels = ax.get_legend_handles_labels()
         if handles:
-            fig.legend(handles, labels, loc="outside right upper", fontsize=8, title="logged step")
+            # centred, not upper: a long two-line title would run into it
+            fig.legend(handles, labels, loc="outside right center", fontsize=8, title=title)
             return
+
+
+def _over_steps(ax, run, column: str, log: bool) -> bool:
+    """One line per layer: this column against the training step. For nets with few layers, where a
+    heat-map or a plot against the layer index would show one or two points per step."""
+    by_layer: dict = {}
+    for r in run.layers:
+        if isinstance(r.get(column), (int, float)):
+            by_layer.setdefault((r["layer"], r.get("name")), []).append(r)
+    drawn = False
+    for i, ((layer, name), rows) in enumerate(sorted(by_layer.items())):
+        y = (_pos if log else _finite)(r[column] for r in rows)
+        if _has(y):
+            ax.plot([r["step"] for r in rows], y, lw=1.5, color=f"C{i}", label=f"layer {layer} ({name})", **_marks(y))
+            drawn = True
+    if drawn and log:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    return drawn
 
 
 def gradient_flow(run, path: Path) -> Path:
@@ -121,7 +170,7 @@ def gradient_flow(run, path: Path) -> Path:
         ax.set_title(f"{col}: {what}")
         ax.set_xlabel("layer (0 = input side)")
         ax.set_ylabel(f"{col} (log scale)")
-        _layer_axis(ax)
+        _integer_x(ax)
     _theory_line(axes[1], run)
     _step_legend(fig, axes)
     fig.suptitle(_title("gradient flow", run))
@@ -152,6 +201,15 @@ def grad_heatmap(run, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=FIGSIZE["grad_heatmap"], layout="constrained")
     steps = run.steps
     n_layers = max((r["layer"] for r in run.layers), default=-1) + 1
+    if n_layers <= FEW_LAYERS:  # a heat-map of one or two rows shows colours, not a trend
+        if _over_steps(ax, run, "grad_norm", log=True):
+            _diverged(ax, run)
+            ax.legend(fontsize=8)
+        else:
+            _empty(ax, "no positive finite grad_norm values")
+        ax.set_ylabel("grad_norm (log scale)")
+        fig.suptitle(_title("grad_norm per layer over training", run))
+        return _save(fig, path)
     grid = np.full((max(n_layers, 1), max(len(steps), 1)), np.nan)
     col_of = {s: j for j, s in enumerate(steps)}
     for r in run.layers:
@@ -193,17 +251,18 @@ def _decades(values) -> bool:
 def loss_curves(run, path: Path) -> Path:
     plt = _plt()
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=FIGSIZE["loss"], layout="constrained")
-    _draw_loss(ax_l, run, None)
+    _draw_loss(ax_l, run)
     m = run.metrics
     acc = _finite(r.get("accuracy") for r in m)
     ev = [r for r in m if isinstance(r.get("eval_accuracy"), (int, float))]
     if _has(acc) or ev:
-        ax_a.plot([r["step"] for r in m], acc, lw=1.2, label="train (batch)")
+        ax_a.plot([r["step"] for r in m], acc, lw=1.2, label="train (batch)", **_marks(acc))
         if ev:
             ax_a.plot([r["step"] for r in ev], _finite(r["eval_accuracy"] for r in ev), "o-", ms=4, label="eval")
         chance = run.summary.get("chance_accuracy")
         if isinstance(chance, (int, float)):
             ax_a.axhline(chance, color="0.5", ls="--", lw=1, label=f"chance {chance:.3g}")
+        _diverged(ax_a, run)
         ax_a.set_ylim(-0.02, 1.02)
         ax_a.legend(fontsize=8)
         ax_a.set_title("accuracy")
@@ -215,20 +274,28 @@ def loss_curves(run, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _baseline(run) -> float | None:
+    base = run.summary.get("baseline_loss")
+    return base if isinstance(base, (int, float)) and math.isfinite(base) and base > 0 else None
+
+
 def _relative_loss(ax, run):
     """Regression has no accuracy: show the loss relative to the input-blind baseline instead
     (1 = the network has learned nothing about the input; log scale)."""
-    base = run.summary.get("baseline_loss")
+    base = _baseline(run)
     m = run.metrics
-    ev = [r for r in m if isinstance(r.get("eval_loss"), (int, float))]
-    if not isinstance(base, (int, float)) or base <= 0:
+    ev = [r for r in m if _has(_finite([r.get("eval_loss")]))]  # a NaN eval loss has no place on the axis
+    if base is None:
         _empty(ax, "no accuracy (regression) and no baseline loss")
         return
-    ax.plot([r["step"] for r in m], _pos((r.get("loss") or 0) / base for r in m), lw=1.2, label="train (batch)")
+    rel = _pos((r.get("loss") or 0) / base for r in m)
+    ax.plot([r["step"] for r in m], rel, lw=1.2, label="train (batch)", **_marks(rel))
     if ev:
         ax.plot([r["step"] for r in ev], _pos(r["eval_loss"] / base for r in ev), "o-", ms=4, label="eval")
     ax.axhline(1.0, color="0.5", ls="--", lw=1, label="input-blind baseline")
+    _diverged(ax, run)
     ax.set_yscale("log")
+    _include_y(ax, 1.0)
     from matplotlib.ticker import FuncFormatter
 
     plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.6, 2, 6 rather than 6x10^-1 on a short log axis
@@ -241,51 +308,90 @@ def _relative_loss(ax, run):
     ax.legend(fontsize=8)
 
 
-def _draw_loss(ax, run, label: str | None, color=None):
-    """Train loss (line) and eval loss (markers); log y when the loss spans more than two decades."""
+def _draw_loss(ax, run, color=None) -> bool:
+    """Train loss (line) and eval loss (dots); log y when the loss spans more than two decades.
+    A run's own figure (no color given) also shows the input-blind baseline, always on the axis, and
+    where the run diverged; compare's shared panel shows only the curves. Returns whether it drew."""
     m = run.metrics
     loss = _finite(r.get("loss") for r in m)
-    ev = [r for r in m if isinstance(r.get("eval_loss"), (int, float))]
-    if not _has(loss) and not ev:
-        _empty(ax, "no finite loss values")
-    else:
-        prefix = f"{label} " if label else ""
-        ax.plot([r["step"] for r in m], loss, lw=1.2, color=color, label=f"{prefix}train (batch)")
-        if ev:
-            ax.plot([r["step"] for r in ev], _finite(r["eval_loss"] for r in ev), "o:", ms=4, color=color,
-                    label=f"{prefix}eval")
-        base = run.summary.get("baseline_loss")
-        if label is None and isinstance(base, (int, float)) and math.isfinite(base):
-            ax.axhline(base, color="0.5", ls="--", lw=1, label=f"baseline {base:.3g}")
-        if _decades(loss + [r["eval_loss"] for r in ev]):
-            ax.set_yscale("log")
-        ax.legend(fontsize=8)
+    ev = [r for r in m if _has(_finite([r.get("eval_loss")]))]  # a NaN eval loss has no place on the axis
+    own = color is None
     ax.set_title("loss")
     ax.set_xlabel("training step")
+    if not _has(loss) and not ev:
+        _empty(ax, "no finite loss values")
+        return False
+    ax.plot([r["step"] for r in m], loss, lw=1.2, color=color, label="train (batch)", **_marks(loss))
+    if ev:
+        ax.plot([r["step"] for r in ev], _finite(r["eval_loss"] for r in ev), "o:", ms=4, color=color, label="eval")
+    base = _baseline(run) if own else None
+    if base is not None:
+        ax.axhline(base, color="0.5", ls="--", lw=1, label=f"baseline {base:.3g}")
+    if own:
+        _diverged(ax, run)
+    if own and _decades(loss + [r["eval_loss"] for r in ev] + ([base] if base else [])):
+        ax.set_yscale("log")  # compare decides for its shared panel once every run is drawn
+    if base is not None:
+        _include_y(ax, base)
+    if own:
+        ax.legend(fontsize=8)
     ax.set_ylabel("loss" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    return True
+
+
+ACT_TITLES = {
+    "act_unresponsive_frac": "unresponsive units (about the same output for every input)",
+    "act_saturated_frac": "saturated units (activation in its flat region)",
+    "act_dead_frac": "dead units (output 0 for every input)",
+}
+
+
+def activation_columns(run) -> list[str]:
+    """The act_* statistics that tell this run's story, those it logged. A saturating activation
+    (sigmoid, tanh; an LSTM/GRU hidden state is tanh-like) fails by units that are flat or constant;
+    the ReLU family by units that are dead (zero for every input; dead units are unresponsive too)."""
+    from ..activations import ACTIVATIONS
+
+    name = (run.config.get("model") or {}).get("activation") or "tanh"  # lstm/gru: none configured
+    act = ACTIVATIONS.get(name)
+    if act is None:
+        cols = list(ACT_TITLES)
+    elif act.saturated_outside is not None:
+        cols = ["act_unresponsive_frac", "act_saturated_frac"]
+    elif name == "linear":
+        cols = ["act_unresponsive_frac"]
+    else:
+        cols = ["act_dead_frac", "act_unresponsive_frac"]
+    return [c for c in cols if any(isinstance(r.get(c), (int, float)) for r in run.layers)]
 
 
 def activations(run, path: Path) -> Path | None:
-    """Saturated and dead fractions per layer; None (no file) when activations were not logged."""
-    cols = ("act_saturated_frac", "act_dead_frac")
-    if not any(isinstance(r.get(c), (int, float)) for r in run.layers for c in cols):
+    """Per hidden layer, the fractions of units that have stopped responding; None (no file) when
+    activations were not logged. Few hidden layers: lines over training steps instead."""
+    cols = activation_columns(run)
+    if not cols:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=FIGSIZE["activations"], layout="constrained")
+    fig, axes = plt.subplots(1, len(cols), figsize=FIGSIZE["activations"], layout="constrained", squeeze=False)
+    axes = axes[0]
+    over_steps = len({r["layer"] for r in run.layers if isinstance(r.get(cols[0]), (int, float))}) < FEW_LAYERS
     steps = _pick(run.steps, 4)
     cmap = plt.get_cmap("viridis")
-    for ax, col, what in ((axes[0], cols[0], "saturated units (activation in its flat region)"),
-                          (axes[1], cols[1], "dead units (output 0 for every input)")):
-        for i, step in enumerate(steps):
-            rows = [r for r in run.layer_rows(step) if isinstance(r.get(col), (int, float))]
-            ax.plot([r["layer"] for r in rows], _finite(r[col] for r in rows), marker="o", ms=3,
-                    color=cmap(i / max(1, len(steps) - 1)), label=f"step {step}")
+    for ax, col in zip(axes, cols):
+        if over_steps:
+            _over_steps(ax, run, col, log=False)
+            _diverged(ax, run)
+        else:
+            for i, step in enumerate(steps):
+                rows = [r for r in run.layer_rows(step) if isinstance(r.get(col), (int, float))]
+                ax.plot([r["layer"] for r in rows], _finite(r[col] for r in rows), marker="o", ms=3,
+                        color=cmap(i / max(1, len(steps) - 1)), label=f"step {step}")
+            ax.set_xlabel("hidden layer (0 = input side)")
+            _integer_x(ax)
         ax.set_ylim(-0.03, 1.03)
-        ax.set_title(what)
-        ax.set_xlabel("hidden layer (0 = input side)")
+        ax.set_title(ACT_TITLES[col])
         ax.set_ylabel(f"{col} (fraction of units)")
-        _layer_axis(ax)
-    _step_legend(fig, axes)
+    _step_legend(fig, axes, "hidden layer" if over_steps else "logged step")
     fig.suptitle(_title("activations", run))
     return _save(fig, path)
 
@@ -333,23 +439,25 @@ def write_run_plots(run_dir) -> list[Path]:
 
 
 def compare_plot(runs, path) -> Path:
-    """Runs side by side: grad_norm and delta_norm per layer (first step dashed, last solid), loss."""
+    """Runs side by side: grad_norm and delta_norm per layer (first step dashed, last solid), loss.
+    The run names go in one legend under the panels (in columns when there are many runs), so that
+    no legend covers a curve."""
     from .compare import label
     from ..rundir.store import Run, load_run
 
     runs = [r if isinstance(r, Run) else load_run(Path(r)) for r in runs]
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=FIGSIZE["compare"], layout="constrained")
-    colors = plt.get_cmap("tab10")
-    for i, run in enumerate(runs):
-        lab, color = label(i), colors(i % 10)
+    palette = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    colors = [palette(i % palette.N) for i in range(len(runs))]
+    for run, color in zip(runs, colors):
         steps = run.steps
         for ax, col in ((axes[0], "grad_norm"), (axes[1], "delta_norm")):
             for step, ls in ((steps[0], "--"), (steps[-1], "-")) if steps else ():
                 rows = run.layer_rows(step)
                 ax.plot([r["layer"] for r in rows], _pos(r.get(col) for r in rows), ls=ls, marker="o", ms=3,
-                        color=color, label=f"{lab} {run.summary.get('name', run.name)} step {step}")
-        _draw_loss(axes[2], run, f"{lab} {run.summary.get('name', run.name)}", color)
+                        color=color)
+        _draw_loss(axes[2], run, color)
     for ax, col in ((axes[0], "grad_norm"), (axes[1], "delta_norm")):
         if any(_has(list(ln.get_ydata())) for ln in ax.get_lines()):
             ax.set_yscale("log")
@@ -358,12 +466,19 @@ def compare_plot(runs, path) -> Path:
         ax.set_title(f"{col} per layer (dashed: first step, solid: last)")
         ax.set_xlabel("layer (0 = input side)")
         ax.set_ylabel(f"{col} (log scale)")
-        _layer_axis(ax)
+        _integer_x(ax)
+    if _decades([y for ln in axes[2].get_lines() for y in ln.get_ydata()]):
+        axes[2].set_yscale("log")
+        axes[2].set_ylabel("loss (log scale)")
+    axes[2].set_title("loss (line: train batch, dots: eval)")
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=colors(i % 10), lw=2) for i in range(len(runs))]
-    texts = [f"{label(i)} = {r.name} ({r.model_text()}; {r.status}, {r.summary.get('verdict') or 'no verdict'})"
-             for i, r in enumerate(runs)]
-    fig.legend(handles, texts, loc="outside lower center", ncol=1, fontsize=9)
-    fig.suptitle("vgrad compare: " + " vs ".join(str(r.summary.get("name", r.name)) for r in runs))
+    many = len(runs) > 4
+    handles = [Line2D([], [], color=c, lw=2) for c in colors]
+    texts = [f"{label(i)} = {r.name} (" + ("" if many else f"{r.model_text()}; ")
+             + f"{r.status}, {r.summary.get('verdict') or 'no verdict'})" for i, r in enumerate(runs)]
+    fig.legend(handles, texts, loc="outside lower center", ncol=1 if not many else (2 if len(runs) <= 12 else 3),
+               fontsize=9 if not many else 7)
+    names = " vs ".join(str(r.summary.get("name", r.name)) for r in runs)
+    fig.suptitle(f"vgrad compare: {names}" if len(runs) <= 3 else f"vgrad compare: {len(runs)} runs")
     return _save(fig, Path(path))
