@@ -123,7 +123,7 @@ def figures(monkeypatch):
     from vgrad_cli.report import plots
 
     made = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: made.append(fig) or path)
+    monkeypatch.setattr(plots, "save", lambda fig, path: made.append(fig) or path)
     yield made
     for fig in made:
         plt.close(fig)

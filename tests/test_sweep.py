@@ -324,8 +324,8 @@ def test_end_of_run_statistics_come_from_completed_runs_only():
 
     console = Console(width=200, record=True, file=open(os.devnull, "w"))
     console.print(summary_table(_plan([8, 32]), [mixed, broken]))
-    lines = {ln.split("│")[0].strip(): [c.strip() for c in ln.split("│")] for ln in console.export_text().splitlines()
-             if "│" in ln}
+    cells = [[c.strip() for c in ln.split("│")] for ln in console.export_text().splitlines() if "│" in ln]
+    lines = {row[0]: row for row in cells}
     # depth, runs, verdict, ratio first, ratio last, final loss, eval acc, time s
     assert lines["8"][1:7] == ["1 ok, 2 diverged", "exploding:2 vanishing:1", "0.5", "1.0e-05", "1.39", "0.9"]
     assert lines["32"][1:7] == ["3 diverged", "exploding", "0.5", "", "", ""]  # no completed run: empty cells

@@ -303,9 +303,10 @@ def render_table(data: dict, console) -> None:
     left_out = len(compact) - len(shown)
     from .console import print_phrases
 
-    print_phrases(console, [f"one row per run{'' if left_out else ', delta_norm per layer in one column each'}"]
-                  + ([f"{left_out} per-layer table{'s are' if left_out > 1 else ' is'} too wide even as delta_norm only"]
-                     if left_out else []) + ["every number: --format markdown, csv or json"],
+    why = ["one row per run" + ("" if left_out else ", delta_norm per layer in one column each")]
+    if left_out:
+        why.append(f"{left_out} per-layer table{'s are' if left_out > 1 else ' is'} too wide even as delta_norm only")
+    print_phrases(console, why + ["every number: --format markdown, csv or json"],
                   head=f"{len(data['runs'])} runs do not fit side by side in {console.width} columns:")
     print_blocks(shown, console)
 

@@ -193,8 +193,9 @@ def status_phrases(summary: dict) -> list[str]:
     if summary.get("final_loss") is not None:
         what = "last finite loss" if diverged else "final loss"
         parts.append(f"{what} {fmt(summary['final_loss'])} (baseline {fmt(summary.get('baseline_loss'))})")
-    if summary.get("final_eval_accuracy") is not None and not diverged:
-        parts.append(f"eval accuracy {fmt(summary['final_eval_accuracy'])} (chance {fmt(summary.get('chance_accuracy'))})")
+    acc = summary.get("final_eval_accuracy")
+    if acc is not None and not diverged:
+        parts.append(f"eval accuracy {fmt(acc)} (chance {fmt(summary.get('chance_accuracy'))})")
     parts.append(f"{fmt(summary.get('wall_time_s'))} s")
     return parts
 
