@@ -254,3 +254,107 @@ def test_no_torch_and_fast(root):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "per-layer gradient" in p.stdout
+
+
+# ----------------------------------------------------------------------------- console at 80 columns
+
+
+def narrow(text: str, width: int = 80) -> list[str]:
+    """The lines of console output, checked: none wider than the console (but a path, never broken),
+    none a lone unit."""
+    lines = [ln.rstrip() for ln in text.splitlines()]
+    wide = [ln for ln in lines if len(ln) > width and " " in ln.strip()]
+    assert not wide, wide
+    assert not any(ln.strip() in ("s", "0.01)", ")") for ln in lines), lines
+    return lines
+
+
+def test_fmt_one_format_per_magnitude():
+    from vgrad_cli.report.console import fmt
+
+    assert [fmt(v) for v in (151452.11, 1400.0, 733.0, 0.0298, 9.17e-4, 4.2e-13, 0.0)] == [
+        "1.51e+05", "1.40e+03", "733", "0.0298", "9.17e-04", "4.20e-13", "0"]
+
+
+@pytest.mark.parametrize("width", [80, 110])
+def test_summary_lines_break_between_phrases(width):
+    from rich.console import Console
+
+    from vgrad_cli.report.console import print_summary
+
+    reason = ("every delta_norm ratio lies in [0.01, 100] (lowest: layer-0/output delta_norm at the first step = "
+              "0.51)")
+    summary = {"verdict": "healthy", "verdict_reason": reason, "status": "completed", "steps_completed": 1000,
+               "steps_planned": 1000, "final_loss": 0.0298, "baseline_loss": 1.39, "final_eval_accuracy": 0.968,
+               "chance_accuracy": 0.266, "wall_time_s": 2.86}
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+    print_summary(console, "runs/relu-kaiming-20261125-133922-e002", summary, [], [])
+    text = console.export_text()
+    lines = narrow(text, width)
+    flat = " ".join(ln.strip() for ln in lines)
+    for phrase in ("2.86 s", "(lowest: layer-0/output delta_norm at the first step = 0.51)", "[0.01, 100]",
+                   "eval accuracy 0.968 (chance 0.266)", "final loss 0.0298 (baseline 1.39)"):
+        assert phrase in flat and any(phrase in ln for ln in lines), phrase   # never split over two lines
+
+
+def test_diverged_run_prints_no_eval_accuracy(cli, root, tmp_path, monkeypatch):
+    """The run diverged at step 2; its last eval came from step 0: no result of the run."""
+    d = copy_run(root, "shallow", tmp_path / "exploding-20990101-000000-0000")
+    s = json.loads((d / "summary.json").read_text())
+    s.update(status="diverged", verdict="exploding", diverged_step=2, final_eval_accuracy=0.4321,
+             verdict_reason="the loss became non-finite at step 2")
+    (d / "summary.json").write_text(json.dumps(s))
+    monkeypatch.setenv("COLUMNS", "80")
+    r = cli("show", d)
+    assert r.exit_code == 0, r.output
+    narrow(r.output)
+    assert "eval accuracy" not in r.output and "last finite loss" in r.output
+    assert "non-finite loss at step 2" in r.output
+    r = cli("compare", d, run_dir(root, "deep"))
+    assert "0.432" not in r.output and "— (diverged at step 2)" in r.output
+
+
+def test_version_is_a_plain_flag(cli):
+    r = cli("--help")
+    (line,) = [ln for ln in r.output.splitlines() if "--version" in ln]
+    assert "<bool>" not in line and "print the version" in line
+    assert cli("--version").output.startswith("vgrad ")
+
+
+def test_compare_many_runs_prints_tables_not_markdown(cli, root, tmp_path, monkeypatch):
+    """A sweep of 6 runs does not fit side by side in 80 columns: say so, then one column per run for
+    delta_norm and one row per run, never a wall of markdown."""
+    sweep = tmp_path / "sweep-depth"
+    sweep.mkdir()
+    names = [f"run{i}-20990101-000000-000{i}" for i in range(6)]
+    for n in names:
+        shutil.copytree(run_dir(root, "deep"), sweep / n)
+    (sweep / "sweep.csv").write_text("run_dir\n" + "\n".join(names) + "\n")
+    monkeypatch.setenv("COLUMNS", "80")
+    r = cli("compare", sweep)
+    assert r.exit_code == 0, r.output
+    lines = narrow(r.output)
+    assert lines[0].startswith("6 runs do not fit side by side in 80 columns:")
+    assert "|---" not in r.output and "**" not in r.output
+    header = next(ln for ln in lines if ln.startswith("layer"))
+    assert header.replace("┃", " ").split() == ["layer", *"ABCDEF"]     # delta_norm, a column per run
+    assert sum(ln.split("│")[0].strip() in "ABCDEF" and "run" in ln for ln in lines if "│" in ln) == 6
+
+
+def test_two_runs_fit_at_80_columns_without_a_hint(cli, root, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    r = cli("compare", "shallow", "deep", "--runs-dir", root)
+    assert r.exit_code == 0 and "do not fit" not in r.output and "wider than" not in r.output
+    assert r.output.startswith("per-layer gradient at the first logged step")
+
+
+def test_runs_list_keeps_numbers_whole_at_80_columns(cli, root, monkeypatch):
+    from vgrad_cli.report.console import fmt
+
+    monkeypatch.setenv("COLUMNS", "80")
+    r = cli("runs", "--runs-dir", root)
+    narrow(r.output)
+    for d in root.iterdir():
+        s = json.loads((d / "summary.json").read_text())
+        row = next(ln for ln in r.output.splitlines() if ln.startswith(d.name[:20]))
+        assert row.split("│")[-1].strip() == fmt(s["final_loss"]) and f"{s['steps_completed']}/" in row

@@ -288,3 +288,67 @@ def test_ray_executor_grid_ships_run_files_back(ray_instance, cli, write_config,
     assert (sweep / "sweep.png").exists() and len(read_csv(sweep / "sweep_summary.csv")) == 4
     assert not list(sweep.glob(".incoming-*"))  # every shipped run was renamed into place
     assert ray_instance.is_initialized()        # a Ray started by the caller is left running
+
+
+def _point_rows(depth, statuses, last_ratios, losses):
+    """sweep.csv rows of one point, built by hand: a status, a last-step ratio and a final loss each."""
+    return [{"depth": depth, "seed": i, "status": st, "verdict": "exploding" if st == "diverged" else "vanishing",
+             "delta_norm_ratio_first_step": 0.5, "delta_norm_ratio_last_step": ratio, "final_loss": loss,
+             "final_eval_accuracy": 0.9, "wall_time_s": 1.0}
+            for i, (st, ratio, loss) in enumerate(zip(statuses, last_ratios, losses))]
+
+
+def _plan(values, seeds=(0, 1, 2)):
+    from vgrad_cli.sweep.plan import Param, Plan
+
+    return Plan(params=[Param("depth", "model.depth", list(values))], seeds=list(seeds), points=[], base={})
+
+
+def test_end_of_run_statistics_come_from_completed_runs_only():
+    """Two diverged runs and a vanishing one: the last-step ratio and the final loss are the completed
+    run's, not a geometric mean that no run has; the first-step ratio counts every run."""
+    from vgrad_cli.sweep.report import aggregate, summary_table
+
+    rows = (_point_rows(8, ["diverged", "diverged", "completed"], [1e3, 1e4, 1e-5], [1e11, 3.0, 1.39])
+            + _point_rows(32, ["diverged"] * 3, [1e3, 1e4, 1e5], [1e11, 1e9, 2.0]))
+    mixed, broken = aggregate(_plan([8, 32]), rows)
+    assert (mixed["n_runs"], mixed["n_completed"], mixed["n_diverged"]) == (3, 1, 2)
+    assert mixed["delta_norm_ratio_last_step_log10_mean"] == pytest.approx(-5)
+    assert mixed["delta_norm_ratio_last_step_mean"] == pytest.approx(1e-5)
+    assert mixed["final_loss_mean"] == pytest.approx(1.39) and mixed["final_loss_std"] is None
+    assert mixed["delta_norm_ratio_first_step_mean"] == 0.5 and mixed["wall_time_s_mean"] == 1.0
+    for key in ("delta_norm_ratio_last_step_log10_mean", "delta_norm_ratio_last_step_max", "final_loss_mean",
+                "final_eval_accuracy_mean"):
+        assert broken[key] is None, key                                  # no completed run: empty cells
+    assert broken["delta_norm_ratio_first_step_log10_mean"] == pytest.approx(math.log10(0.5))
+
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=open(os.devnull, "w"))
+    console.print(summary_table(_plan([8, 32]), [mixed, broken]))
+    cells = [[c.strip() for c in ln.split("│")] for ln in console.export_text().splitlines() if "│" in ln]
+    lines = {row[0]: row for row in cells}
+    # depth, runs, verdict, ratio first, ratio last, final loss, eval acc, time s
+    assert lines["8"][1:7] == ["1 ok, 2 diverged", "exploding:2 vanishing:1", "0.5", "1.0e-05", "1.39", "0.9"]
+    assert lines["32"][1:7] == ["3 diverged", "exploding", "0.5", "", "", ""]  # no completed run: empty cells
+
+
+def test_depth_is_plotted_on_a_linear_axis():
+    """Exponential decay in depth is a straight line on the log-ratio panels only on a linear x axis;
+    a learning rate keeps its log axis."""
+    import matplotlib.pyplot as plt
+
+    from vgrad_cli.sweep.plan import Param
+    from vgrad_cli.sweep.report import aggregate, figure
+
+    depths = [1, 2, 4, 8, 16, 32]
+    rows = [r for d in depths for r in _point_rows(d, ["completed"], [10.0 ** -d], [1.0])]
+    fig = figure(_plan(depths, seeds=[0]), aggregate(_plan(depths, seeds=[0]), rows))
+    assert [ax.get_xscale() for ax in fig.axes[:3]] == ["linear"] * 3
+    plt.close(fig)
+    plan = _plan(depths, seeds=[0])
+    plan.params = [Param("lr", "train.lr", [0.001, 0.01, 0.1, 1.0])]
+    rows = [dict(r, lr=lr) for lr, r in zip(plan.params[0].values, rows)]
+    fig = figure(plan, aggregate(plan, rows))
+    assert fig.axes[0].get_xscale() == "log"
+    plt.close(fig)

@@ -30,7 +30,9 @@ def _version(value: bool):
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+    # metavar "": a flag takes no value, but typer's help would show it as "--version <bool>"
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="",
+                                 help="print the version and exit"),
 ):
     """Measure vanishing and exploding gradients, layer by layer and step by step."""
 

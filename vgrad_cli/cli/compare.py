@@ -79,7 +79,9 @@ def show(
     """Print an existing run's end-of-run summary (per-layer table and verdict) without training."""
     from ..analysis.verdict import run_stats
     from ..errors import UsageError
-    from ..report.console import make_console, print_summary
+    from rich.markup import escape
+
+    from ..report.console import make_console, print_phrases, print_summary
     from ..rundir.store import load_run, resolve
 
     paths = resolve(run, runs_dir)
@@ -88,7 +90,8 @@ def show(
     r = load_run(paths[0])
     console = make_console()
     task = (r.config.get("task") or {}).get("name", "?")
-    console.print(f"[bold]{r.name}[/]: {r.model_text()} | task {task} | {r.date_text()}", soft_wrap=True)
+    print_phrases(console, [escape(r.model_text()), f"task {escape(str(task))}", r.date_text()], sep=" | ",
+                  head=f"[bold]{escape(r.name)}[/]:")
     _notes(console, [r])
     s = run_stats(r)
     if r.incomplete or s.get("verdict") is None:
@@ -96,7 +99,7 @@ def show(
     steps = r.steps
     first, last = (r.layer_rows(steps[0]), r.layer_rows(steps[-1])) if steps else ([], [])
     print_summary(console, r.path, s, first, last)
-    if r.time and steps:  # the through-time profile, as compare shows it
+    if r.time and steps and not s.get("time_profile"):  # print_summary showed the summary's own profile
         from ..report.compare import build, print_blocks, time_block
 
         print_blocks([time_block(build([r], ["first", "last"]))], console)
@@ -111,7 +114,7 @@ def show(
             console.print(line, soft_wrap=True, markup=False, highlight=False)
     plots = sorted((r.path / "plots").glob("*.png"))
     if plots:
-        console.print(f"plots: {r.path / 'plots'} ({', '.join(p.name for p in plots)})", soft_wrap=True)
+        print_phrases(console, [p.name for p in plots], sep=", ", head=f"plots in {escape(str(r.path / 'plots'))}:")
 
 
 def _provisional_verdict(r, s: dict) -> dict:
@@ -159,17 +162,18 @@ def runs_(
                      fmt(s.get("final_loss"))))
     rows.sort(key=lambda row: (row[0], row[1]))
     t = Table(title=f"runs under {escape(str(folder))}", title_justify="left", show_edge=False, pad_edge=False)
-    # The name is what users copy into compare/show: one line, with the model under it, dimmed.
-    name_width = min(max(len(row[1]) for row in rows), max(20, console.width - 58))  # 58: the other columns
-    for h in ("date", "run (model | task)", "status", "verdict", "steps", "loss"):
-        numeric = h in ("steps", "loss")  # numbers are never folded or cropped
-        t.add_column(h, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric,
-                     min_width=name_width if h.startswith("run") else (9 if numeric else None),
-                     max_width=10 if h == "date" else None)
+    # The name is what users copy into compare/show: it has the first line of its cell to itself, the
+    # date, model and task go under it, dimmed; status and verdict share a cell the same way. Only the
+    # run column wraps, so the numbers keep their width at 80 columns.
+    t.add_column("run\n[dim]date | model | task[/]", overflow="fold")
+    t.add_column("status\nverdict", no_wrap=True)
+    t.add_column("steps", justify="right", no_wrap=True)
+    t.add_column("loss", justify="right", no_wrap=True)
     for date, name, model, status, verdict, steps, loss in rows:
         style = VERDICT_STYLE.get(verdict, "")
-        t.add_row(escape(date), f"{escape(name)}\n[dim]{escape(model)}[/]", escape(status),
-                  f"[{style}]{escape(verdict)}[/]" if style else escape(verdict), steps, loss)
+        about = " | ".join(x for x in (date, model) if x)
+        t.add_row(f"{escape(name)}\n[dim]{escape(about)}[/]", escape(status) + "\n" + (
+            f"[{style}]{escape(verdict)}[/]" if style else escape(verdict)), steps, loss)
     console.print(t)
 
 

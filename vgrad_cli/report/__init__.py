@@ -1,4 +1,4 @@
-"""What a person sees: console.py (rich tables and progress), plots.py (matplotlib, imported lazily)
-and compare.py (runs side by side). Reads run directories through rundir and numbers through
-analysis; never imports torch, training, sweep or cli.
+"""What a person sees: console.py (rich tables and progress), plots.py (matplotlib, imported lazily;
+axes.py holds its drawing helpers) and compare.py (runs side by side). Reads run directories through
+rundir and numbers through analysis; never imports torch, training, sweep or cli.
 """

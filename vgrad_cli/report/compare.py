@@ -70,7 +70,8 @@ RUN_FIELDS = [  # (key in the run's stats, label in the table)
 def run_info(run: Run, lab: str) -> dict:
     s = run_stats(run)
     info = {"label": lab, "name": run.name, "dir": str(run.path), "model": run.model_text(),
-            "task": (run.config.get("task") or {}).get("name"), "notes": "; ".join(run.notes) or None}
+            "task": (run.config.get("task") or {}).get("name"), "notes": "; ".join(run.notes) or None,
+            "diverged_step": s.get("diverged_step")}
     for key, _ in RUN_FIELDS:
         info.setdefault(key, s.get(key))
     from ..analysis.theory import theory_columns
@@ -176,8 +177,45 @@ def blocks(data: dict) -> list[Block]:
         values = [r.get(key) for r in data["runs"]]
         if all(v is None for v in values):
             continue  # e.g. no through-time rows for MLP runs, no accuracy for regression
-        run_rows.append([text] + [_fmt(v) for v in values])
+        run_rows.append([text] + [_run_cell(r, key) for r in data["runs"]])
     out.append(Block("runs", run_headers, run_rows, left=tuple(range(len(run_headers)))))
+    return out
+
+
+def _run_cell(run: dict, key: str, short: bool = False) -> str:
+    """A per-run value as the tables show it. A diverged run stopped before its end: its last eval
+    (if any) and its last batch accuracy came from earlier steps and are no result of the run."""
+    if run.get("status") == "diverged" and key in ("final_accuracy", "final_eval_loss", "final_eval_accuracy"):
+        return "—" if short else f"— (diverged at step {run.get('diverged_step')})"
+    if run.get("status") == "diverged" and key == "final_loss" and run.get(key) is not None:
+        return "—" if short else f"{_fmt(run[key])} (last finite)"
+    return _fmt(run.get(key))
+
+
+# One row per run when the runs do not fit side by side: what a sweep's runs are compared by.
+COMPACT_FIELDS = [("delta_norm_ratio_first_step", "ratio\nfirst"), ("delta_norm_ratio_last_step", "ratio\nlast"),
+                  ("final_loss", "final\nloss"), ("final_eval_accuracy", "eval\nacc")]
+
+
+def compact_blocks(data: dict) -> list[Block]:
+    """For many runs: per layer delta_norm only, one column per run; the runs one per row."""
+    labels = [r["label"] for r in data["runs"]]
+    out = []
+    for sec in data["sections"]:
+        rows = [[str(e["layer"])] + [_fmt((e["runs"][lab] or {}).get("delta_norm")) for lab in labels]
+                for e in sec["layers"]]
+        title = f"delta_norm per layer at {_step_title(sec['which'], sec['steps'])}; layer 0 = input side"
+        out.append(Block(title, ["layer"] + labels, rows, caption="delta_norm ||dL/dz|| of each run, the last "
+                         "row of a column is its output layer (runs: the table below)"))
+    tb = time_block(data)
+    if tb is not None:
+        out.append(tb)
+    fields = [(k, t) for k, t in COMPACT_FIELDS if any(r.get(k) is not None for r in data["runs"])]
+    rows = [[r["label"], r["name"], str(r.get("verdict") or "") + ("" if r.get("status") == "completed" else
+                                                                     f"\n({r.get('status')})")]
+            + [_run_cell(r, k, short=True) for k, _ in fields] for r in data["runs"]]
+    out.append(Block("runs", ["", "run", "verdict"] + [t for _, t in fields], rows, left=(0, 1, 2),
+                     caption="ratio = layer-0/output delta_norm at the first and last logged step"))
     return out
 
 
@@ -215,33 +253,62 @@ def time_block(data: dict) -> Block | None:
     return Block("gradient through time", ["t"] + [c[0] for c in cols], rows, caption=caption)
 
 
-def print_blocks(blocks_: list[Block], console) -> None:
+def _table(b: Block):
     from rich.markup import escape
     from rich.table import Table
 
+    t = Table(title=escape(b.title), title_justify="left", show_edge=False, pad_edge=False, min_width=len(b.title))
+    for i, (h, word) in enumerate(zip(b.headers, _longest_words(b))):
+        # fold, never an ellipsis: a cut number is a wrong number. On a narrow console rich would
+        # squeeze every column alike, folding "completed" and numbers; only long names may fold.
+        t.add_column(escape(h), justify="left" if i in b.left else "right", overflow="fold",
+                     min_width=word if word <= 20 else None)
+    for row in b.rows:
+        t.add_row(*map(escape, row))
+    return t
+
+
+def print_blocks(blocks_: list[Block], console) -> None:
+    from rich.markup import escape
+
     for b in blocks_:
-        t = Table(title=escape(b.title), title_justify="left", show_edge=False, pad_edge=False, min_width=len(b.title))
-        for i, h in enumerate(b.headers):  # fold, never an ellipsis: a cut number is a wrong number
-            t.add_column(escape(h), justify="left" if i in b.left else "right", overflow="fold")
-        for row in b.rows:
-            t.add_row(*map(escape, row))
-        console.print(t)
+        console.print(_table(b))
         if b.caption:  # below the table at the console's width: a table caption wraps to the table's
             console.print(escape(b.caption), style="dim")
         console.print()
 
 
+def _fits(b: Block, console) -> bool:
+    """Whether the table fits the console without breaking a word (a number) of any cell: its
+    columns at their longest word, plus 3 characters between columns (padding and rule)."""
+    widths = _longest_words(b)
+    return sum(widths) + 3 * (len(widths) - 1) <= console.width
+
+
+def _longest_words(b: Block) -> list[int]:
+    return [max((len(w) for cell in col for w in cell.split()), default=0) for col in zip(b.headers, *b.rows)]
+
+
 def render_table(data: dict, console) -> None:
-    n = len(data["runs"])
-    # each run takes ~4 numeric columns of ~10 characters: beyond the console width, rich would
-    # squeeze every cell to a few characters, so say what reads better instead
-    if 12 + 40 * n > console.width:
-        console.print(f"({n} runs are wider than this {console.width}-column console: try --format markdown or csv, "
-                      "--step last, or fewer runs)", soft_wrap=True)
-        if n > 3:
-            console.print(render_markdown(data), soft_wrap=True, markup=False, highlight=False)
-            return
-    print_blocks(blocks(data), console)
+    """Runs side by side when their tables fit the console. Otherwise (a sweep's many runs) a
+    narrower view that says so: delta_norm per layer, one column per run, and one row per run;
+    a table that still does not fit is left out rather than squeezed into columns of a few
+    characters. Every number is always in --format markdown, csv and json."""
+    full = blocks(data)
+    if all(_fits(b, console) for b in full[:-1]):  # the layer tables; the runs table wraps its text
+        print_blocks(full, console)
+        return
+    compact = compact_blocks(data)
+    shown = [b for b in compact[:-1] if _fits(b, console)] + compact[-1:]
+    left_out = len(compact) - len(shown)
+    from .console import print_phrases
+
+    why = ["one row per run" + ("" if left_out else ", delta_norm per layer in one column each")]
+    if left_out:
+        why.append(f"{left_out} per-layer table{'s are' if left_out > 1 else ' is'} too wide even as delta_norm only")
+    print_phrases(console, why + ["every number: --format markdown, csv or json"],
+                  head=f"{len(data['runs'])} runs do not fit side by side in {console.width} columns:")
+    print_blocks(shown, console)
 
 
 def render_markdown(data: dict) -> str:

@@ -11,6 +11,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 VERDICT_STYLE = {"vanishing": "bold yellow", "exploding": "bold red", "healthy": "bold green"}
@@ -25,13 +26,45 @@ def make_console(stderr: bool = False) -> Console:
 
 
 def fmt(v, digits: int = 3) -> str:
+    """A number for people: `digits` significant digits, plainly between 1e-3 and 1e3 (0.0123, 151),
+    otherwise in e-notation with the same digits (1.51e+05, 4.20e-13): one format per magnitude,
+    whatever prints it."""
     if v is None:
         return ""
     if isinstance(v, float):
         if not math.isfinite(v):
             return str(v)
-        return f"{v:.{digits}g}" if v == 0 or 1e-3 <= abs(v) < 1e4 else f"{v:.{digits - 1}e}"
+        return f"{v:.{digits}g}" if v == 0 or 1e-3 <= abs(v) < 1e3 else f"{v:.{digits - 1}e}"
     return str(v)
+
+
+def print_phrases(console: Console, parts: list[str], sep: str = "; ", head: str = "", indent: str = "  "):
+    """Print `head` and `parts` joined by `sep` (rich markup allowed), breaking lines only between
+    parts, continuation lines indented: a number never loses its unit ("2.86 s") and a reason never
+    breaks mid-phrase. A part too wide for a line of its own breaks before its parentheses, if it has
+    any ("... [0.01, 100]" / "(lowest: ...)"), and is otherwise left whole."""
+    from rich.text import Text
+
+    def width(markup: str) -> int:
+        return Text.from_markup(markup).cell_len
+
+    tokens = [("", head)] if head else []  # (separator before it, text)
+    for i, part in enumerate(parts):
+        before = (" " if i == 0 else sep) if tokens else ""
+        pieces = part.split(" (") if width(indent + part) > console.width else [part]
+        tokens += [(before if j == 0 else " ", p if j == 0 else "(" + p) for j, p in enumerate(pieces)]
+    lines: list[str] = []
+    for i, (before, text) in enumerate(tokens):
+        tail = tokens[i + 1][0].rstrip() if i + 1 < len(tokens) else ""  # stays at the end of a broken line
+        if lines and width(lines[-1] + before + text + tail) <= console.width:
+            lines[-1] += before + text
+        elif lines:
+            lines[-1] += before.rstrip()
+            lines.append(indent + text)
+        else:
+            lines.append(text)
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 class RunProgress:
@@ -143,24 +176,31 @@ def print_summary(console: Console, run_dir, summary: dict, first_rows, last_row
         console.print(time_table(summary["time_profile"], summary.get("first_logged_step"),
                                  summary.get("last_logged_step")))
     v = summary.get("verdict")
-    console.print(f"verdict: [{VERDICT_STYLE.get(v, 'bold')}]{v}[/] — {summary.get('verdict_reason')}")
+    reason = str(summary.get("verdict_reason") or "")
+    print_phrases(console, reason.split("; "), head=f"verdict: [{VERDICT_STYLE.get(v, 'bold')}]{v}[/] —")
+    print_phrases(console, status_phrases(summary), head="status:")
+    print_phrases(console, [escape(str(run_dir))], head="run directory:")
+
+
+def status_phrases(summary: dict) -> list[str]:
+    """How far the run got and how well it did. A diverged run's losses stop before its end, and its
+    last eval (if any) came from an earlier step: its accuracy is no result of the run, so none is shown."""
     status = summary.get("status")
     done, planned = summary.get("steps_completed"), summary.get("steps_planned")
-    line = f"status: {status}, {'?' if done is None else done}/{planned} steps"
-    if status == "diverged":
-        line += f" (non-finite loss at step {summary.get('diverged_step')})"
+    diverged = status == "diverged"
+    parts = [f"{status}, {'?' if done is None else done}/{planned} steps"
+             + (f" (non-finite loss at step {summary.get('diverged_step')})" if diverged else "")]
     if summary.get("final_loss") is not None:
-        line += f"; final loss {fmt(summary['final_loss'])} (baseline {fmt(summary.get('baseline_loss'))})"
-    if summary.get("final_eval_accuracy") is not None:
-        line += f", eval accuracy {fmt(summary['final_eval_accuracy'])} (chance {fmt(summary.get('chance_accuracy'))})"
-    line += f"; {fmt(summary.get('wall_time_s'))} s"
-    console.print(line)
-    console.print(f"run directory: {run_dir}", soft_wrap=True)
+        what = "last finite loss" if diverged else "final loss"
+        parts.append(f"{what} {fmt(summary['final_loss'])} (baseline {fmt(summary.get('baseline_loss'))})")
+    acc = summary.get("final_eval_accuracy")
+    if acc is not None and not diverged:
+        parts.append(f"eval accuracy {fmt(acc)} (chance {fmt(summary.get('chance_accuracy'))})")
+    parts.append(f"{fmt(summary.get('wall_time_s'))} s")
+    return parts
 
 
 def error(message: str) -> None:
     """One line on stderr, no traceback."""
-    from rich.markup import escape
-
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     sys.stderr.flush()

@@ -12,7 +12,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-DPI = 100
+from .axes import (  # noqa: F401 - DPI: figure sizes are FIGSIZE x DPI, part of this module's interface
+    DPI, FEW_LAYERS, diverged_line, empty_note, finite, has_values, include_y, integer_x, layer_lines, marks,
+    over_steps, pick_steps, pyplot, positive, save, step_legend, run_title,
+)
+
 FIGSIZE = {  # inches; at DPI 100 -> pixels
     "gradient_flow": (12, 4.8),
     "grad_heatmap": (10, 5.5),
@@ -21,111 +25,25 @@ FIGSIZE = {  # inches; at DPI 100 -> pixels
     "gradient_through_time": (10, 5),
     "compare": (16, 6),
 }
-MAX_LINES = 6  # logged steps drawn in one panel: first, last and evenly spaced ones between
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3})
-    return plt
-
-
-def _pos(values) -> list:
-    """For a log axis: positive finite numbers stay, anything else becomes NaN (a gap)."""
-    return [v if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else math.nan for v in values]
-
-
-def _finite(values) -> list:
-    return [v if isinstance(v, (int, float)) and math.isfinite(v) else math.nan for v in values]
-
-
-def _has(values) -> bool:
-    return any(not math.isnan(v) for v in values)
-
-
-def _pick(steps: list[int], n: int = MAX_LINES) -> list[int]:
-    if len(steps) <= n:
-        return steps
-    idx = sorted({round(i * (len(steps) - 1) / (n - 1)) for i in range(n)})
-    return [steps[i] for i in idx]
-
-
-def _empty(ax, text: str):
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
-
-
-def _title(what: str, run) -> str:
-    """Two lines: what the figure shows and which run; then the run's model, status and verdict."""
-    verdict = run.summary.get("verdict") or "no verdict yet"
-    return f"{what}: {run.name}\n{run.model_text()} | {run.status}, verdict {verdict}"
-
-
-def _layer_axis(ax):
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
-
-
-def _layer_lines(ax, run, column: str, steps: list[int], cmap):
-    """One line per step: this column against layer index, log y. Returns whether anything was drawn."""
-    drawn, zeros = False, []
-    for i, step in enumerate(steps):
-        rows = run.layer_rows(step)
-        y = _pos(r.get(column) for r in rows)
-        color = cmap(i / max(1, len(steps) - 1))
-        if _has(y):
-            ax.plot([r["layer"] for r in rows], y, marker="o", ms=3, lw=1.5, color=color, label=f"step {step}")
-            drawn = True
-        zeros += [(r["layer"], color) for r in rows if r.get(column) == 0]
-    if drawn:
-        ax.set_yscale("log")
-        if zeros:  # exactly 0 has no place on a log axis, but it is the finding (dead layers): mark it
-            bottom = ax.get_ylim()[0]
-            ax.scatter([z[0] for z in zeros], [bottom] * len(zeros), marker="v", s=36, c=[z[1] for z in zeros],
-                       clip_on=False, zorder=5)
-            ax.annotate("▼ at the bottom = exactly 0", xy=(0.01, 0.99), xycoords="axes fraction", fontsize=8, va="top")
-    return drawn
-
-
-def _step_legend(fig, axes):
-    """One legend for the whole figure, outside the axes, so that it never hides a line."""
-    for ax in axes:
-        handles, labels = ax.get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="outside right upper", fontsize=8, title="logged step")
-            return
 
 
 def gradient_flow(run, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=FIGSIZE["gradient_flow"], layout="constrained")
-    steps = _pick(run.steps)
+    steps = pick_steps(run.steps)
     cmap = plt.get_cmap("viridis")
     for ax, col, what in ((axes[0], "grad_norm", "parameter gradient ||dL/dW||"),
                           (axes[1], "delta_norm", "back-propagated error ||dL/dz||")):
-        if not _layer_lines(ax, run, col, steps, cmap):
-            _empty(ax, f"no positive finite {col} values")
+        if not layer_lines(ax, run, col, steps, cmap):
+            empty_note(ax, f"no positive finite {col} values")
         ax.set_title(f"{col}: {what}")
         ax.set_xlabel("layer (0 = input side)")
         ax.set_ylabel(f"{col} (log scale)")
-        _layer_axis(ax)
+        integer_x(ax)
     _theory_line(axes[1], run)
-    _step_legend(fig, axes)
-    fig.suptitle(_title("gradient flow", run))
-    return _save(fig, path)
+    step_legend(fig, axes)
+    fig.suptitle(run_title("gradient flow", run))
+    return save(fig, path)
 
 
 def _theory_line(ax, run):
@@ -135,7 +53,7 @@ def _theory_line(ax, run):
 
     th = theory_for_run(run.path) or {}
     rows = [r for r in run.layer_rows(run.steps[0]) if r.get("name") != "output"] if run.steps else []
-    if not th.get("applicable") or not rows or not _has(_pos([rows[-1].get("delta_norm")])):
+    if not th.get("applicable") or not rows or not has_values(positive([rows[-1].get("delta_norm")])):
         return
     last, anchor, factor = rows[-1]["layer"], rows[-1]["delta_norm"], th["factor"]
     xs = list(range(last + 1))
@@ -148,14 +66,23 @@ def grad_heatmap(run, path: Path) -> Path:
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=FIGSIZE["grad_heatmap"], layout="constrained")
     steps = run.steps
     n_layers = max((r["layer"] for r in run.layers), default=-1) + 1
+    if n_layers <= FEW_LAYERS:  # a heat-map of one or two rows shows colours, not a trend
+        if over_steps(ax, run, "grad_norm", log=True):
+            diverged_line(ax, run)
+            ax.legend(fontsize=8)
+        else:
+            empty_note(ax, "no positive finite grad_norm values")
+        ax.set_ylabel("grad_norm (log scale)")
+        fig.suptitle(run_title("grad_norm per layer over training", run))
+        return save(fig, path)
     grid = np.full((max(n_layers, 1), max(len(steps), 1)), np.nan)
     col_of = {s: j for j, s in enumerate(steps)}
     for r in run.layers:
-        v = _pos([r.get("grad_norm")])[0]
+        v = positive([r.get("grad_norm")])[0]
         grid[r["layer"], col_of[r["step"]]] = math.log10(v) if not math.isnan(v) else np.nan
     if np.isfinite(grid).any():
         # masked cells (zero, NaN, inf) in grey, not in a colour that means a value
@@ -167,13 +94,13 @@ def grad_heatmap(run, path: Path) -> Path:
         ticks = _nice_ticks(steps)
         ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
     else:
-        _empty(ax, "no positive finite grad_norm values")
+        empty_note(ax, "no positive finite grad_norm values")
     ax.set_xlabel("training step (logged steps)")
     ax.set_ylabel("layer (0 = input side)")
     ax.grid(False)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(_title("log10 grad_norm per layer and logged step", run))
-    return _save(fig, path)
+    fig.suptitle(run_title("log10 grad_norm per layer and logged step", run))
+    return save(fig, path)
 
 
 def _nice_ticks(steps: list[int], target: int = 8) -> list[int]:
@@ -186,24 +113,25 @@ def _nice_ticks(steps: list[int], target: int = 8) -> list[int]:
 
 
 def _decades(values) -> bool:
-    v = [x for x in _pos(values) if not math.isnan(x)]
+    v = [x for x in positive(values) if not math.isnan(x)]
     return bool(v) and max(v) / min(v) > 100
 
 
 def loss_curves(run, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=FIGSIZE["loss"], layout="constrained")
-    _draw_loss(ax_l, run, None)
+    _draw_loss(ax_l, run)
     m = run.metrics
-    acc = _finite(r.get("accuracy") for r in m)
+    acc = finite(r.get("accuracy") for r in m)
     ev = [r for r in m if isinstance(r.get("eval_accuracy"), (int, float))]
-    if _has(acc) or ev:
-        ax_a.plot([r["step"] for r in m], acc, lw=1.2, label="train (batch)")
+    if has_values(acc) or ev:
+        ax_a.plot([r["step"] for r in m], acc, lw=1.2, label="train (batch)", **marks(acc))
         if ev:
-            ax_a.plot([r["step"] for r in ev], _finite(r["eval_accuracy"] for r in ev), "o-", ms=4, label="eval")
+            ax_a.plot([r["step"] for r in ev], finite(r["eval_accuracy"] for r in ev), "o-", ms=4, label="eval")
         chance = run.summary.get("chance_accuracy")
         if isinstance(chance, (int, float)):
             ax_a.axhline(chance, color="0.5", ls="--", lw=1, label=f"chance {chance:.3g}")
+        diverged_line(ax_a, run)
         ax_a.set_ylim(-0.02, 1.02)
         ax_a.legend(fontsize=8)
         ax_a.set_title("accuracy")
@@ -211,24 +139,32 @@ def loss_curves(run, path: Path) -> Path:
     else:
         _relative_loss(ax_a, run)
     ax_a.set_xlabel("training step")
-    fig.suptitle(_title("loss and accuracy", run))
-    return _save(fig, path)
+    fig.suptitle(run_title("loss and accuracy", run))
+    return save(fig, path)
+
+
+def _baseline(run) -> float | None:
+    base = run.summary.get("baseline_loss")
+    return base if isinstance(base, (int, float)) and math.isfinite(base) and base > 0 else None
 
 
 def _relative_loss(ax, run):
     """Regression has no accuracy: show the loss relative to the input-blind baseline instead
     (1 = the network has learned nothing about the input; log scale)."""
-    base = run.summary.get("baseline_loss")
+    base = _baseline(run)
     m = run.metrics
-    ev = [r for r in m if isinstance(r.get("eval_loss"), (int, float))]
-    if not isinstance(base, (int, float)) or base <= 0:
-        _empty(ax, "no accuracy (regression) and no baseline loss")
+    ev = [r for r in m if has_values(finite([r.get("eval_loss")]))]  # a NaN eval loss has no place on the axis
+    if base is None:
+        empty_note(ax, "no accuracy (regression) and no baseline loss")
         return
-    ax.plot([r["step"] for r in m], _pos((r.get("loss") or 0) / base for r in m), lw=1.2, label="train (batch)")
+    rel = positive((r.get("loss") or 0) / base for r in m)
+    ax.plot([r["step"] for r in m], rel, lw=1.2, label="train (batch)", **marks(rel))
     if ev:
-        ax.plot([r["step"] for r in ev], _pos(r["eval_loss"] / base for r in ev), "o-", ms=4, label="eval")
+        ax.plot([r["step"] for r in ev], positive(r["eval_loss"] / base for r in ev), "o-", ms=4, label="eval")
     ax.axhline(1.0, color="0.5", ls="--", lw=1, label="input-blind baseline")
+    diverged_line(ax, run)
     ax.set_yscale("log")
+    include_y(ax, 1.0)
     from matplotlib.ticker import FuncFormatter
 
     plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.6, 2, 6 rather than 6x10^-1 on a short log axis
@@ -241,83 +177,122 @@ def _relative_loss(ax, run):
     ax.legend(fontsize=8)
 
 
-def _draw_loss(ax, run, label: str | None, color=None):
-    """Train loss (line) and eval loss (markers); log y when the loss spans more than two decades."""
+def _draw_loss(ax, run, color=None) -> bool:
+    """Train loss (line) and eval loss (dots); log y when the loss spans more than two decades.
+    A run's own figure (no color given) also shows the input-blind baseline, always on the axis, and
+    where the run diverged; compare's shared panel shows only the curves. Returns whether it drew."""
     m = run.metrics
-    loss = _finite(r.get("loss") for r in m)
-    ev = [r for r in m if isinstance(r.get("eval_loss"), (int, float))]
-    if not _has(loss) and not ev:
-        _empty(ax, "no finite loss values")
-    else:
-        prefix = f"{label} " if label else ""
-        ax.plot([r["step"] for r in m], loss, lw=1.2, color=color, label=f"{prefix}train (batch)")
-        if ev:
-            ax.plot([r["step"] for r in ev], _finite(r["eval_loss"] for r in ev), "o:", ms=4, color=color,
-                    label=f"{prefix}eval")
-        base = run.summary.get("baseline_loss")
-        if label is None and isinstance(base, (int, float)) and math.isfinite(base):
-            ax.axhline(base, color="0.5", ls="--", lw=1, label=f"baseline {base:.3g}")
-        if _decades(loss + [r["eval_loss"] for r in ev]):
-            ax.set_yscale("log")
-        ax.legend(fontsize=8)
+    loss = finite(r.get("loss") for r in m)
+    ev = [r for r in m if has_values(finite([r.get("eval_loss")]))]  # a NaN eval loss has no place on the axis
+    own = color is None
     ax.set_title("loss")
     ax.set_xlabel("training step")
+    if not has_values(loss) and not ev:
+        empty_note(ax, "no finite loss values")
+        return False
+    ax.plot([r["step"] for r in m], loss, lw=1.2, color=color, label="train (batch)", **marks(loss))
+    if ev:
+        ax.plot([r["step"] for r in ev], finite(r["eval_loss"] for r in ev), "o:", ms=4, color=color, label="eval")
+    base = _baseline(run) if own else None
+    if base is not None:
+        ax.axhline(base, color="0.5", ls="--", lw=1, label=f"baseline {base:.3g}")
+    if own:
+        diverged_line(ax, run)
+    if own and _decades(loss + [r["eval_loss"] for r in ev] + ([base] if base else [])):
+        ax.set_yscale("log")  # compare decides for its shared panel once every run is drawn
+    if base is not None:
+        include_y(ax, base)
+    if own:
+        ax.legend(fontsize=8)
     ax.set_ylabel("loss" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    return True
+
+
+ACT_TITLES = {
+    "act_unresponsive_frac": "unresponsive units (about the same output for every input)",
+    "act_saturated_frac": "saturated units (activation in its flat region)",
+    "act_dead_frac": "dead units (output 0 for every input)",
+}
+
+
+def activation_columns(run) -> list[str]:
+    """The act_* statistics that tell this run's story, those it logged. A saturating activation
+    (sigmoid, tanh; an LSTM/GRU hidden state is tanh-like) fails by units that are flat or constant;
+    the ReLU family by units that are dead (zero for every input; dead units are unresponsive too)."""
+    from ..activations import ACTIVATIONS
+
+    name = (run.config.get("model") or {}).get("activation") or "tanh"  # lstm/gru: none configured
+    act = ACTIVATIONS.get(name)
+    if act is None:
+        cols = list(ACT_TITLES)
+    elif act.saturated_outside is not None:
+        cols = ["act_unresponsive_frac", "act_saturated_frac"]
+    elif name == "linear":
+        cols = ["act_unresponsive_frac"]
+    else:
+        cols = ["act_dead_frac", "act_unresponsive_frac"]
+    return [c for c in cols if any(isinstance(r.get(c), (int, float)) for r in run.layers)]
 
 
 def activations(run, path: Path) -> Path | None:
-    """Saturated and dead fractions per layer; None (no file) when activations were not logged."""
-    cols = ("act_saturated_frac", "act_dead_frac")
-    if not any(isinstance(r.get(c), (int, float)) for r in run.layers for c in cols):
+    """Per hidden layer, the fractions of units that have stopped responding; None (no file) when
+    activations were not logged. Few hidden layers: lines over training steps instead."""
+    cols = activation_columns(run)
+    if not cols:
         return None
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=FIGSIZE["activations"], layout="constrained")
-    steps = _pick(run.steps, 4)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(cols), figsize=FIGSIZE["activations"], layout="constrained", squeeze=False)
+    axes = axes[0]
+    by_step = len({r["layer"] for r in run.layers if isinstance(r.get(cols[0]), (int, float))}) < FEW_LAYERS
+    steps = pick_steps(run.steps, 4)
     cmap = plt.get_cmap("viridis")
-    for ax, col, what in ((axes[0], cols[0], "saturated units (activation in its flat region)"),
-                          (axes[1], cols[1], "dead units (output 0 for every input)")):
-        for i, step in enumerate(steps):
-            rows = [r for r in run.layer_rows(step) if isinstance(r.get(col), (int, float))]
-            ax.plot([r["layer"] for r in rows], _finite(r[col] for r in rows), marker="o", ms=3,
-                    color=cmap(i / max(1, len(steps) - 1)), label=f"step {step}")
+    for ax, col in zip(axes, cols):
+        if by_step:
+            over_steps(ax, run, col, log=False)
+            diverged_line(ax, run)
+        else:
+            for i, step in enumerate(steps):
+                rows = [r for r in run.layer_rows(step) if isinstance(r.get(col), (int, float))]
+                ax.plot([r["layer"] for r in rows], finite(r[col] for r in rows), marker="o", ms=3,
+                        color=cmap(i / max(1, len(steps) - 1)), label=f"step {step}")
+            ax.set_xlabel("hidden layer (0 = input side)")
+            integer_x(ax)
         ax.set_ylim(-0.03, 1.03)
-        ax.set_title(what)
-        ax.set_xlabel("hidden layer (0 = input side)")
+        ax.set_title(ACT_TITLES[col])
         ax.set_ylabel(f"{col} (fraction of units)")
-        _layer_axis(ax)
-    _step_legend(fig, axes)
-    fig.suptitle(_title("activations", run))
-    return _save(fig, path)
+    step_legend(fig, axes, "hidden layer" if by_step else "logged step")
+    fig.suptitle(run_title("activations", run))
+    return save(fig, path)
 
 
 def gradient_through_time(run, path: Path) -> Path | None:
     """t vs delta_norm on a log axis, one line per a few logged steps, one panel per layer."""
     if not run.time:
         return None
-    plt = _plt()
+    plt = pyplot()
     layers = sorted({r["layer"] for r in run.time})[:4]
     fig, axes = plt.subplots(1, len(layers), figsize=FIGSIZE["gradient_through_time"], layout="constrained",
                              squeeze=False)
-    steps = _pick(sorted({r["step"] for r in run.time}))
+    steps = pick_steps(sorted({r["step"] for r in run.time}))
     cmap = plt.get_cmap("viridis")
     for ax, layer in zip(axes[0], layers):
         drawn = False
         for i, step in enumerate(steps):
             rows = [r for r in run.time_rows(step) if r["layer"] == layer]
-            y = _pos(r.get("delta_norm") for r in rows)
-            if _has(y):
+            y = positive(r.get("delta_norm") for r in rows)
+            if has_values(y):
                 ax.plot([r["t"] for r in rows], y, lw=1.5, color=cmap(i / max(1, len(steps) - 1)), label=f"step {step}")
                 drawn = True
         if drawn:
             ax.set_yscale("log")
         else:
-            _empty(ax, "no positive finite delta_norm values")
+            empty_note(ax, "no positive finite delta_norm values")
         ax.set_title(f"layer {layer}" if len(layers) > 1 else "gradient through time")
         ax.set_xlabel("time step t (0 = first input)")
         ax.set_ylabel("delta_norm at t (log scale)")
-    _step_legend(fig, axes[0])
-    fig.suptitle(_title("gradient through time", run))
-    return _save(fig, path)
+    step_legend(fig, axes[0])
+    fig.suptitle(run_title("gradient through time", run))
+    return save(fig, path)
 
 
 def write_run_plots(run_dir) -> list[Path]:
@@ -333,37 +308,46 @@ def write_run_plots(run_dir) -> list[Path]:
 
 
 def compare_plot(runs, path) -> Path:
-    """Runs side by side: grad_norm and delta_norm per layer (first step dashed, last solid), loss."""
+    """Runs side by side: grad_norm and delta_norm per layer (first step dashed, last solid), loss.
+    The run names go in one legend under the panels (in columns when there are many runs), so that
+    no legend covers a curve."""
     from .compare import label
     from ..rundir.store import Run, load_run
 
     runs = [r if isinstance(r, Run) else load_run(Path(r)) for r in runs]
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=FIGSIZE["compare"], layout="constrained")
-    colors = plt.get_cmap("tab10")
-    for i, run in enumerate(runs):
-        lab, color = label(i), colors(i % 10)
+    palette = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    colors = [palette(i % palette.N) for i in range(len(runs))]
+    for run, color in zip(runs, colors):
         steps = run.steps
         for ax, col in ((axes[0], "grad_norm"), (axes[1], "delta_norm")):
             for step, ls in ((steps[0], "--"), (steps[-1], "-")) if steps else ():
                 rows = run.layer_rows(step)
-                ax.plot([r["layer"] for r in rows], _pos(r.get(col) for r in rows), ls=ls, marker="o", ms=3,
-                        color=color, label=f"{lab} {run.summary.get('name', run.name)} step {step}")
-        _draw_loss(axes[2], run, f"{lab} {run.summary.get('name', run.name)}", color)
+                ax.plot([r["layer"] for r in rows], positive(r.get(col) for r in rows), ls=ls, marker="o", ms=3,
+                        color=color)
+        _draw_loss(axes[2], run, color)
     for ax, col in ((axes[0], "grad_norm"), (axes[1], "delta_norm")):
-        if any(_has(list(ln.get_ydata())) for ln in ax.get_lines()):
+        if any(has_values(list(ln.get_ydata())) for ln in ax.get_lines()):
             ax.set_yscale("log")
         else:
-            _empty(ax, f"no positive finite {col} values")
+            empty_note(ax, f"no positive finite {col} values")
         ax.set_title(f"{col} per layer (dashed: first step, solid: last)")
         ax.set_xlabel("layer (0 = input side)")
         ax.set_ylabel(f"{col} (log scale)")
-        _layer_axis(ax)
+        integer_x(ax)
+    if _decades([y for ln in axes[2].get_lines() for y in ln.get_ydata()]):
+        axes[2].set_yscale("log")
+        axes[2].set_ylabel("loss (log scale)")
+    axes[2].set_title("loss (line: train batch, dots: eval)")
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=colors(i % 10), lw=2) for i in range(len(runs))]
-    texts = [f"{label(i)} = {r.name} ({r.model_text()}; {r.status}, {r.summary.get('verdict') or 'no verdict'})"
-             for i, r in enumerate(runs)]
-    fig.legend(handles, texts, loc="outside lower center", ncol=1, fontsize=9)
-    fig.suptitle("vgrad compare: " + " vs ".join(str(r.summary.get("name", r.name)) for r in runs))
-    return _save(fig, Path(path))
+    many = len(runs) > 4
+    handles = [Line2D([], [], color=c, lw=2) for c in colors]
+    texts = [f"{label(i)} = {r.name} (" + ("" if many else f"{r.model_text()}; ")
+             + f"{r.status}, {r.summary.get('verdict') or 'no verdict'})" for i, r in enumerate(runs)]
+    fig.legend(handles, texts, loc="outside lower center", ncol=1 if not many else (2 if len(runs) <= 12 else 3),
+               fontsize=9 if not many else 7)
+    names = " vs ".join(str(r.summary.get("name", r.name)) for r in runs)
+    fig.suptitle(f"vgrad compare: {names}" if len(runs) <= 3 else f"vgrad compare: {len(runs)} runs")
+    return save(fig, Path(path))

@@ -36,6 +36,9 @@ METRICS = [
     "wall_time_s", "measured_factor", "theory_factor",
 ]
 RATIOS = [m for m in METRICS if "_ratio_" in m]
+# End-of-run values: a diverged run's "last" ratio and "final" loss are wherever it blew up (often a
+# loss of 1e11), so their statistics are over completed runs only; first-step ones over every run.
+END_OF_RUN = [m for m in METRICS if m.startswith("final_") or m.endswith("_last_step")]
 STATUSES = ("completed", "diverged", "interrupted", "failed")
 STATUS_SHORT = {"completed": "ok", "diverged": "diverged", "interrupted": "stopped", "failed": "failed"}
 
@@ -158,15 +161,12 @@ def aggregate(plan, rows: list[dict]) -> list[dict]:
         g["verdicts"] = " ".join(v if len(counts) == 1 else f"{v}:{c}" for v, c in counts.items())
         completed = [r for r in members if r["status"] == "completed"]
         for m in METRICS:
-            # A diverged run's "final" loss is the last finite one before it blew up (often 1e11):
-            # the final_* statistics are over completed runs; ratios and time over all of them.
-            pool = completed if m.startswith("final_") else members
-            for stat, value in _stats(_finite(r.get(m) for r in pool)).items():
+            values = _finite(r.get(m) for r in (completed if m in END_OF_RUN else members))
+            for stat, value in _stats(values).items():
                 g[f"{m}_{stat}"] = value
-        for m in RATIOS:  # log10 over seeds: positive ratios only
-            logs = [math.log10(v) for v in _finite(r.get(m) for r in members) if v > 0]
-            for stat, value in _stats(logs).items():
-                g[f"{m}_log10_{stat}"] = value
+            if m in RATIOS:  # log10 over seeds: positive ratios only
+                for stat, value in _stats([math.log10(v) for v in values if v > 0]).items():
+                    g[f"{m}_log10_{stat}"] = value
         g["_baseline_loss"] = next((m.get("_baseline_loss") for m in members if m.get("_baseline_loss")), None)
         out.append(g)
     return out
@@ -213,7 +213,7 @@ def summary_table(plan, groups: list[dict]) -> Table:
     title = "sweep: layer-0/output delta_norm ratio at the first and last logged step"
     if several:
         title += f"; {len(plan.seeds)} seeds: ratios as geometric mean, loss as mean ± std"
-    title += "; final loss and accuracy of completed runs"
+    title += "; last-step ratio, final loss and accuracy: completed runs only"
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for p in plan.params:
         t.add_column(p.name, justify="right", no_wrap=True)
@@ -243,13 +243,18 @@ def summary_table(plan, groups: list[dict]) -> Table:
 # ----------------------------------------------------------------------------- plot
 
 
-def _axis(values: list):
+# Counts of layers or time steps the gradient passes through: it decays exponentially in them, a
+# straight line on the log-y panels only when this axis is linear.
+LINEAR_KEYS = ("model.depth", "task.seq_len")
+
+
+def _axis(values: list, key: str = ""):
     """x positions for the swept values: numbers as numbers (log scale when they span a decade or
-    more), anything else as evenly spaced categories."""
+    more, except depth and sequence length), anything else as evenly spaced categories."""
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     if numeric:
         positive = all(v > 0 for v in values)
-        log = positive and len(values) > 2 and max(values) / min(values) >= 8
+        log = positive and len(values) > 2 and max(values) / min(values) >= 8 and key not in LINEAR_KEYS
         base = 2 if log and all(isinstance(v, int) for v in values) else 10
         return {v: float(v) for v in values}, (base if log else None)
     return {v: float(i) for i, v in enumerate(values)}, None
@@ -260,13 +265,22 @@ def _label(v) -> str:
 
 
 def plot(path: Path, plan, groups: list[dict]):
+    import matplotlib.pyplot as plt
+
+    fig = figure(plan, groups)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(plan, groups: list[dict]):
+    """sweep.png's figure: the first swept parameter on x, a line per value of the others."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed (CI, ssh, workers)
     import matplotlib.pyplot as plt
 
     xp, others = plan.params[0], plan.params[1:]
-    xs, log_base = _axis(xp.values)
+    xs, log_base = _axis(xp.values, xp.key)
     lines: dict[tuple, list[dict]] = {}
     for g in groups:
         lines.setdefault(tuple(repr(g[p.name]) for p in others), []).append(g)
@@ -293,11 +307,11 @@ def plot(path: Path, plan, groups: list[dict]):
             if zero:
                 ax.plot(zero, [0.03] * len(zero), "v", color=color, ms=8, transform=ax.get_xaxis_transform(),
                         label="ratio 0 (float underflow)")
-            # Runs that diverged have no final loss: mark where they are instead of leaving a gap.
+            # Runs that diverged have no end-of-run values: mark where they are instead of a silent gap.
             bad = [xs[g[xp.name]] for g in members if g["n_diverged"] or g["n_failed"]]
-            if bad and metric == "final_loss":
-                ax.plot(bad, [0.97] * len(bad), "x", color=color, ms=9, mew=2,
-                        transform=ax.get_xaxis_transform(), label="diverged or failed: no final loss")
+            if bad and metric in END_OF_RUN:
+                ax.plot(bad, [0.97] * len(bad), "x", color=color, ms=9, mew=2, transform=ax.get_xaxis_transform(),
+                        label="a run diverged or failed (left out)")
     baseline = next((g["_baseline_loss"] for g in groups if g.get("_baseline_loss")), None)
     for ax, (metric, title) in zip(axes, panels):
         ax.set_title(title, fontsize=10)
@@ -330,5 +344,4 @@ def plot(path: Path, plan, groups: list[dict]):
     seeds = f"{len(plan.seeds)} seeds, band = min..max" if len(plan.seeds) > 1 else f"seed {plan.seeds[0]}"
     fig.suptitle(f"vgrad sweep over {', '.join(p.name for p in plan.params)} ({seeds}); "
                  "dashed lines: verdict thresholds (< -2 vanishing, > +2 exploding)", fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig

@@ -1,0 +1,147 @@
+"""Drawing helpers shared by the figures in plots.py: masking for log axes, markers for short
+lines, a diverged run's marker line, legends outside the axes, saving at a fixed size.
+
+matplotlib is imported inside the functions (Agg backend), so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+DPI = 100
+MAX_LINES = 6  # logged steps drawn in one panel: first, last and evenly spaced ones between
+FEW_POINTS = 30  # a line with at most this many points gets markers
+FEW_LAYERS = 3   # up to this many layers, a statistic reads better as lines over training steps
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def positive(values) -> list:
+    """For a log axis: positive finite numbers stay, anything else becomes NaN (a gap)."""
+    return [v if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else math.nan for v in values]
+
+
+def finite(values) -> list:
+    return [v if isinstance(v, (int, float)) and math.isfinite(v) else math.nan for v in values]
+
+
+def has_values(values) -> bool:
+    return any(not math.isnan(v) for v in values)
+
+
+def marks(values) -> dict:
+    """Markers when a line has few points: a line through one point is invisible (a run that diverged
+    at step 2 logged only step 0)."""
+    return {"marker": "o", "ms": 4} if len(values) <= FEW_POINTS else {}
+
+
+def diverged_line(ax, run):
+    """Where a diverged run's loss became non-finite; training steps are whole numbers on the x-axis."""
+    integer_x(ax)
+    step = run.summary.get("diverged_step")
+    if run.status == "diverged" and isinstance(step, int):
+        ax.axvline(step, color="tab:red", ls="--", lw=1, label=f"diverged at step {step} (non-finite loss)")
+
+
+def include_y(ax, y: float):
+    """Widen the y-axis so that y (a baseline) is on it: where the loss sits against it is the story."""
+    lo, hi = ax.get_ylim()
+    if lo <= y <= hi:
+        return
+    if ax.get_yscale() == "log":
+        ax.set_ylim(min(lo, y / 2), max(hi, y * 2))
+    else:
+        pad = 0.05 * (max(hi, y) - min(lo, y))
+        ax.set_ylim(min(lo, y - pad), max(hi, y + pad))
+
+
+def pick_steps(steps: list[int], n: int = MAX_LINES) -> list[int]:
+    if len(steps) <= n:
+        return steps
+    idx = sorted({round(i * (len(steps) - 1) / (n - 1)) for i in range(n)})
+    return [steps[i] for i in idx]
+
+
+def empty_note(ax, text: str):
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def run_title(what: str, run) -> str:
+    """Two lines: what the figure shows and which run; then the run's model, status and verdict."""
+    verdict = run.summary.get("verdict") or "no verdict yet"
+    return f"{what}: {run.name}\n{run.model_text()} | {run.status}, verdict {verdict}"
+
+
+def integer_x(ax):
+    """Layers and steps are whole numbers: ticks at round ones (0, 200, 400, not 0.25 or 150)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+
+
+def save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def layer_lines(ax, run, column: str, steps: list[int], cmap):
+    """One line per step: this column against layer index, log y. Returns whether anything was drawn."""
+    drawn, zeros = False, []
+    for i, step in enumerate(steps):
+        rows = run.layer_rows(step)
+        y = positive(r.get(column) for r in rows)
+        color = cmap(i / max(1, len(steps) - 1))
+        if has_values(y):
+            ax.plot([r["layer"] for r in rows], y, marker="o", ms=3, lw=1.5, color=color, label=f"step {step}")
+            drawn = True
+        zeros += [(r["layer"], color) for r in rows if r.get(column) == 0]
+    if drawn:
+        ax.set_yscale("log")
+        if zeros:  # exactly 0 has no place on a log axis, but it is the finding (dead layers): mark it
+            bottom = ax.get_ylim()[0]
+            ax.scatter([z[0] for z in zeros], [bottom] * len(zeros), marker="v", s=36, c=[z[1] for z in zeros],
+                       clip_on=False, zorder=5)
+            ax.annotate("▼ at the bottom = exactly 0", xy=(0.01, 0.99), xycoords="axes fraction", fontsize=8, va="top")
+    return drawn
+
+
+def step_legend(fig, axes, title: str = "logged step"):
+    """One legend for the whole figure, outside the axes, so that it never hides a line."""
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            # centred, not upper: a long two-line title would run into it
+            fig.legend(handles, labels, loc="outside right center", fontsize=8, title=title)
+            return
+
+
+def over_steps(ax, run, column: str, log: bool) -> bool:
+    """One line per layer: this column against the training step. For nets with few layers, where a
+    heat-map or a plot against the layer index would show one or two points per step."""
+    by_layer: dict = {}
+    for r in run.layers:
+        if isinstance(r.get(column), (int, float)):
+            by_layer.setdefault((r["layer"], r.get("name")), []).append(r)
+    drawn = False
+    for i, ((layer, name), rows) in enumerate(sorted(by_layer.items())):
+        y = (positive if log else finite)(r[column] for r in rows)
+        if has_values(y):
+            ax.plot([r["step"] for r in rows], y, lw=1.5, color=f"C{i}", label=f"layer {layer} ({name})", **marks(y))
+            drawn = True
+    if drawn and log:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    return drawn
