@@ -72,7 +72,7 @@ def slow_training(run, baseline: float | None) -> dict:
            f"improvement over the last half of training while the loss is >= {T['high_loss']} x baseline")
     losses = [m["loss"] for m in run.metrics if _finite(m.get("loss"))]
     if len(losses) < 4:
-        return indicator(1, "slow_training", name, "not measurable", f"only {len(losses)} finite logged losses", {}, thr)
+        return indicator(1, "slow_training", name, "not measurable", f"only {len(losses)} finite logged loss{'' if len(losses) == 1 else 'es'}", {}, thr)
     start, end = losses[0], smoothed_end_loss(losses)
     w = max(1, len(losses) // 10)
     half = len(losses) // 2
@@ -108,7 +108,7 @@ def poor_performance(run, baseline: float | None, chance: float | None) -> dict:
     if not losses or baseline is None:
         return indicator(2, "poor_performance", name, "not measurable", "no finite loss or no baseline", {}, thr)
     if len(losses) < 4 and run.status != "diverged":  # a run of a step or two cannot have learned yet
-        return indicator(2, "poor_performance", name, "not measurable", f"only {len(losses)} finite logged losses", {}, thr)
+        return indicator(2, "poor_performance", name, "not measurable", f"only {len(losses)} finite logged loss{'' if len(losses) == 1 else 'es'}", {}, thr)
     end = smoothed_end_loss(losses)
     ev = {"loss_end": end, "baseline_loss": baseline, "loss_over_baseline": end / baseline if baseline else None}
     n = max(1, len(losses) // 10)

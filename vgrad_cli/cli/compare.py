@@ -89,8 +89,9 @@ def show(
         raise UsageError(f"'{run}' is a sweep of {len(paths)} runs: show one of them, or `vgrad compare {run}`")
     r = load_run(paths[0])
     console = make_console()
-    task = (r.config.get("task") or {}).get("name", "?")
-    print_phrases(console, [escape(r.model_text()), f"task {escape(str(task))}", r.date_text()], sep=" | ",
+    task = (r.config.get("task") or {}).get("name")
+    source = [f"task {escape(str(task))}"] if task else ["your own loop (Monitor)"] if r.config.get("source") == "monitor" else []
+    print_phrases(console, [escape(r.model_text()), *source, r.date_text()], sep=" | ",
                   head=f"[bold]{escape(r.name)}[/]:")
     _notes(console, [r])
     s = run_stats(r)
@@ -110,8 +111,9 @@ def show(
             lines = short_report(stored_or_fresh(r), headline=False)
         except UsageError:  # e.g. no config.yaml: the tables above are all there is
             lines = []
-        for line in lines:
-            console.print(line, soft_wrap=True, markup=False, highlight=False)
+        from ..report.console import print_lines
+
+        print_lines(console, lines)
     plots = sorted((r.path / "plots").glob("*.png"))
     if plots:
         print_phrases(console, [p.name for p in plots], sep=", ", head=f"plots in {escape(str(r.path / 'plots'))}:")

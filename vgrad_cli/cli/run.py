@@ -19,8 +19,9 @@ def _print_diagnosis(console, run_dir):
         lines = short_report(diagnose(run_dir), headline=False)
     except UsageError:  # nothing logged yet (e.g. interrupted at step 0): nothing to diagnose
         return
-    for line in lines:
-        console.print(line, soft_wrap=True, markup=False, highlight=False)
+    from ..report.console import print_lines
+
+    print_lines(console, lines)
 
 
 @app.command()

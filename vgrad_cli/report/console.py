@@ -188,11 +188,12 @@ def status_phrases(summary: dict) -> list[str]:
     status = summary.get("status")
     done, planned = summary.get("steps_completed"), summary.get("steps_planned")
     diverged = status == "diverged"
-    parts = [f"{status}, {'?' if done is None else done}/{planned} steps"
-             + (f" (non-finite loss at step {summary.get('diverged_step')})" if diverged else "")]
+    steps = f"{'?' if done is None else done}" + (f"/{planned}" if planned is not None else "")  # Monitor: no plan
+    parts = [f"{status}, {steps} steps" + (f" (non-finite loss at step {summary.get('diverged_step')})" if diverged else "")]
     if summary.get("final_loss") is not None:
         what = "last finite loss" if diverged else "final loss"
-        parts.append(f"{what} {fmt(summary['final_loss'])} (baseline {fmt(summary.get('baseline_loss'))})")
+        base = summary.get("baseline_loss")
+        parts.append(f"{what} {fmt(summary['final_loss'])}" + (f" (baseline {fmt(base)})" if base is not None else ""))
     acc = summary.get("final_eval_accuracy")
     if acc is not None and not diverged:
         parts.append(f"eval accuracy {fmt(acc)} (chance {fmt(summary.get('chance_accuracy'))})")
@@ -204,3 +205,27 @@ def error(message: str) -> None:
     """One line on stderr, no traceback."""
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     sys.stderr.flush()
+
+
+def print_lines(console: Console, lines: list[str]):
+    """Plain-text lines (no markup), broken between their "; "-separated phrases; a phrase longer
+    than a line of its own breaks between words."""
+    import textwrap
+
+    width = max(40, console.width)
+    for line in lines:
+        lead = line[:len(line) - len(line.lstrip())]
+        more = lead + "    "
+        out: list[str] = []
+        for i, phrase in enumerate(line.strip().split("; ")):
+            piece = phrase if i == 0 else "; " + phrase
+            if out and len(out[-1]) + len(piece) <= width:
+                out[-1] += piece
+                continue
+            if out:
+                out[-1] += ";"
+            first = (lead if not out else more)
+            out += textwrap.wrap(phrase, width, initial_indent=first, subsequent_indent=more, break_long_words=False,
+                                 break_on_hyphens=False) or [first]
+        for text in out:
+            console.print(text, soft_wrap=True, markup=False, highlight=False)

@@ -137,13 +137,15 @@ class _Trainer:
         if logged:
             self.probe.after_update()
 
-    def measured(self, out, y, loss, recent, do_eval: bool) -> dict:
+    def evaluate(self) -> dict:
+        """Held-out loss (and accuracy) of the model as it is now: before the step's update."""
+        return evaluate(self.model, self.task, self.loss_fn, self.classify)
+
+    def measured(self, out, y, loss, recent, evaluated: dict | None = None) -> dict:
         """A logged step's statistics on the host, in one transfer."""
-        extra = {"loss": loss.detach(), "recent_losses": recent}
+        extra = {"loss": loss.detach(), "recent_losses": recent, **(evaluated or {})}
         if self.classify:
             extra["accuracy"] = (out.detach().argmax(-1) == y).float().mean()
-        if do_eval:
-            extra.update(evaluate(self.model, self.task, self.loss_fn, self.classify))
         return self.probe.to_host(extra)
 
 
@@ -202,14 +204,15 @@ def _train(cfg, task, writer: RunWriter, on_log, device) -> TrainResult:
             if not logged:
                 loss_buf[pending] = loss.detach()
                 pending += 1
+            do_eval = logged and (step % eval_every == 0 or step == steps)
+            evaluated = tr.evaluate() if do_eval else None  # step s's model: s updates, like its rows
             if step < steps:
                 tr.update(logged)
             if not logged:
                 continue
 
             # ---- a logged step: one host transfer, then the tables -------------------------------
-            do_eval = step % eval_every == 0 or step == steps
-            host = tr.measured(out, y, loss, loss_buf[:pending], do_eval)
+            host = tr.measured(out, y, loss, loss_buf[:pending], evaluated)
             pending = 0
             bad = [i for i, v in enumerate(host["recent_losses"] + [host["loss"]]) if not math.isfinite(v)]
             if bad:
@@ -250,7 +253,7 @@ def _replay(cfg, task, device, is_logged, last_written: int, first_bad: int, det
         logged = is_logged(step) if step <= last_written else step >= start
         out, y, loss = tr.forward_backward(logged)
         if step > last_written and logged:
-            host = tr.measured(out, y, loss, nothing, False)
+            host = tr.measured(out, y, loss, nothing)
             write(step, tr, host, False)
             if not math.isfinite(host["loss"]):
                 return step
