@@ -12,13 +12,18 @@ CONFIG ?= configs/01_deep_sigmoid.yaml
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# Every later pip call is constrained to the torch installed first: an extra that asks for another
+# torch (lightning, transformers) makes pip fail instead of swapping in a multi-GB CUDA build.
+PIN := $(VENV)/torch-constraint.txt
+
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e .
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(PIN)
+	$(BIN)/pip install -q -c $(PIN) -e .
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/pip install -q -e ".[test,ray]"
+	$(BIN)/pip install -q -c $(PIN) -e ".[test,ray,lightning,huggingface]"
 	touch $@
 
 install: $(VENV)/.installed

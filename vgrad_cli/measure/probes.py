@@ -57,7 +57,11 @@ class Recorder:
         self.h: list = []      # recurrent models: every hidden state h_t, layer by layer
 
     # --- hooks ---
+    # A forward pass without autograd (an evaluation between two training steps, under no_grad or
+    # inference_mode) has no δ and is not the training batch: not recorded.
     def on_output(self, module, output, keep_grad: bool):
+        if not torch.is_grad_enabled():
+            return
         t = first_tensor(output)
         if t is None:
             return
@@ -70,6 +74,8 @@ class Recorder:
             self.out.setdefault(id(module), []).append(t.detach())
 
     def on_input(self, module, args):
+        if not torch.is_grad_enabled():
+            return
         t = first_tensor(args)
         if t is not None and id(module) not in self.inp:
             self.inp[id(module)] = t

@@ -12,8 +12,11 @@ The step counter counts optimizer steps when an optimizer is given (gradient acc
 mon.step() calls per opt.step(); the last one's gradient, the accumulated one, is measured), else
 mon.step() calls. A logged step is armed before its forward pass (the hooks must see it) and
 measured in mon.step(); with an optimizer, its step hooks add the update ratio and the norm after
-clipping. Steps that are not logged do no measurement work and no host synchronisation: one
-device-side copy of the loss, read at the next logged step to catch a non-finite loss in between.
+clipping (also for step(closure), where forward, backward and clipping run inside the optimizer's
+step: Lightning, LBFGS). Forward passes without autograd (evaluation under torch.no_grad) are not
+recorded, even on a logged step. Steps that are not logged do no measurement work and no host
+synchronisation: one device-side copy of the loss, read at the next logged step to catch a
+non-finite loss in between. Framework callbacks over this class: vgrad_cli/integrations/.
 """
 
 from __future__ import annotations
@@ -49,12 +52,7 @@ class Monitor:
         plots: write plots/ at close(). steps: the planned number of steps, for the summary."""
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"Monitor needs a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"every must be an integer >= 1, got {every!r}")
-        if on_problem not in ON_PROBLEM:
-            raise ValueError(f"on_problem must be 'warn', 'raise' or None, got {on_problem!r}")
-        if layers is not None and not isinstance(layers, (list, tuple, dict)):
-            raise ValueError("layers must be a list of module names or a {row name: [module names]} dict")
+        check_options(every, on_problem, layers)
         self.model, self.optimizer, self.every, self.plots = model, optimizer, every, plots
         self.step_index = 0              # the step being accumulated (optimizer steps, or step() calls)
         self.status = "running"
@@ -94,6 +92,12 @@ class Monitor:
         self._arm()
 
     # ------------------------------------------------------------------ the user's calls
+    @property
+    def measuring(self) -> bool:
+        """Whether the step being accumulated is a logged one (its hooks are armed): a framework
+        adapter that cannot call step() at one fixed point does the extra work only then."""
+        return self._armed
+
     @property
     def path(self) -> Path | None:
         """The run directory (None on ranks other than 0 of a distributed run: only rank 0 writes)."""
@@ -154,6 +158,26 @@ class Monitor:
 
     # ------------------------------------------------------------------ the optimizer's hooks
     def _before_update(self, optimizer, args, kwargs):
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self._update_begins()
+            return None
+        # step(closure) (Lightning, LBFGS): forward, backward, step() and clipping all run inside the
+        # optimizer's step, in the closure; the update begins once it has returned (the first time)
+        started = []
+
+        def closure_then_measure(*a, **kw):
+            result = closure(*a, **kw)
+            if not started:
+                started.append(True)
+                self._update_begins()
+            return result
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_measure}
+        return (args[0], closure_then_measure, *args[2:]), kwargs
+
+    def _update_begins(self):
         if self._measured:
             self.probe.detach()
             self.probe.recorder = None            # its layer outputs: not needed past this point
@@ -258,6 +282,17 @@ class Monitor:
                           "layers": [{"name": l.name, "type": type(l.delta).__name__ if l.delta is not None else None,
                                       "parameters": sum(p.numel() for p in l.params)} for l in layers]},
                 "train": train, "log": {"every": self.every, "activations": self.probe.keep_activations}}
+
+
+def check_options(every, on_problem, layers) -> None:
+    """Monitor's options that can be wrong before there is a model (framework callbacks check them
+    when they are made, not at the start of training)."""
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"every must be an integer >= 1, got {every!r}")
+    if on_problem not in ON_PROBLEM:
+        raise ValueError(f"on_problem must be 'warn', 'raise' or None, got {on_problem!r}")
+    if layers is not None and not isinstance(layers, (list, tuple, dict)):
+        raise ValueError("layers must be a list of module names or a {row name: [module names]} dict")
 
 
 def _rank() -> int:

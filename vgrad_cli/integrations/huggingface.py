@@ -1,0 +1,92 @@
+"""VgradCallback: vgrad's Monitor as a Hugging Face `transformers.TrainerCallback`
+(`pip install vgrad[huggingface]`).
+
+    from vgrad_cli.integrations.huggingface import VgradCallback
+    vgrad = VgradCallback(out="runs", every=10)
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[vgrad])
+    with vgrad:                      # ends the run as interrupted/failed if train() raises
+        trainer.train()              # runs/<model class>-<date>-<time>-<id>/
+
+Where it measures. The Trainer runs each optimizer step as forward and backward per micro-batch
+(`on_substep_end` between them), then clips to `max_grad_norm` (1.0 by default), then
+`on_pre_optimizer_step`, the update, `on_optimizer_step`, `on_step_end`. No callback comes between
+the last backward and the clipping, so on logged steps the callback measures at the end of each
+backward pass itself (a post-accumulate-grad hook on every trainable parameter, armed in
+`on_step_begin` of logged steps only, queues the measurement for the end of that backward): grad_norm,
+delta_norm and grad_norm_total are the gradients BEFORE the Trainer's clipping; grad_norm_clipped in
+metrics.csv is the norm AFTER it (the optimizer's step hook), with the update ratio. Steps are
+optimizer steps (state.global_step): with `gradient_accumulation_steps=k` the measured gradient is the
+one accumulated over the k micro-batches. The loss is the model output's `loss` on the last
+micro-batch (None when the Trainer computes the loss itself, e.g. label smoothing). Evaluation passes
+are not recorded. The Trainer has no exception callback: use `with vgrad:` (or call
+`vgrad.close("failed")`) so that an exception does not leave the run's status "running".
+"""
+
+from __future__ import annotations
+
+try:
+    from transformers import TrainerCallback
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("vgrad's Hugging Face callback needs transformers: pip install 'vgrad[huggingface]'") from e
+
+import torch
+
+from .adapter import MonitorAdapter
+
+
+class VgradCallback(MonitorAdapter, TrainerCallback):
+    """VgradCallback(out="runs", name=None, every=10, on_problem="warn", layers=None, activations=True,
+    plots=True): Monitor's keywords; the run directory is `callback.path`. Records the gradients
+    before the Trainer's clipping to max_grad_norm (and the norm after it in grad_norm_clipped)."""
+
+    _model = _loss = None
+    _queued = False
+    _hooks = _grad_hooks = ()
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._remove_hooks()
+        self.start(model, optimizer, state.max_steps if state.max_steps > 0 else None)
+        self._model, self._loss, self._queued = model, None, False
+        self._hooks = [model.register_forward_hook(self._take_loss)]
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.monitor is not None and self.monitor.measuring:
+            self._grad_hooks = [p.register_post_accumulate_grad_hook(self._grad_ready)
+                                for p in self._model.parameters() if p.requires_grad]
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.monitor is not None and not self.monitor.measuring:
+            self.monitor.step(self._loss)  # a step that is not logged: its loss, kept for the non-finite check
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._remove_grad_hooks()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._remove_hooks()
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+    def _take_loss(self, module, args, output):
+        if torch.is_grad_enabled():  # a training forward, not an evaluation
+            loss = output.get("loss") if hasattr(output, "get") else None
+            self._loss = loss.detach() if isinstance(loss, torch.Tensor) else None
+
+    def _grad_ready(self, param):
+        if not self._queued:  # the first parameter whose gradient is complete: measure when this backward ends
+            self._queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
+
+    def _backward_done(self):
+        self._queued = False
+        self.monitor.step(self._loss)
+
+    def _remove_grad_hooks(self):
+        for h in self._grad_hooks:
+            h.remove()
+        self._grad_hooks = ()
+
+    def _remove_hooks(self):
+        self._remove_grad_hooks()
+        for h in self._hooks:
+            h.remove()
+        self._hooks = ()
