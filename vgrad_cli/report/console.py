@@ -24,6 +24,18 @@ def make_console(stderr: bool = False) -> Console:
     return console
 
 
+def print_table(console: Console, table: Table):
+    """A table as wide as it needs to be: on a terminal rich fits it to the window (cells wrap at
+    their spaces); in a log or a file (80 columns by default) wide lines beat cells cut in the middle."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    width = console.width
+    console.width = max(width, console.measure(table, options=console.options.update(width=400)).maximum)
+    console.print(table)
+    console.width = width
+
+
 def fmt(v, digits: int = 3) -> str:
     if v is None:
         return ""
