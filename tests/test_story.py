@@ -137,6 +137,9 @@ def test_chapters_are_named_by_number_stem_or_name():
 
     with pytest.raises(UsageError, match="unknown chapter '18'.*01_deep_sigmoid, 02_deep_tanh"):
         select(chapters, ["18"])
+    assert [c.stem for c in select([Chapter("my_story", CONFIGS / "z")], ["my_story"])] == ["my_story"]
+    with pytest.raises(UsageError, match="unknown chapter 'story'"):  # only a number prefix may be left out
+        select([Chapter("my_story", CONFIGS / "z")], ["story"])
     twins = [Chapter("01_a", CONFIGS / "x"), Chapter("01_b", CONFIGS / "y")]
     with pytest.raises(UsageError, match="ambiguous: 01_a, 01_b"):
         select(twins, ["01"])

@@ -63,7 +63,7 @@ def select(chapters: list[Chapter], names: list[str]) -> list[Chapter]:
         return list(chapters)
     wanted: set[str] = set()
     for name in names:
-        match = [c for c in chapters if name in (c.stem, c.stem.partition("_")[2])
+        match = [c for c in chapters if name in (c.stem, re.sub(r"^\d+_", "", c.stem))
                  or (name.isdigit() and c.number == int(name))]
         if not match:
             raise UsageError(f"unknown chapter '{name}'; name one by number (e.g. 01) or file stem, one of: "

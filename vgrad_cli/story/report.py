@@ -215,12 +215,13 @@ def _console_table(part: dict, compact: bool):
     from rich.markup import escape
     from rich.table import Table
 
-    what = "medians over the seeds (ranges: story.md)" if compact else "median [min–max] over the seeds"
-    t = Table(title=escape(f"{part['title']}: {what}"), title_justify="left", show_edge=False, pad_edge=False)
     headers = part["headers"]
-    if compact:
-        headers = [headers[0], headers[1], "ratio step 0", "ratio end", "verdict",
+    what = "median [min–max] over the seeds"
+    if compact:  # the ratio's name moves into the title: "step 0" and "end" are narrow columns
+        what = f"{headers[2].rsplit(', ', 1)[0]}, medians over the seeds (ranges: story.md)"
+        headers = [headers[0], headers[1], "step 0", "end", "verdict",
                    headers[5].replace("final eval", "eval").replace("accuracy", "acc"), "runs"]
+    t = Table(title=escape(f"{part['title']}: {what}"), title_justify="left", show_edge=False, pad_edge=False)
     for i, h in enumerate(headers):
         if i != 1:  # "what it shows" is for story.md; the console keeps to the numbers
             t.add_column(h, no_wrap=i == 0, justify="left" if i in (0, 4, 6) else "right")

@@ -73,4 +73,4 @@ def run_story(plan: Plan, chapters: list[Chapter], story_dir: Path, executor, co
     def report(directory, plan_, rows, console_):
         write_story(directory, chapters, len(plan.seeds), rows, console_, {**about, "elapsed_s": time.time() - started})
 
-    return run_sweep(plan, story_dir, executor, console, report=report)
+    return run_sweep(plan, story_dir, executor, console, report=report, label="story")

@@ -43,14 +43,14 @@ STATUS_SHORT = {"completed": "ok", "diverged": "diverged", "interrupted": "stopp
 class SweepProgress:
     """One bar for the whole sweep on a terminal, and a line per finished run (plain lines in CI)."""
 
-    def __init__(self, console, total: int, done: int):
+    def __init__(self, console, total: int, done: int, label: str = "sweep"):
         self.console, self.total, self.done = console, total, done
         self.progress = None
         if console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.progress = Progress(
-                TextColumn("sweep"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=console,
+                TextColumn(label), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=console,
                 transient=True,
             )
             self.progress.start()

@@ -44,16 +44,17 @@ def finished_runs(sweep_dir: Path, plan: Plan) -> dict[int, Path]:
 
 
 def run_sweep(plan: Plan, sweep_dir: Path, executor, console, resume: bool = False,
-              report=write_report) -> tuple[list[dict], bool]:
+              report=write_report, label: str = "sweep") -> tuple[list[dict], bool]:
     """Run the points not finished yet. Returns (rows in plan order, interrupted?). Writes the report:
-    `report(sweep_dir, plan, rows, console)`, the sweep's own unless a caller (`vgrad story`) brings one."""
+    `report(sweep_dir, plan, rows, console)`, the sweep's own unless a caller (`vgrad story`) brings
+    one, with `label` on its progress bar."""
     done = finished_runs(sweep_dir, plan) if resume else {}
     rows: dict[int, dict] = {i: make_row(plan, plan.points[i], sweep_dir, d, None) for i, d in done.items()}
     table = SweepCsv(sweep_dir / "sweep.csv", plan.params, [rows[i] for i in sorted(rows)])
     todo = [p for p in plan.points if p.index not in rows]
     if resume:
         console.print(f"{len(rows)} of {len(plan.points)} runs already finished; running the other {len(todo)}")
-    progress = SweepProgress(console, len(plan.points), len(rows))
+    progress = SweepProgress(console, len(plan.points), len(rows), label)
 
     def on_result(index: int, run_dir: Path | None, error: str | None):
         point = plan.points[index]
