@@ -15,7 +15,7 @@ from .app import app, usage_errors
 EXECUTORS = ("local", "ray")
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
     except AttributeError:  # pragma: no cover - macOS, Windows
@@ -72,8 +72,8 @@ def sweep(
         runner = RayExecutor(address, workers)
         runner.connect()
     else:
-        _check_devices(plan)
-        runner = LocalExecutor(workers or _cpu_count())
+        check_devices(plan)
+        runner = LocalExecutor(workers or cpu_count())
 
     # ---- run ------------------------------------------------------------------------------------
     from ..report.console import make_console
@@ -104,7 +104,7 @@ def sweep(
         raise typer.Exit(1)
 
 
-def _check_devices(plan):
+def check_devices(plan):
     """train.device: cuda on a machine without CUDA would fail every local run: say so up front."""
     if any((p.config.get("train") or {}).get("device") == "cuda" for p in plan.points):
         from ..training.loop import resolve_device

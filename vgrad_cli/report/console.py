@@ -25,6 +25,18 @@ def make_console(stderr: bool = False) -> Console:
     return console
 
 
+def print_table(console: Console, table: Table):
+    """A table as wide as it needs to be: on a terminal rich fits it to the window (cells wrap at
+    their spaces); in a log or a file (80 columns by default) wide lines beat cells cut in the middle."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    width = console.width
+    console.width = max(width, console.measure(table, options=console.options.update(width=400)).maximum)
+    console.print(table)
+    console.width = width
+
+
 def fmt(v, digits: int = 3) -> str:
     """A number for people: `digits` significant digits, plainly between 1e-3 and 1e3 (0.0123, 151),
     otherwise in e-notation with the same digits (1.51e+05, 4.20e-13): one format per magnitude,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..report.console import VERDICT_STYLE, fmt
+from ..report.console import VERDICT_STYLE, fmt, print_table
 from ..rundir.files import write_text_atomic
 from .plan import cell
 
@@ -46,14 +46,14 @@ STATUS_SHORT = {"completed": "ok", "diverged": "diverged", "interrupted": "stopp
 class SweepProgress:
     """One bar for the whole sweep on a terminal, and a line per finished run (plain lines in CI)."""
 
-    def __init__(self, console, total: int, done: int):
+    def __init__(self, console, total: int, done: int, label: str = "sweep"):
         self.console, self.total, self.done = console, total, done
         self.progress = None
         if console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.progress = Progress(
-                TextColumn("sweep"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=console,
+                TextColumn(label), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=console,
                 transient=True,
             )
             self.progress.start()
@@ -188,13 +188,7 @@ def write_report(sweep_dir: Path, plan, rows: list[dict], console):
         except Exception as e:  # noqa: BLE001 - a plot problem must not hide the results
             console.print(f"[yellow]warning:[/] sweep.png not written: {type(e).__name__}: {e}")
     table = summary_table(plan, groups)
-    if console.is_terminal:
-        console.print(table)
-    else:  # in a log or a file (80 columns by default) wide lines beat cut-off cells
-        width = console.width
-        console.width = max(width, console.measure(table, options=console.options.update(width=400)).maximum)
-        console.print(table)
-        console.width = width
+    print_table(console, table)
 
 
 # ----------------------------------------------------------------------------- console table

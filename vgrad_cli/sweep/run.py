@@ -43,15 +43,18 @@ def finished_runs(sweep_dir: Path, plan: Plan) -> dict[int, Path]:
     return done
 
 
-def run_sweep(plan: Plan, sweep_dir: Path, executor, console, resume: bool = False) -> tuple[list[dict], bool]:
-    """Run the points not finished yet. Returns (rows in plan order, interrupted?). Writes the report."""
+def run_sweep(plan: Plan, sweep_dir: Path, executor, console, resume: bool = False,
+              report=write_report, label: str = "sweep") -> tuple[list[dict], bool]:
+    """Run the points not finished yet. Returns (rows in plan order, interrupted?). Writes the report:
+    `report(sweep_dir, plan, rows, console)`, the sweep's own unless a caller (`vgrad story`) brings
+    one, with `label` on its progress bar."""
     done = finished_runs(sweep_dir, plan) if resume else {}
     rows: dict[int, dict] = {i: make_row(plan, plan.points[i], sweep_dir, d, None) for i, d in done.items()}
     table = SweepCsv(sweep_dir / "sweep.csv", plan.params, [rows[i] for i in sorted(rows)])
     todo = [p for p in plan.points if p.index not in rows]
     if resume:
         console.print(f"{len(rows)} of {len(plan.points)} runs already finished; running the other {len(todo)}")
-    progress = SweepProgress(console, len(plan.points), len(rows))
+    progress = SweepProgress(console, len(plan.points), len(rows), label)
 
     def on_result(index: int, run_dir: Path | None, error: str | None):
         point = plan.points[index]
@@ -68,7 +71,7 @@ def run_sweep(plan: Plan, sweep_dir: Path, executor, console, resume: bool = Fal
         progress.stop()
         table.close()
     ordered = [rows[i] for i in sorted(rows)]
-    write_report(sweep_dir, plan, ordered, console)
+    report(sweep_dir, plan, ordered, console)
     # Runs can be stopped without the driver noticing (a signal to the workers only): same outcome.
     interrupted = interrupted or any(r["status"] == "interrupted" for r in ordered)
     return ordered, interrupted
