@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..report.plots import _plt, _pos, _save
+from ..report.axes import positive, pyplot, save
 from ..rundir.store import load_run
 from ..sweep.plan import FINAL_STATUSES
 
@@ -42,7 +42,7 @@ def draw(runs: list, g: dict, path: Path) -> Path:
 
     from matplotlib.ticker import MaxNLocator
 
-    plt = _plt()
+    plt = pyplot()
     recurrent = g["_chapter"].recurrent
     fig, axes = plt.subplots(1, 2, figsize=FIGSIZE, layout="constrained", sharey=True)
     zeros: list[tuple] = []  # (axis, x, color): exactly 0 has no place on a log axis but is the finding
@@ -57,7 +57,7 @@ def draw(runs: list, g: dict, path: Path) -> Path:
             ends.add(steps[-1])
         for ax, step in panels:
             x, y = _profile(run, step, recurrent)
-            ax.plot(x, _pos(y), marker="o" if len(x) <= 40 else None, ms=3, lw=1.3, color=color,
+            ax.plot(x, positive(y), marker="o" if len(x) <= 40 else None, ms=3, lw=1.3, color=color,
                     label=label, alpha=0.85)
             zeros += [(ax, xi, color) for xi, yi in zip(x, y) if yi == 0]
     end = f"step {ends.pop()}" if len(ends) == 1 else "the last logged step"
@@ -76,4 +76,4 @@ def draw(runs: list, g: dict, path: Path) -> Path:
         fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     title = textwrap.shorten(f"{g['chapter']}: {g['shows']}", 130, placeholder=" …")
     fig.suptitle(f"{title}\n{g['verdicts'] or 'no verdict'}", fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)

@@ -14,9 +14,8 @@ import re
 from pathlib import Path
 
 from ..report.console import VERDICT_STYLE, fmt, print_table
-from ..rundir.files import read_summary, write_text_atomic
+from ..rundir.files import read_summary
 from ..sweep.plan import FINAL_STATUSES
-from ..sweep.report import csv_text
 from .chapters import Chapter
 
 COMPLETED = ("completed",)
@@ -173,24 +172,6 @@ def tables(groups: list[dict]) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def write_story(story_dir: Path, chapters: list[Chapter], seeds: int, rows: list[dict], console, about: dict):
-    """story.csv, story.md (and its figures), and the tables on the console."""
-    from .markdown import render
-
-    groups = story_stats(story_dir, chapters, seeds, rows)
-    write_text_atomic(story_dir / "story.csv", csv_text(COLUMNS, groups))
-    figures = {}
-    if about.get("plots") and rows:
-        from .figures import chapter_figures
-
-        try:
-            figures = chapter_figures(story_dir, groups, rows)
-        except Exception as e:  # noqa: BLE001 - a plot problem must not hide the numbers
-            console.print(f"[yellow]warning:[/] figures not written: {type(e).__name__}: {e}", soft_wrap=True)
-    write_text_atomic(story_dir / "story.md", render(groups, seeds, about, figures))
-    print_tables(console, tables(groups))
 
 
 def print_tables(console, parts: list[dict]):

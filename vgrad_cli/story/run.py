@@ -66,7 +66,6 @@ def run_story(plan: Plan, chapters: list[Chapter], story_dir: Path, executor, co
     """Run every point through the sweep machinery; the report is the story's (story.csv, story.md).
     Returns (rows, interrupted?) as run_sweep does: Ctrl-C keeps what finished and reports it."""
     from ..sweep.run import run_sweep
-    from .report import write_story
 
     started = time.time()
 
@@ -74,3 +73,24 @@ def run_story(plan: Plan, chapters: list[Chapter], story_dir: Path, executor, co
         write_story(directory, chapters, len(plan.seeds), rows, console_, {**about, "elapsed_s": time.time() - started})
 
     return run_sweep(plan, story_dir, executor, console, report=report, label="story")
+
+
+def write_story(story_dir: Path, chapters: list[Chapter], seeds: int, rows: list[dict], console, about: dict):
+    """story.csv, story.md (and its figures), and the tables on the console."""
+    from .markdown import render
+    from ..rundir.files import write_text_atomic
+    from ..sweep.report import csv_text
+    from .report import COLUMNS, print_tables, story_stats, tables
+
+    groups = story_stats(story_dir, chapters, seeds, rows)
+    write_text_atomic(story_dir / "story.csv", csv_text(COLUMNS, groups))
+    figures = {}
+    if about.get("plots") and rows:
+        from .figures import chapter_figures
+
+        try:
+            figures = chapter_figures(story_dir, groups, rows)
+        except Exception as e:  # noqa: BLE001 - a plot problem must not hide the numbers
+            console.print(f"[yellow]warning:[/] figures not written: {type(e).__name__}: {e}", soft_wrap=True)
+    write_text_atomic(story_dir / "story.md", render(groups, seeds, about, figures))
+    print_tables(console, tables(groups))
