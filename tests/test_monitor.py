@@ -159,7 +159,8 @@ def test_warn_once_raise_or_stay_silent(tmp_path, capsys):
     train(model, mon, 6, x=x, y=y)
     mon.close()
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("vgrad: vanishing gradients at step 0: delta_norm 0 / 24 = ")
+    assert len(err) == 1 and err[0].startswith(
+        "vgrad: vanishing gradients at step 0: delta_norm of layer '0' (input side) / layer '24' (output) = ")
     assert str(mon.path) in err[0]
     model = deep_sigmoid()
     mon = Monitor(model, out=tmp_path, every=2, on_problem="raise", plots=False)

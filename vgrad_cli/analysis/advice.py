@@ -114,11 +114,10 @@ OWN_MODEL = {
                    "down (e.g. by 1/sqrt(depth), Fixup) or add normalization")],
     "dying-relu": [("leaky ReLU (or GELU/SiLU)", "a non-zero slope for negative inputs: no unit can die (Maas et al. 2013)"),
                    ("a lower learning rate", "large steps push units into the region where they output 0 for every input")],
-    "vanishing": [("normalization or residual connections", "batch/layer norm re-scale each layer; an identity path "
-                   "carries the gradient back unshrunk (Ioffe & Szegedy 2015; He et al. 2016)"),
-                  ("a non-saturating activation with Kaiming init", "sigmoid/tanh shrink the error at every layer; "
+    "vanishing": [("a non-saturating activation with Kaiming init", "sigmoid/tanh shrink the error at every layer; "
                    "ReLU-family activations with Kaiming init keep it (He et al. 2015)"),
-                  ("gated units for sequences", "an LSTM or GRU can learn to keep the path back in time open")],
+                  ("normalization or residual connections", "batch/layer norm re-scale each layer; an identity path "
+                   "carries the gradient back unshrunk (Ioffe & Szegedy 2015; He et al. 2016)")],
     "underfitting": [("train longer or with a larger learning rate", "the gradient reaches every layer; the loss is still high")],
 }
 
@@ -127,7 +126,12 @@ def recommend(cfg: dict, verdict: str, indicators: dict, recovered: bool) -> lis
     """cfg: the resolved config as a dict (config.yaml). Ordered, most preferred first."""
     m, t = cfg["model"], cfg["train"]
     if m.get("kind") == "custom":
-        return [{**rec(title, why, {}), "optional": recovered, "command": None} for title, why in OWN_MODEL.get(verdict, [])]
+        advice = list(OWN_MODEL.get(verdict, []))
+        if verdict == "vanishing" and any(str(l.get("type")) in ("RNN", "LSTM", "GRU") or "RNN" in str(l.get("type"))
+                                          for l in m.get("layers") or []):
+            advice.insert(0, ("gated units, or an orthogonal recurrent init",
+                              "an LSTM or GRU can learn to keep the path back in time open (Hochreiter & Schmidhuber 1997)"))
+        return [{**rec(title, why, {}), "optional": recovered, "command": None} for title, why in advice]
     if verdict == "exploding":
         out = _exploding(cfg)
     elif verdict == "dying-relu":

@@ -198,18 +198,20 @@ def theory_line(th: dict) -> str:
     return line
 
 
-def short_report(diagnosis: dict, headline: bool = True) -> list[str]:
+def short_report(diagnosis: dict, headline: bool = True, ref: str | None = None) -> list[str]:
     """3-6 lines: the verdict, the present indicators, the top recommendation. `vgrad run` and
-    `show` print the verdict line themselves (headline=False): the symptoms then lead."""
+    `show` print the verdict line themselves (headline=False): the symptoms then lead. ref: how to
+    name the run in a command (default its name, which `vgrad diagnose` finds under runs/)."""
+    ref = ref or diagnosis["run"]
     present = [i for i in diagnosis["indicators"] if i["status"] == "present"]
     if headline:
         lines = [f"diagnosis: {diagnosis['verdict']} — {diagnosis['verdict_detail']}"]
     else:
-        lines = [f"symptoms present (`vgrad diagnose {diagnosis['run']}` explains each):"] if present else []
+        lines = [f"symptoms present (`vgrad diagnose {ref}` explains each):"] if present else []
     for i in present[:3]:
         lines.append(f"  ({i['id']}) {i['name']}: {i['summary']}")
     if len(present) > 3:
-        lines.append(f"  ... and {len(present) - 3} more present indicator(s): `vgrad diagnose {diagnosis['run']}`")
+        lines.append(f"  ... and {len(present) - 3} more present indicator(s): `vgrad diagnose {ref}`")
     recs = diagnosis.get("recommendations") or []
     if recs:
         r = recs[0]

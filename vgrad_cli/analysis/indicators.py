@@ -188,7 +188,7 @@ def gradient_decay(run) -> dict:
     ratios_end = [x["ratio"] for x in (last["delta"], last.get("time") or {}) if x.get("ratio") is not None]
     ev["recovered"] = (len(steps) > 1 and any(st == steps[0] for _, st in found)
                        and bool(ratios_end) and min(ratios_end) >= RECOVERED_RATIO)
-    status = "present" if found else "absent"
+    status = "present" if found else ("absent" if parts else "not measurable")
     return indicator(3, "gradient_decay", name, status, "; ".join(parts) or "no delta_norm logged", ev, thr)
 
 
@@ -229,7 +229,7 @@ def weights_barely_moving(run) -> dict:
     later = [v for v in every[k:] if _finite(v)]
     ev = {"step": last, "early_layers": list(range(k)), "early_drift": early, "all_layers_drift": every,
           "output_drift": run.layer_rows(last)[-1].get("weight_drift")}
-    summary = f"early {span(k)} moved at most {max(early):.2%} of their initial norm"
+    summary = f"early {span(k)} moved at most {100 * max(early):.3g}% of their initial norm"
     if later:
         summary += f" (later hidden layers up to {max(later):.2%})"
     # The symptom is a contrast: early layers frozen while later ones learn (when there are later ones).

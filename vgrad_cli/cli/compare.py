@@ -26,7 +26,7 @@ def _load(args: list[str], runs_dir: Path) -> list:
 
 def _notes(console, runs) -> None:
     for r in runs:
-        for n in r.notes:
+        for n in r.notes + [n for n in r.summary.get("notes") or [] if isinstance(n, str)]:
             console.print(f"[yellow]note:[/] {r.name}: {n}", soft_wrap=True, markup=True)
 
 
@@ -90,7 +90,7 @@ def show(
     r = load_run(paths[0])
     console = make_console()
     task = (r.config.get("task") or {}).get("name")
-    source = [f"task {escape(str(task))}"] if task else ["your own loop (Monitor)"] if r.config.get("source") == "monitor" else []
+    source = [f"task {escape(str(task))}"] if task else ["recorded by Monitor"] if r.config.get("source") == "monitor" else []
     print_phrases(console, [escape(r.model_text()), *source, r.date_text()], sep=" | ",
                   head=f"[bold]{escape(r.name)}[/]:")
     _notes(console, [r])
@@ -108,7 +108,9 @@ def show(
         from ..analysis.diagnose import short_report, stored_or_fresh
 
         try:
-            lines = short_report(stored_or_fresh(r), headline=False)
+            from ..rundir.store import run_ref
+
+            lines = short_report(stored_or_fresh(r), headline=False, ref=run_ref(r.path))
         except UsageError:  # e.g. no config.yaml: the tables above are all there is
             lines = []
         from ..report.console import print_lines
@@ -160,7 +162,7 @@ def runs_(
             continue
         s = run_stats(r)
         task = (r.config.get("task") or {}).get("name")
-        rows.append((r.date_text(), str(p.relative_to(folder)), r.model_text() + (f" | {task}" if task else ""), r.status, s.get("verdict") or "", f"{_n(s.get('steps_completed'))}/{_n(s.get('steps_planned'))}",
+        rows.append((r.date_text(), str(p.relative_to(folder)), r.model_text() + (f" | {task}" if task else ""), r.status, s.get("verdict") or "", _n(s.get('steps_completed')) + (f"/{_n(s['steps_planned'])}" if s.get("steps_planned") is not None else ""),
                      fmt(s.get("final_loss"))))
     rows.sort(key=lambda row: (row[0], row[1]))
     t = Table(title=f"runs under {escape(str(folder))}", title_justify="left", show_edge=False, pad_edge=False)

@@ -16,7 +16,9 @@ def _print_diagnosis(console, run_dir):
     from ..errors import UsageError
 
     try:
-        lines = short_report(diagnose(run_dir), headline=False)
+        from ..rundir.store import run_ref
+
+        lines = short_report(diagnose(run_dir), headline=False, ref=run_ref(run_dir))
     except UsageError:  # nothing logged yet (e.g. interrupted at step 0): nothing to diagnose
         return
     from ..report.console import print_lines

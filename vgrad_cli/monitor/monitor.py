@@ -70,6 +70,8 @@ class Monitor:
         self._class = type(inner).__name__
         self.probe = LayerProbe(inner, None, activations and not self.compiled, layers=None, hooks=not self.compiled)
         self.probe.select = layers
+        if layers is not None:
+            _check_names(inner, layers)
         self.watch = Watch(on_problem)
         self._loss_buf = None
         self._pending = 0
@@ -118,8 +120,7 @@ class Monitor:
         # with an optimizer the hooks stay for the next micro-batches of this step; else they go now
         self.probe.after_backward(keep_hooks=self.optimizer is not None)
         self._measured = True
-        if self.optimizer is None:
-            self.probe.after_clip(clipped=False)
+        if self.optimizer is None:  # no optimizer hook: the norm after your clipping is unknown (empty)
             self._finish()
             self._advance()
 
@@ -150,8 +151,12 @@ class Monitor:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None or issubclass(exc_type, GradientProblem):
+        if exc_type is None:
             self.close()
+        elif issubclass(exc_type, GradientProblem):  # on_problem="raise": stopped on purpose
+            if self.writer is not None:
+                self.summary["stop_reason"] = str(exc)
+            self.close("interrupted")
         else:
             self.close("interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed")
         return False
@@ -293,6 +298,18 @@ def check_options(every, on_problem, layers) -> None:
         raise ValueError(f"on_problem must be 'warn', 'raise' or None, got {on_problem!r}")
     if layers is not None and not isinstance(layers, (list, tuple, dict)):
         raise ValueError("layers must be a list of module names or a {row name: [module names]} dict")
+
+
+def _check_names(model, layers) -> None:
+    """Every name in layers= must be a module of the model, or a prefix of some: else ValueError now,
+    before a run directory exists, not at the first step."""
+    names = [n for n, _ in model.named_modules() if n]
+    wanted = [p for v in layers.values() for p in ([v] if isinstance(v, str) else v)] if isinstance(layers, dict) else list(layers)
+    for w in wanted:
+        if not any(n == w or n.startswith(str(w).rstrip(".") + ".") for n in names):
+            close = [n for n in names if str(w) in n][:5] or names[:8]
+            raise ValueError(f"layers: {w!r} is not a module of {type(model).__name__}; modules are named like: "
+                             + ", ".join(close))
 
 
 def _rank() -> int:

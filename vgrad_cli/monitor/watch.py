@@ -29,12 +29,13 @@ class Watch:
         """(kind, evidence) of every problem this step shows."""
         found = []
         if diverged_step is not None:
-            found.append(("diverged", f"the loss became non-finite at step {diverged_step}"))
+            found.append(("diverged", f"the loss became non-finite at step {diverged_step} "
+                                      "(a learning rate too large? clip the gradient, lower the rate or warm it up)"))
         measured = [r for r in rows if _finite(r.get("delta_norm"))]
         if len(measured) >= 2 and measured[-1]["delta_norm"] > 0:
             first, last = measured[0], measured[-1]
             r = first["delta_norm"] / last["delta_norm"]
-            where = f"delta_norm {first['name']} / {last['name']} = {r:.2g}"
+            where = f"delta_norm of layer '{first['name']}' (input side) / layer '{last['name']}' (output) = {r:.2g}"
             if r < VANISHING_RATIO:
                 found.append(("vanishing", f"{where} (< {VANISHING_RATIO:g})"))
             elif r > EXPLODING_RATIO:
@@ -51,7 +52,7 @@ class Watch:
             mean = statistics.fmean(v for _, v in dead)
             name, worst = max(dead, key=lambda x: x[1])
             if mean >= THRESHOLDS["dead_mean"] or worst >= THRESHOLDS["dead_layer"]:
-                found.append(("dying", f"{mean:.0%} of units dead on average, {worst:.0%} in {name}"))
+                found.append(("dying", f"{mean:.0%} of units dead on average, {worst:.0%} in layer '{name}'"))
         return found
 
     def check(self, step: int, rows: list[dict], metrics: dict, diverged_step: int | None, path) -> None:

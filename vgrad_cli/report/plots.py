@@ -82,6 +82,8 @@ def grad_heatmap(run, path: Path) -> Path:
     grid = np.full((max(n_layers, 1), max(len(steps), 1)), np.nan)
     col_of = {s: j for j, s in enumerate(steps)}
     for r in run.layers:
+        if r["step"] not in col_of:  # a diverged run's non-finite step: evidence in the table, not a column
+            continue
         v = positive([r.get("grad_norm")])[0]
         grid[r["layer"], col_of[r["step"]]] = math.log10(v) if not math.isnan(v) else np.nan
     if np.isfinite(grid).any():

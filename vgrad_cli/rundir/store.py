@@ -58,7 +58,10 @@ class Run:
 
     @property
     def steps(self) -> list[int]:
-        return sorted({r["step"] for r in self.layers})
+        """The logged steps with finite numbers: a diverged run's tables end with the step whose loss
+        went non-finite (kept as evidence), which no ratio, plot line or indicator should read."""
+        bad = self.summary.get("diverged_step") if self.status == "diverged" else None
+        return sorted({r["step"] for r in self.layers if bad is None or r["step"] < bad})
 
     def layer_rows(self, step: int | None) -> list[dict]:
         return sorted((r for r in self.layers if r["step"] == step), key=lambda r: r["layer"])
@@ -237,12 +240,13 @@ def resolve(arg: str, runs_dir: Path) -> list[Path]:
         raise UsageError(f"no run '{arg}': no such directory, and there is no runs directory "
                          f"'{runs_dir.resolve()}' (run from the folder that holds runs/, or add --runs-dir DIR)")
     candidates = [d for d in sorted(runs_dir.iterdir()) if d.is_dir() and is_sweep(d)] + find_runs(runs_dir)
-    # An exact directory name wins; then runs whose config name is exactly ARG (the part before
-    # -<date>-<time>-<id>: `show exploding` means the run named "exploding", not "exploding-clipped");
-    # then any prefix.
-    matches = ([d for d in candidates if d.name == arg]
-               or [d for d in candidates if re.fullmatch(re.escape(arg) + r"-\d{8}-\d{6}-[0-9a-f]{4}", d.name)]
-               or [d for d in candidates if d.name.startswith(arg)])
+    # An exact directory name wins; then the newest run whose config name is exactly ARG (the part
+    # before -<date>-<time>-<id>: `show exploding` means the run named "exploding", not
+    # "exploding-clipped"); then any prefix.
+    named = [d for d in candidates if re.fullmatch(re.escape(arg) + r"-\d{8}-\d{6}-[0-9a-f]{4}", d.name)]
+    # a config run twice: its name means its newest run (the stamp sorts by time)
+    named = [max(named, key=lambda d: d.name[len(arg):])] if named else []
+    matches = ([d for d in candidates if d.name == arg] or named or [d for d in candidates if d.name.startswith(arg)])
     if not matches:
         raise UsageError(f"no run '{arg}': not a directory, and no run under '{runs_dir.resolve()}' has a name "
                          f"starting with it (`vgrad runs` lists them; --runs-dir DIR looks elsewhere)")
@@ -250,3 +254,15 @@ def resolve(arg: str, runs_dir: Path) -> list[Path]:
         shown = ", ".join(d.name for d in matches[:8]) + (f", and {len(matches) - 8} more" if len(matches) > 8 else "")
         raise UsageError(f"'{arg}' is ambiguous: it matches {len(matches)} runs: {shown}; give a longer prefix")
     return _expand(matches[0])
+
+
+def run_ref(path: Path) -> str:
+    """How to name a run in a command run from here: its name if it is in ./runs (RUN lookups
+    search there), else its path, relative when that is shorter."""
+    import os
+
+    path = Path(path).resolve()
+    if path.parent == Path("runs").resolve():
+        return path.name
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else str(path)
