@@ -63,8 +63,12 @@ def print_phrases(console: Console, parts: list[str], sep: str = "; ", head: str
     tokens = [("", head)] if head else []  # (separator before it, text)
     for i, part in enumerate(parts):
         before = (" " if i == 0 else sep) if tokens else ""
-        pieces = part.split(" (") if width(indent + part) > console.width else [part]
-        tokens += [(before if j == 0 else " ", p if j == 0 else "(" + p) for j, p in enumerate(pieces)]
+        if width(indent + part) <= console.width:
+            tokens.append((before, part))
+        elif " (" in part:
+            tokens += [(before if j == 0 else " ", p if j == 0 else "(" + p) for j, p in enumerate(part.split(" ("))]
+        else:  # a list ("with: a, b, c") breaks between its items
+            tokens += [(before if j == 0 else ", ", p) for j, p in enumerate(part.split(", "))]
     lines: list[str] = []
     for i, (before, text) in enumerate(tokens):
         tail = tokens[i + 1][0].rstrip() if i + 1 < len(tokens) else ""  # stays at the end of a broken line
