@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 CONFIG ?= configs/01_deep_sigmoid.yaml
 
-.PHONY: install install-test demo test bench bench-quick clean
+.PHONY: install install-test install-peers demo test bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,19 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/pip install -q -c $(PIN) -e ".[test,ray,lightning,huggingface]"
 	touch $@
 
+# The peers of benchmarks/monitor.py (not part of `make test`). BackPACK and Cockpit without their
+# dependencies: BackPACK's torchvision would replace torch. Fails if torch changed anyway.
+$(VENV)/.installed-peers: $(VENV)/.installed pyproject.toml
+	before=$$($(BIN)/python -c 'import torch; print(torch.__version__)'); \
+	$(BIN)/pip install -q -e ".[peers]" && \
+	$(BIN)/pip install -q --no-deps backpack-for-pytorch==1.7.1 cockpit-for-pytorch==1.0.2 && \
+	after=$$($(BIN)/python -c 'import torch; print(torch.__version__)') && \
+	if [ "$$before" != "$$after" ]; then echo "installing the peers changed torch $$before -> $$after" >&2; exit 1; fi
+	touch $@
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-peers: $(VENV)/.installed-peers
 
 demo: install
 	$(BIN)/vgrad run $(CONFIG)

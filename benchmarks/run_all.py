@@ -1,6 +1,6 @@
 """Every vgrad benchmark in one command: a table of ratios on the console, the same in JSON.
 
-    python benchmarks/run_all.py [--quick] [--out FILE.json] [--only overhead,startup,sweep,scale]
+    python benchmarks/run_all.py [--quick] [--out FILE.json] [--only overhead,startup,sweep,scale,monitor]
 
 Groups (docs/benchmarks.md explains each and records the latest figures):
   1. overhead  vgrad's training path vs a bare PyTorch loop (MLP and tanh RNN), every measurement
@@ -9,6 +9,9 @@ Groups (docs/benchmarks.md explains each and records the latest figures):
   3. sweep     8 short runs with `vgrad sweep --workers 1` vs `--workers 2`.
   4. scale     depth-100 width-256 MLP and a tanh RNN over 1,000 time steps: time per step, peak
                RSS, table sizes, at N and 2N steps.
+  5. monitor   one hand-written loop (MLP, residual CNN) bare, with vgrad's Monitor at every step
+               and every 10, and with each installed peer (Lightning grad_norm, W&B watch,
+               TensorBoard histograms, Cockpit): ratios to the bare loop, alternating runs.
 --quick shrinks everything (tiny models, 1-2 repetitions: seconds) to prove the command works; its
 figures mean nothing. Timings are only worth reading on an otherwise idle machine: the load average
 is recorded next to every group.
@@ -28,11 +31,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the group modules beside this file
 
+import monitor  # noqa: E402
 import overhead  # noqa: E402
 import scale  # noqa: E402
 import startup  # noqa: E402
 
-GROUPS = ("overhead", "startup", "sweep", "scale")
+GROUPS = ("overhead", "startup", "sweep", "scale", "monitor")
 DEFAULT_OUT = HERE / "results" / "latest.json"
 TARGETS = {  # (group, key) -> (comparison, bound)
     ("overhead", "mlp every1/mlp"): ("<=", 1.15),
@@ -42,6 +46,10 @@ TARGETS = {  # (group, key) -> (comparison, bound)
     ("startup", "help_s"): ("<=", 0.3),
     ("startup", "compare_s"): ("<=", 1.0),
     ("sweep", "speedup"): (">=", 1.7),
+    ("monitor", "mlp every1"): ("<=", 1.15),
+    ("monitor", "mlp every10"): ("<=", 1.03),
+    ("monitor", "cnn every1"): ("<=", 1.15),
+    ("monitor", "cnn every10"): ("<=", 1.03),
 }
 
 
@@ -109,7 +117,14 @@ def group_scale(quick: bool) -> dict:
     return out
 
 
-RUNNERS = {"overhead": group_overhead, "startup": group_startup, "sweep": group_sweep, "scale": group_scale}
+def group_monitor(quick: bool) -> dict:
+    reps = 1 if quick else 5
+    return {model: monitor.measure(model, monitor.default_steps(model, quick), reps, quick, on_progress=log)
+            for model in ("mlp", "cnn")}
+
+
+RUNNERS = {"overhead": group_overhead, "startup": group_startup, "sweep": group_sweep, "scale": group_scale,
+           "monitor": group_monitor}
 
 
 # ----------------------------------------------------------------------------- the table
@@ -170,6 +185,17 @@ def rows(results: dict) -> list[tuple]:
                 out.append(("4 scale", f"{model} {t} {n} / {n2} steps", f"{_kb(tr['bytes']['N'])} / {_kb(tr['bytes']['2N'])}",
                             f"{bpr['N']:.0f} / {bpr['2N']:.0f} B/row", "linear",
                             _yes(tr["linear"] and abs(tr["bytes_per_row_ratio"] - 1) < 0.1)))
+    if "monitor" in g:
+        label = {"every1": "vgrad Monitor every step", "every10": "vgrad Monitor every 10",
+                 "lightning": "Lightning grad_norm", "wandb": "W&B watch(log_freq=1), offline",
+                 "tensorboard": "TensorBoard add_histogram", "cockpit": "Cockpit GradNorm"}
+        for model, r in g["monitor"].items():
+            for v, d in r["variants"].items():
+                what = f"{model} {label[v]} / bare"
+                if not d["installed"] or "failed" in d:
+                    out.append(("5 monitor", what, "failed" if d["installed"] else "not installed", d.get("failed", ""), "", ""))
+                    continue
+                out.append(("5 monitor", what, *_fmt_spread(d["ratio"]), *_target("monitor", f"{model} {v}", d["ratio"]["median"])))
     return out
 
 

@@ -24,7 +24,7 @@ def test_run_all_quick_writes_every_group(tmp_path):
     res = json.loads(out.read_text())
     assert res["quick"] is True
     g = res["groups"]
-    assert set(g) == {"overhead", "startup", "sweep", "scale"}
+    assert set(g) == {"overhead", "startup", "sweep", "scale", "monitor"}
     # 1. ratios vgrad / bare loop, with a median and a spread
     assert set(g["overhead"]["mlp"]["ratios"]) == {"every1/mlp", "every10/mlp"}
     assert set(g["overhead"]["rnn"]["ratios"]) == {"every1/cell", "every1/fused", "every10/cell", "every10/fused"}
@@ -41,3 +41,11 @@ def test_run_all_quick_writes_every_group(tmp_path):
         assert r["s_per_step"] > 0 and r["rss_ratio"] > 0
         assert all(t["linear"] for t in r["tables"].values())
     assert "time.csv" in g["scale"]["rnn"]["tables"] and "time.csv" not in g["scale"]["mlp"]["tables"]
+    # 5. the same loop bare, with Monitor and with each peer: a ratio, or "not installed"
+    for model in ("mlp", "cnn"):
+        variants = g["monitor"][model]["variants"]
+        assert set(variants) == {"every1", "every10", "lightning", "wandb", "tensorboard", "cockpit"}
+        assert variants["every1"]["installed"] and variants["every10"]["installed"]
+        for v in variants.values():
+            assert v["installed"] is False or "failed" in v or (_numbers(v["ratio"]) and v["ratio"]["median"] > 0)
+    assert "not installed" in proc.stdout or all(v["installed"] for v in g["monitor"]["mlp"]["variants"].values())

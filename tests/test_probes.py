@@ -1,6 +1,7 @@
 """The measurements against a hand-computed autograd reference on a tiny network."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -139,3 +140,74 @@ def test_unlogged_forward_records_nothing():
     F.cross_entropy(model(task.x_train), task.y_train).backward()
     probe.after_backward()
     assert hooked(model) == 0  # ... gone before the next step
+
+
+def test_norms64_keeps_float64_range_and_precision():
+    from vgrad_cli.measure.probes import _norms64
+
+    torch.manual_seed(0)
+    ts = [torch.randn(128, 128), torch.randn(128), torch.full((64, 64), 1e-26), torch.full((5000,), 1e20),
+          torch.randn(32, 16, 16, 16) * torch.exp(2 * torch.randn(32, 16, 16, 16)), torch.zeros(4096),
+          torch.tensor([float("nan")] * 4096), torch.randn(40, 40).t()]  # the last one not contiguous
+    got = _norms64(ts)
+    want = torch.stack([t.double().norm() for t in ts])
+    assert got.dtype == torch.float64 and got.shape == (len(ts),)
+    assert got[2].item() == pytest.approx(64 * 1e-26, rel=1e-6)  # float32 squares would be 0
+    assert got[3].item() == pytest.approx(5000 ** 0.5 * 1e20, rel=1e-6)  # float32 squares would be inf
+    assert got[5].item() == 0.0 and math.isnan(got[6].item())
+    finite = [i for i in range(len(ts)) if i != 6]
+    assert torch.allclose(got[finite], want[finite], rtol=3e-6, atol=0)
+    small = [torch.randn(16), torch.randn(3, 3)]  # only small tensors: the float64 norm itself
+    assert torch.equal(_norms64(small), torch.stack(torch._foreach_norm(small, 2, dtype=torch.float64)))
+
+
+def monitored(tmp_path, every, steps, act=torch.nn.ReLU, loss_of=None, before_update=None, after_update=None):
+    """A small model trained `steps` steps by a hand-written loop with Monitor; returns it closed."""
+    from vgrad_cli import Monitor
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), act(), torch.nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = Monitor(model, optimizer=opt, out=tmp_path, every=every, on_problem=None, plots=False)
+    x, y = torch.randn(16, 4), torch.randint(3, (16,))
+    for step in range(steps):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        mon.step(loss_of(step, loss) if loss_of else loss)
+        if before_update:
+            before_update(step, model)
+        opt.step()
+        if after_update:
+            after_update(step, model)
+    mon.close()
+    return mon, model
+
+
+def test_monitor_keeps_hooks_only_while_the_next_step_is_logged(tmp_path):
+    for every, armed_between in ((1, True), (2, False)):
+        seen = []
+        _, model = monitored(tmp_path, every, 4, after_update=lambda step, model: seen.append(hooked(model) > 0))
+        assert hooked(model) == 0
+        # after step 0 (logged): armed for step 1 only if step 1 is logged too
+        assert seen[0] is armed_between and seen[1] is True
+
+
+def test_monitor_measures_the_clipped_norm_only_when_clipping_happened(tmp_path):
+    from vgrad_cli.rundir.files import read_table
+
+    def clip(step, model):
+        if step == 1:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+
+    mon, _ = monitored(tmp_path, 1, 2, act=torch.nn.Tanh, before_update=clip)
+    m = read_table(mon.path, "metrics.csv")
+    assert m[0]["grad_norm_clipped"] == m[0]["grad_norm_total"]
+    assert m[1]["grad_norm_clipped"] == pytest.approx(1e-3, rel=1e-4)
+    assert m[1]["grad_norm_total"] > 1e-2
+
+
+def test_monitor_catches_a_non_finite_loss_of_an_unlogged_step(tmp_path):
+    # step 2 is not logged (every 5): its loss is checked at step 5
+    mon, _ = monitored(tmp_path, 5, 6, loss_of=lambda step, loss: loss * float("nan") if step == 2 else loss)
+    assert mon.diverged_step == 2 and mon.summary["status"] == "diverged"

@@ -18,6 +18,8 @@ class Activation:
     # Flat "saturated" regions: a unit counts as saturated when its output is below lo or above hi.
     # None means the activation does not saturate (act_saturated_frac is then 0).
     saturated_outside: tuple[float, float] | None = None
+    # Outputs are never negative (mean |a| is then mean a: one pass fewer in the statistics).
+    nonnegative: bool = False
 
     def build(self, width: int):
         import torch.nn as nn
@@ -36,9 +38,9 @@ class Activation:
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "sigmoid": Activation("Sigmoid", gain=("sigmoid",), saturated_outside=(0.01, 0.99)),
+    "sigmoid": Activation("Sigmoid", gain=("sigmoid",), saturated_outside=(0.01, 0.99), nonnegative=True),
     "tanh": Activation("Tanh", gain=("tanh",), saturated_outside=(-0.99, 0.99)),
-    "relu": Activation("ReLU", gain=("relu",)),
+    "relu": Activation("ReLU", gain=("relu",), nonnegative=True),
     "leaky_relu": Activation("LeakyReLU", {"negative_slope": 0.01}, gain=("leaky_relu", 0.01)),
     "prelu": Activation("PReLU", {"init": 0.25}, gain=("leaky_relu", 0.25)),
     # torch has no gain for these; they behave like ReLU for positive inputs, so use ReLU's.

@@ -102,11 +102,53 @@ def _per_layer_norm(per_param_norms, param_layer, n_layers):
     return sq.index_add_(0, param_layer, per_param_norms.double().square()).sqrt()
 
 
-def _norms64(tensors):
-    """L2 norm of each tensor, accumulated in float64. In float32 the sum of squares underflows once
-    elements fall below ~1e-19 — exactly the vanished gradients vgrad exists to measure (a 40-layer
-    sigmoid net's layer 0 is ~1e-26) — and would report them as 0."""
-    return torch._foreach_norm(tensors, 2, dtype=torch.float64)
+# A float32 sum of squares is exact to float32 rounding when it is finite (no square overflowed)
+# and at least this many times numel: every square it may have lost below float32's normal range
+# (< 1.2e-38) then weighs < 1e-10 of the sum.
+_F32_SAFE_SQ = 1e-28
+# Lists of only smaller tensors: the float64 norm (its copy is cheap there, and one C++ loop beats a
+# Python loop of dots).
+_DOT_MIN = 4096
+
+
+def _norms64(tensors) -> torch.Tensor:
+    """L2 norm of each tensor as one float64 1-d tensor, with float64's range. In float32 the sum of
+    squares underflows once elements fall below ~1e-19 — exactly the vanished gradients vgrad exists
+    to measure (a 40-layer sigmoid net's layer 0 is ~1e-26) — and would report them as 0.
+
+    On accelerators, for other dtypes and for lists of small tensors only: one fused float64 norm.
+    On CPU that norm first copies every tensor to float64 (3-5x the time of a float32 pass; on a
+    CNN's 131k-element deltas most of a logged step's measurement cost), so there: float32 dot
+    products x.x (BLAS: no copy, and ~10x more accurate than torch's float32 norm on 100k elements),
+    then the few sums that float32 cannot be trusted with (tiny, overflowed or non-finite) again in
+    float64; which ones is a host read, free on CPU. Results agree with the float64 norm to ~1e-7
+    relative (2e-6 on 131k heavy-tailed elements)."""
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float64)
+    if (tensors[0].device.type != "cpu" or any(t.dtype != torch.float32 for t in tensors)
+            or max(t.numel() for t in tensors) < _DOT_MIN):
+        return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))
+    flat = [t.reshape(-1) for t in tensors]
+    sq = torch.stack([torch.dot(v, v) for v in flat]).double()
+    redo = (sq < _floors(flat)).logical_or_(sq.isfinite().logical_not_())
+    if redo.any():
+        idx = redo.nonzero().flatten().tolist()
+        sq[idx] = torch.stack(torch._foreach_norm([flat[i] for i in idx], 2, dtype=torch.float64)).square()
+    return sq.sqrt()
+
+
+_floor_cache: dict = {}
+
+
+def _floors(tensors) -> torch.Tensor:
+    """_F32_SAFE_SQ * numel of each tensor (cached per list of sizes: the same every logged step)."""
+    key = tuple(t.numel() for t in tensors)
+    floor = _floor_cache.get(key)
+    if floor is None:
+        if len(_floor_cache) > 64:
+            _floor_cache.clear()
+        floor = _floor_cache[key] = torch.tensor([_F32_SAFE_SQ * max(n, 1) for n in key], dtype=torch.float64)
+    return floor
 
 
 def _abs_max_each(tensors):
@@ -114,6 +156,20 @@ def _abs_max_each(tensors):
     faster than _foreach_max(_foreach_abs(...)) and ~8x faster than _foreach_norm(ord=inf)."""
     lo_hi = [torch.aminmax(t) for t in tensors]
     return torch.maximum(torch.stack([m.max for m in lo_hi]), torch.stack([m.min for m in lo_hi]).neg())
+
+
+# Activations larger than this (elements per layer) are measured layer by layer on views instead of
+# being stacked into one copy first (a CNN's 32 x 16 x 16 x 16 activations: 131k).
+_STACK_MAX = 65536
+
+
+def _units_view(a, channel_dim: int):
+    """a as (outer, units, inner), the units on axis `channel_dim`: a view of a contiguous tensor."""
+    cd = channel_dim % a.dim()
+    outer = 1
+    for k in a.shape[:cd]:
+        outer *= k
+    return a.reshape(outer, a.shape[cd], -1)
 
 
 class LayerProbe:
@@ -125,12 +181,14 @@ class LayerProbe:
         self.model = model
         self.hooks = hooks
         self.default_saturation = activation.saturated_outside if activation is not None else None
+        self.default_activation = next((k for k, v in ACTIVATIONS.items() if v is activation), None)
         self.keep_activations = keep_activations
         self.recorder: Recorder | None = None
         self.stats: dict = {}
         self.notes: list[str] = []
         self.select = None
         self._hooks: list = []
+        self._hooked_for = None  # the layer list the armed hooks were made for
         self._scratch: dict = {}
         if layers is None and hasattr(model, "probe_layers"):
             layers = model.probe_layers()
@@ -153,8 +211,10 @@ class LayerProbe:
         # Reused every logged step: the parameters before the update (no fresh allocation per step)
         self._before_buf: list | None = None
         self._param_norms = None      # per-parameter norms at after_backward (= before the update)
+        self._grads, self._grad_versions = [], []  # the gradients measured, and their version counters
         self.explicit = any(layer.delta is None for layer in layers)  # the model records δ itself
         self.saturation = [self._saturation(layer) for layer in layers]
+        self.nonnegative = [self._nonnegative(layer) for layer in layers]
 
     def _saturation(self, layer):
         """(lo, hi) flat regions; None: does not saturate; False: unknown (no saturation statistic)."""
@@ -164,14 +224,26 @@ class LayerProbe:
             return ACTIVATIONS[layer.activation].saturated_outside
         return False
 
+    def _nonnegative(self, layer) -> bool:
+        name = layer.activation if layer.activation is not None else self.default_activation
+        return name in ACTIVATIONS and ACTIVATIONS[name].nonnegative
+
     # --- the steps of one logged training step, in order -----------------------------------
     def attach(self):
-        """Arm the hooks for one forward pass (and the model's own recorder, if it has one)."""
-        self.detach()  # never two sets of hooks, even if a logged step was never measured
+        """Arm the hooks for one forward pass (and the model's own recorder, if it has one). Hooks
+        still armed for the same layers (consecutive logged steps: the caller kept them) are
+        reused: only the recorder they write to is new."""
         rec = self.recorder = Recorder(self.keep_activations)
         self.stats = {}
         if not self.hooks:
             return
+        if not (self._hooks and self._hooked_for is self.layers and self.layers is not None):
+            self._register()
+        if self.layers is not None and self.explicit:
+            self.model.recorder = rec
+
+    def _register(self):
+        self.detach()
         if self.layers is None:  # discovery: watch every candidate, decide after this step
             watched = [(m, "delta") for m in hook_candidates(self.model) if not is_activation(m)]
             watched += [(m, "act") for m in hook_candidates(self.model) if is_activation(m)]
@@ -180,23 +252,33 @@ class LayerProbe:
             watched = [(layer.delta, "delta") for layer in self.layers if layer.delta is not None]
             watched += [(layer.act, "act") for layer in self.layers if layer.act is not None]
             inputs = [layer.act_input_of for layer in self.layers if layer.act_input_of is not None]
-            if self.explicit:
-                self.model.recorder = rec
         seen = set()
         for m, role in watched:
             if (id(m), role) in seen:
                 continue
             seen.add((id(m), role))
             keep = role == "delta"
-            self._hooks.append(m.register_forward_hook(lambda mod, args, out, k=keep: rec.on_output(mod, out, k)))
+            # the hooks write to whichever recorder is current: they can stay armed across steps
+            self._hooks.append(m.register_forward_hook(
+                lambda mod, args, out, k=keep: self._on_output(mod, out, k)))
         if self.keep_activations or self.layers is None:
             for m in {id(m): m for m in inputs}.values():
-                self._hooks.append(m.register_forward_pre_hook(lambda mod, args: rec.on_input(mod, args)))
+                self._hooks.append(m.register_forward_pre_hook(lambda mod, args: self._on_input(mod, args)))
+        self._hooked_for = self.layers
+
+    def _on_output(self, module, output, keep_grad: bool):
+        if self.recorder is not None:  # hooks kept armed between steps write only while a step records
+            self.recorder.on_output(module, output, keep_grad)
+
+    def _on_input(self, module, args):
+        if self.recorder is not None:
+            self.recorder.on_input(module, args)
 
     def detach(self):
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self._hooked_for = None
         if self.layers is not None and self.explicit:
             self.model.recorder = None
 
@@ -229,6 +311,8 @@ class LayerProbe:
             self._discover()
         params = self.params
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        self._grad_versions = [g._version for g in grads]
+        self._grads = grads
         s = self.stats
         s["grad_norm"] = _per_layer_norm(_norms64(grads), self.param_layer, self.n)
         s["grad_max_abs"] = torch.zeros(self.n, device=self.param_layer.device).scatter_reduce_(
@@ -243,7 +327,7 @@ class LayerProbe:
         self._activations()
         if self.recorder.h:  # gradient through time: ||dL/dh_t|| for every layer and t, one fused norm
             hs = self.recorder.h
-            norms = torch.stack(_norms64([h.grad if h.grad is not None else torch.zeros_like(h) for h in hs]))
+            norms = _norms64([h.grad if h.grad is not None else torch.zeros_like(h) for h in hs])
             s["time_delta_norm"] = norms.reshape(self.n - 1, -1)
         s["grad_norm_total"] = s["grad_norm"].square().sum().sqrt()
         if not keep_hooks:
@@ -280,17 +364,21 @@ class LayerProbe:
                 a = rec.a.get(i)
             if a is None or a.dim() < 2 or not a.is_floating_point():
                 continue
-            a = a.detach()
-            if layer.channel_dim != -1 and a.dim() > 2:
-                a = a.movedim(layer.channel_dim, -1)
-            a = a.reshape(-1, a.shape[-1])  # (samples, units): batch x positions, channels
-            groups.setdefault((tuple(a.shape), str(a.dtype), self.saturation[i]), []).append((i, a))
+            a = _units_view(a.detach(), layer.channel_dim)  # (outer, units, inner): a view, no copy
+            key = (tuple(a.shape), str(a.dtype), self.saturation[i], self.nonnegative[i])
+            groups.setdefault(key, []).append((i, a))
         parts = []
-        for (_, _, sat), members in groups.items():
+        for (shape, _, sat, nonneg), members in groups.items():
             acts = [a for _, a in members]
-            stacked = acts[0].unsqueeze(0) if len(acts) == 1 else torch.stack(
-                acts, out=self._buffer(f"acts{len(parts)}", (len(acts), *acts[0].shape), acts[0]))
-            parts.append(([i for i, _ in members], self._activation_stats(stacked, sat, f"tmp{len(parts)}")))
+            if len(acts) == 1 or acts[0].numel() > _STACK_MAX:
+                # large activations (a CNN's): per layer, on views; a stacked copy would cost more
+                # memory traffic than the statistics themselves
+                per = [self._activation_stats(a.unsqueeze(0), sat, "tmp_layer", nonneg) for a in acts]
+                st = {key: torch.cat([p[key] for p in per]) for key in per[0]}
+            else:
+                stacked = torch.stack(acts, out=self._buffer(f"acts{len(parts)}", (len(acts), *shape), acts[0]))
+                st = self._activation_stats(stacked, sat, f"tmp{len(parts)}", nonneg)
+            parts.append(([i for i, _ in members], st))
         if not parts:
             return
         self.act_layers = [i for idx, _ in parts for i in idx]
@@ -299,13 +387,20 @@ class LayerProbe:
             self.stats[key] = torch.cat([st[key] for _, st in parts])
 
     @torch.no_grad()
-    def after_clip(self, clipped: bool = True):
-        """The total gradient norm after clipping; without clipping it is the norm already taken."""
+    def after_clip(self, clipped: bool | None = True):
+        """The total gradient norm after clipping; without clipping it is the norm already taken.
+        clipped=None: not known (Monitor: the user's loop may clip): the norm already taken when
+        every gradient is still the tensor measured, unmodified (same in-place version counter)."""
+        if clipped is None:
+            grads = self._grads
+            clipped = len(grads) != len(self.params) or any(
+                p.grad is not g or g._version != v for p, g, v in zip(self.params, grads, self._grad_versions))
+        self._grads = []
         if not clipped:
             self.stats["grad_norm_clipped"] = self.stats["grad_norm_total"]
             return
         grads = [p.grad for p in self.params if p.grad is not None]
-        self.stats["grad_norm_clipped"] = torch.stack(_norms64(grads)).square().sum().sqrt()
+        self.stats["grad_norm_clipped"] = _norms64(grads).square().sum().sqrt()
 
     @torch.no_grad()
     def before_update(self):
@@ -331,33 +426,38 @@ class LayerProbe:
         return buf
 
     @torch.no_grad()
-    def _activation_stats(self, a, saturated_outside="default", scratch: str = "tmp"):
-        """a: (hidden layers, batch, units). A few cheap batched sums into one reused scratch tensor
-        (torch's std/var use a Welford kernel that is ~20x slower on CPU at 20 x 128 x 128).
+    def _activation_stats(self, a, saturated_outside="default", scratch: str = "tmp", nonnegative: bool = False):
+        """a: (layers, samples, units) or (layers, outer, units, inner), the samples of a unit being
+        outer x inner (a CNN's batch x positions). A few cheap batched sums into one reused scratch
+        tensor (torch's std/var use a Welford kernel that is ~20x slower on CPU at 20 x 128 x 128).
 
-        Per unit u: mean m_u and variance v_u over the batch, from sums of d = a - c_u where c_u is
+        Per unit u: mean m_u and variance v_u over its samples, from sums of d = a - c_u where c_u is
         the unit's first sample (a shift that keeps sum(d^2)/n - (sum(d)/n)^2 free of cancellation).
         The layer's std over all units and examples follows from the law of total variance:
         mean_u(v_u) + mean_u((m_u - M)^2), every term non-negative.
         """
         if saturated_outside == "default":
             saturated_outside = self.default_saturation
-        n = a.shape[1]
+        if a.dim() == 3:
+            a = a.unsqueeze(-1)
+        dims = (1, 3)
+        n = a.shape[1] * a.shape[3]
         tmp = self._buffer(scratch, a.shape, a)
-        unit_scale = torch.abs(a, out=tmp).sum(1) / n  # mean |a| per unit; 0 exactly iff the unit is always 0
+        # mean |a| per unit; 0 exactly iff the unit is always 0
+        unit_scale = (a.sum(dims) if nonnegative else torch.abs(a, out=tmp).sum(dims)) / n
         if not saturated_outside:  # does not saturate (None), or unknown (False: the row says nothing)
             saturated = torch.zeros(a.shape[0], device=a.device)
         else:
             # outside [lo, hi]  <=>  |a - mid| > half; counted with float ops (bool reductions are slow)
             lo, hi = saturated_outside
             mid, half = (lo + hi) / 2, (hi - lo) / 2
-            dist = tmp if mid == 0 else torch.sub(a, mid, out=tmp).abs_()  # tanh: tmp already holds |a|
+            dist = tmp if mid == 0 and not nonnegative else torch.sub(a, mid, out=tmp).abs_()  # tanh: tmp holds |a|
             saturated = dist.sub_(half).clamp_min_(0).sign_().flatten(1).mean(1)
-        shift = a[:, :1, :]
+        shift = a[:, :1, :, :1]
         d = torch.sub(a, shift, out=tmp)
-        unit_dmean = d.sum(1) / n
-        unit_var = (d.mul_(d).sum(1) / n - unit_dmean * unit_dmean).clamp_min(0)
-        unit_mean = shift.squeeze(1) + unit_dmean
+        unit_dmean = d.sum(dims) / n
+        unit_var = (d.mul_(d).sum(dims) / n - unit_dmean * unit_dmean).clamp_min(0)
+        unit_mean = shift.squeeze(3).squeeze(1) + unit_dmean
         layer_mean = unit_mean.mean(1)
         layer_var = unit_var.mean(1) + (unit_mean - layer_mean[:, None]).square().mean(1)
         return {

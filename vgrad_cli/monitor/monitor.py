@@ -12,10 +12,12 @@ The step counter counts optimizer steps when an optimizer is given (gradient acc
 mon.step() calls per opt.step(); the last one's gradient, the accumulated one, is measured), else
 mon.step() calls. A logged step is armed before its forward pass (the hooks must see it) and
 measured in mon.step(); with an optimizer, its step hooks add the update ratio and the norm after
-clipping (also for step(closure), where forward, backward and clipping run inside the optimizer's
-step: Lightning, LBFGS). Forward passes without autograd (evaluation under torch.no_grad) are not
-recorded, even on a logged step. Steps that are not logged do no measurement work and no host
-synchronisation: one device-side copy of the loss, read at the next logged step to catch a
+clipping (re-measured only if a gradient changed after mon.step(): in-place version counters;
+also for step(closure), where forward, backward and clipping run inside the optimizer's step:
+Lightning, LBFGS). Forward passes without autograd (evaluation under torch.no_grad) are not
+recorded, even on a logged step. When the next step is logged too (every=1) the hooks stay armed
+instead of being removed and made again. Steps that are not logged do no measurement work and no
+host synchronisation: one reference to the (detached) loss, read at the next logged step to catch a
 non-finite loss in between. Framework callbacks over this class: vgrad_cli/integrations/.
 """
 
@@ -73,8 +75,7 @@ class Monitor:
         if layers is not None:
             _check_names(inner, layers)
         self.watch = Watch(on_problem)
-        self._loss_buf = None
-        self._pending = 0
+        self._recent: list = []  # the losses of the unlogged steps since the last logged one (detached)
         self._first = self._last = None
         self._handles = []
         self.writer = None
@@ -117,8 +118,9 @@ class Monitor:
             return
         self._loss = loss.detach() if isinstance(loss, torch.Tensor) else (
             torch.tensor(float(loss)) if loss is not None else None)
-        # with an optimizer the hooks stay for the next micro-batches of this step; else they go now
-        self.probe.after_backward(keep_hooks=self.optimizer is not None)
+        # with an optimizer the hooks stay for the next micro-batches of this step; else they go now,
+        # unless the next step is logged too (every=1): then they stay armed for it
+        self.probe.after_backward(keep_hooks=self.optimizer is not None or self._logged(self.step_index + 1))
         self._measured = True
         if self.optimizer is None:  # no optimizer hook: the norm after your clipping is unknown (empty)
             self._finish()
@@ -184,9 +186,10 @@ class Monitor:
 
     def _update_begins(self):
         if self._measured:
-            self.probe.detach()
+            if not self._logged(self.step_index + 1):  # else the hooks stay armed for the next step
+                self.probe.detach()
+            self.probe.after_clip(clipped=None)   # the norm the optimizer will apply (re-measured if clipped)
             self.probe.recorder = None            # its layer outputs: not needed past this point
-            self.probe.after_clip(clipped=True)   # the norm the optimizer will apply
             self.probe.before_update()
 
     def _after_update(self, optimizer, args, kwargs):
@@ -210,15 +213,10 @@ class Monitor:
         self._arm()
 
     def _buffer(self, loss):
-        """An unlogged step's loss, kept on the device: checked for non-finite at the next logged step."""
-        if not isinstance(loss, torch.Tensor):
-            return
-        if self._loss_buf is None or self._loss_buf.device != loss.device:
-            self._loss_buf = torch.zeros(self.every, device=loss.device)
-            self._pending = 0
-        if self._pending < self.every:
-            self._loss_buf[self._pending] = loss.detach().reshape(-1)[0]
-            self._pending += 1
+        """An unlogged step's loss, kept where it is (a reference to the detached tensor: no device
+        work, no copy): checked for non-finite at the next logged step."""
+        if isinstance(loss, torch.Tensor) and len(self._recent) < self.every:
+            self._recent.append(loss.detach())
 
     def _finish(self):
         """A measured step: one host transfer, the rows, the live checks."""
@@ -227,13 +225,13 @@ class Monitor:
         device = self.probe.param_layer.device
         if self._loss is not None:
             extra["loss"] = self._loss.reshape(-1)[0].float().to(device)
-        if self._loss_buf is not None and self._pending:
-            extra["recent_losses"] = self._loss_buf[:self._pending].to(device)
+        if self._recent:
+            extra["recent_losses"] = torch.stack([l.reshape(-1)[0].float().to(device) for l in self._recent])
         host = self.probe.to_host(extra)
         recent = host.pop("recent_losses", [])
         if not isinstance(recent, list):
             recent = [recent]
-        self._pending = 0
+        self._recent = []
         rows = self.probe.rows(step, host)
         lr = self.optimizer.param_groups[0].get("lr") if self.optimizer is not None else None
         metrics = {"step": step, "loss": host.get("loss"), "accuracy": None,
