@@ -143,7 +143,7 @@ def test_unlogged_forward_records_nothing():
 
 
 def test_norms64_keeps_float64_range_and_precision():
-    from vgrad_cli.measure.probes import _norms64
+    from vgrad_cli.measure.norms import norms64 as _norms64
 
     torch.manual_seed(0)
     ts = [torch.randn(128, 128), torch.randn(128), torch.full((64, 64), 1e-26), torch.full((5000,), 1e20),

@@ -1,4 +1,4 @@
-"""The measurement engine: what is computed on a logged step (per-layer gradient, δ, weight and
-activation statistics; the gradient through time). Imports torch and the activation registry only;
-never the training loop, run directories, analysis or rendering.
+"""The measurement engine: what is computed on a logged step. layers.py (what a layer is; finding a
+model's layers), recorder.py (what the hooks record), norms.py (batched norms), probes.py (the
+statistics). Imports torch and the activation registry only; never training, rundir or analysis.
 """

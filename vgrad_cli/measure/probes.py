@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 
 from ..activations import ACTIVATIONS, Activation
+from .norms import abs_max_each, norms64, per_layer_norm
+from .recorder import Recorder  # noqa: F401  (tests and models import it from here)
 from .layers import hook_candidates, is_activation
 
 TIME_COLUMNS = ["step", "layer", "t", "delta_norm"]
@@ -25,137 +27,6 @@ LAYER_COLUMNS = [
 # of its typical magnitude (std_b(a) <= UNRESPONSIVE_REL * mean_b|a|): it says the same thing
 # for every input.
 UNRESPONSIVE_REL = 0.01
-
-
-def first_tensor(x):
-    """A module's output as one tensor: the first tensor of a tuple/list (an LSTM's output sequence,
-    attention's output), else None (e.g. a dict)."""
-    import torch
-
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, (tuple, list)):
-        return next((t for t in x if isinstance(t, torch.Tensor)), None)
-    return None
-
-
-class Recorder:
-    """What one logged forward pass hands the probe.
-
-    By module (hooks): every output of a watched module (δ candidates keep their gradient; several
-    calls of one module are several tensors) and the first input. By layer index (a model's own
-    calls, vgrad's recurrent nets): record(layer, z, a) and the hidden states through time.
-    """
-
-    def __init__(self, keep_activations: bool):
-        self.keep_activations = keep_activations
-        self.out: dict = {}    # id(module) -> [output tensors]
-        self.inp: dict = {}    # id(module) -> its first input (detached)
-        self.order: list = []  # modules in first-call order (what discovery reads)
-        self.z: dict = {}      # layer index -> [tensors whose gradient is δ]
-        self.a: dict = {}      # layer index -> activation tensor
-        self.h: list = []      # recurrent models: every hidden state h_t, layer by layer
-
-    # --- hooks ---
-    # A forward pass without autograd (an evaluation between two training steps, under no_grad or
-    # inference_mode) has no δ and is not the training batch: not recorded.
-    def on_output(self, module, output, keep_grad: bool):
-        if not torch.is_grad_enabled():
-            return
-        t = first_tensor(output)
-        if t is None:
-            return
-        if id(module) not in self.out:
-            self.order.append(module)
-        if keep_grad and t.requires_grad:
-            t.retain_grad()
-            self.out.setdefault(id(module), []).append(t)
-        else:
-            self.out.setdefault(id(module), []).append(t.detach())
-
-    def on_input(self, module, args):
-        if not torch.is_grad_enabled():
-            return
-        t = first_tensor(args)
-        if t is not None and id(module) not in self.inp:
-            self.inp[id(module)] = t
-
-    # --- a model's own calls ---
-    def record_time(self, layer: int, t: int, h):
-        h.retain_grad()
-        self.h.append(h)
-
-    def record(self, layer: int, z, a):
-        if z.requires_grad:
-            z.retain_grad()
-        self.z.setdefault(layer, []).append(z)
-        if a is not None and self.keep_activations:
-            self.a[layer] = a.detach()
-
-
-def _per_layer_norm(per_param_norms, param_layer, n_layers):
-    """Combine per-parameter L2 norms (a list of 0-d tensors or a 1-d tensor) into per-layer L2 norms:
-    sqrt(sum of squares) per layer."""
-    if isinstance(per_param_norms, (list, tuple)):
-        per_param_norms = torch.stack(per_param_norms)
-    sq = torch.zeros(n_layers, dtype=torch.float64, device=param_layer.device)
-    return sq.index_add_(0, param_layer, per_param_norms.double().square()).sqrt()
-
-
-# A float32 sum of squares is exact to float32 rounding when it is finite (no square overflowed)
-# and at least this many times numel: every square it may have lost below float32's normal range
-# (< 1.2e-38) then weighs < 1e-10 of the sum.
-_F32_SAFE_SQ = 1e-28
-# Lists of only smaller tensors: the float64 norm (its copy is cheap there, and one C++ loop beats a
-# Python loop of dots).
-_DOT_MIN = 4096
-
-
-def _norms64(tensors) -> torch.Tensor:
-    """L2 norm of each tensor as one float64 1-d tensor, with float64's range. In float32 the sum of
-    squares underflows once elements fall below ~1e-19 — exactly the vanished gradients vgrad exists
-    to measure (a 40-layer sigmoid net's layer 0 is ~1e-26) — and would report them as 0.
-
-    On accelerators, for other dtypes and for lists of small tensors only: one fused float64 norm.
-    On CPU that norm first copies every tensor to float64 (3-5x the time of a float32 pass; on a
-    CNN's 131k-element deltas most of a logged step's measurement cost), so there: float32 dot
-    products x.x (BLAS: no copy, and ~10x more accurate than torch's float32 norm on 100k elements),
-    then the few sums that float32 cannot be trusted with (tiny, overflowed or non-finite) again in
-    float64; which ones is a host read, free on CPU. Results agree with the float64 norm to ~1e-7
-    relative (2e-6 on 131k heavy-tailed elements)."""
-    if not tensors:
-        return torch.zeros(0, dtype=torch.float64)
-    if (tensors[0].device.type != "cpu" or any(t.dtype != torch.float32 for t in tensors)
-            or max(t.numel() for t in tensors) < _DOT_MIN):
-        return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))
-    flat = [t.reshape(-1) for t in tensors]
-    sq = torch.stack([torch.dot(v, v) for v in flat]).double()
-    redo = (sq < _floors(flat)).logical_or_(sq.isfinite().logical_not_())
-    if redo.any():
-        idx = redo.nonzero().flatten().tolist()
-        sq[idx] = torch.stack(torch._foreach_norm([flat[i] for i in idx], 2, dtype=torch.float64)).square()
-    return sq.sqrt()
-
-
-_floor_cache: dict = {}
-
-
-def _floors(tensors) -> torch.Tensor:
-    """_F32_SAFE_SQ * numel of each tensor (cached per list of sizes: the same every logged step)."""
-    key = tuple(t.numel() for t in tensors)
-    floor = _floor_cache.get(key)
-    if floor is None:
-        if len(_floor_cache) > 64:
-            _floor_cache.clear()
-        floor = _floor_cache[key] = torch.tensor([_F32_SAFE_SQ * max(n, 1) for n in key], dtype=torch.float64)
-    return floor
-
-
-def _abs_max_each(tensors):
-    """max |x| of every tensor, as one 1-d tensor. aminmax needs no |x| temporary: on CPU it is ~2x
-    faster than _foreach_max(_foreach_abs(...)) and ~8x faster than _foreach_norm(ord=inf)."""
-    lo_hi = [torch.aminmax(t) for t in tensors]
-    return torch.maximum(torch.stack([m.max for m in lo_hi]), torch.stack([m.min for m in lo_hi]).neg())
 
 
 # Activations larger than this (elements per layer) are measured layer by layer on views instead of
@@ -314,9 +185,9 @@ class LayerProbe:
         self._grad_versions = [g._version for g in grads]
         self._grads = grads
         s = self.stats
-        s["grad_norm"] = _per_layer_norm(_norms64(grads), self.param_layer, self.n)
+        s["grad_norm"] = per_layer_norm(norms64(grads), self.param_layer, self.n)
         s["grad_max_abs"] = torch.zeros(self.n, device=self.param_layer.device).scatter_reduce_(
-            0, self.param_layer, _abs_max_each(grads).float(), "amax", include_self=False
+            0, self.param_layer, abs_max_each(grads).float(), "amax", include_self=False
         )
         self._delta_norms()
         # One fused norm over every parameter: weight_norm now, and the "before" norm of update_ratio
@@ -327,7 +198,7 @@ class LayerProbe:
         self._activations()
         if self.recorder.h:  # gradient through time: ||dL/dh_t|| for every layer and t, one fused norm
             hs = self.recorder.h
-            norms = _norms64([h.grad if h.grad is not None else torch.zeros_like(h) for h in hs])
+            norms = norms64([h.grad if h.grad is not None else torch.zeros_like(h) for h in hs])
             s["time_delta_norm"] = norms.reshape(self.n - 1, -1)
         s["grad_norm_total"] = s["grad_norm"].square().sum().sqrt()
         if not keep_hooks:
@@ -346,7 +217,7 @@ class LayerProbe:
             return
         deltas = [z.grad if z.grad is not None else torch.zeros_like(z) for z in zs]
         idx = torch.tensor(index, device=self.param_layer.device)
-        self.stats["delta_norm"] = _per_layer_norm(_norms64(deltas), idx, self.n)
+        self.stats["delta_norm"] = per_layer_norm(norms64(deltas), idx, self.n)
 
     def _activations(self):
         """Activation statistics per layer that has an activation: layers whose activations share a
@@ -400,7 +271,7 @@ class LayerProbe:
             self.stats["grad_norm_clipped"] = self.stats["grad_norm_total"]
             return
         grads = [p.grad for p in self.params if p.grad is not None]
-        self.stats["grad_norm_clipped"] = _norms64(grads).square().sum().sqrt()
+        self.stats["grad_norm_clipped"] = norms64(grads).square().sum().sqrt()
 
     @torch.no_grad()
     def before_update(self):
@@ -415,8 +286,8 @@ class LayerProbe:
         if before is None or self._param_norms is None:
             raise RuntimeError("after_update needs after_backward and before_update on the same step")
         torch._foreach_sub_(before, self.params)  # in place: before - after = -update
-        upd = _per_layer_norm(_norms64(before), self.param_layer, self.n)
-        old = _per_layer_norm(self._param_norms, self.param_layer, self.n)
+        upd = per_layer_norm(norms64(before), self.param_layer, self.n)
+        old = per_layer_norm(self._param_norms, self.param_layer, self.n)
         self.stats["update_ratio"] = upd / old.clamp_min(1e-30)
 
     def _buffer(self, name: str, shape, like):
