@@ -77,6 +77,7 @@ class Monitor:
         self.watch = Watch(on_problem)
         self._recent: list = []  # the losses of the unlogged steps since the last logged one (detached)
         self._first = self._last = None
+        self._max_total = None  # the largest finite grad_norm_total logged: grad_norm_total_growth
         self._handles = []
         self.writer = None
         if self._rank0:
@@ -248,6 +249,9 @@ class Monitor:
                 self._first = (rows, metrics)
             if metrics["loss"] is None or math.isfinite(metrics["loss"]):
                 self._last = (rows, metrics)
+                total = metrics["grad_norm_total"]
+                if math.isfinite(total):
+                    self._max_total = max(self._max_total or 0.0, total)
         if self._rank0:
             self.watch.check(step, rows, metrics, self.diverged_step, self.path)
 
@@ -256,9 +260,8 @@ class Monitor:
 
         first_rows, first_m = self._first or ([], {})
         last_rows, last_m = self._last or ([], {})
-        growth = None
-        if first_m.get("grad_norm_total") and self._last is not None:
-            growth = max(m.get("grad_norm_total") or 0 for m in (first_m, last_m)) / first_m["grad_norm_total"]
+        # as for `vgrad run`: the largest logged total over the first one (not just the last one)
+        growth = self._max_total / first_m["grad_norm_total"] if first_m.get("grad_norm_total") and self._max_total else None
         out = {"status": self.status, "steps_completed": self.step_index, "diverged_step": self.diverged_step,
                "final_loss": last_m.get("loss"), "final_accuracy": None, "final_eval_loss": None,
                "final_eval_accuracy": None, "wall_time_s": round(time.time() - self._started, 3),
