@@ -13,7 +13,7 @@ from vgrad_cli.measure.jacobian import spectrum
 
 
 def linear_steps(mats):
-    return [lambda h, w=w: w @ h for w in mats]
+    return [lambda h, w=w: h @ w.T for w in mats]
 
 
 def test_orthogonal_linear_maps_have_every_singular_value_one():
@@ -24,6 +24,19 @@ def test_orthogonal_linear_maps_have_every_singular_value_one():
     for key in ("s_max", "s_min", "mean_s2"):
         assert sp[key] == pytest.approx(1.0, abs=1e-12)
     assert sp["std_s2"] < 1e-12
+
+
+def test_row_jacobians_match_torch_autograd_functional():
+    from vgrad_cli.measure.jacobian import row_jacobians
+
+    g = torch.Generator().manual_seed(TEST_SEED)
+    w = torch.randn(7, 7, generator=g, dtype=torch.float64)
+    step = lambda h: torch.nn.functional.layer_norm(torch.tanh(h @ w.T), (7,))  # noqa: E731
+    h = torch.randn(3, 7, generator=g, dtype=torch.float64)
+    got = row_jacobians(step, h)
+    for e in range(3):
+        ref = torch.autograd.functional.jacobian(lambda v: step(v[None])[0], h[e])
+        assert torch.allclose(got[e], ref, atol=1e-13)
 
 
 def test_orthogonal_linear_net_from_a_config_is_an_isometry():
@@ -45,7 +58,7 @@ def test_small_singular_values_match_high_precision_where_an_svd_of_j_cannot():
     n, layers = 10, 30
     g = torch.Generator().manual_seed(100 + TEST_SEED)
     ws = [torch.randn(n, n, generator=g, dtype=torch.float64) / math.sqrt(n) for _ in range(layers)]
-    steps = [lambda h, w=w: torch.tanh(w @ h) for w in ws]
+    steps = [lambda h, w=w: torch.tanh(h @ w.T) for w in ws]
     h0 = 0.5 * torch.randn(1, n, generator=g, dtype=torch.float64)
     sp = spectrum(steps, h0)
     # the same J in 60 digits: A_l = diag(1 - tanh(z)^2) W, with z from the float64 forward pass

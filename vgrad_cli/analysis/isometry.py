@@ -55,6 +55,7 @@ def jacobian_at_init(cfg) -> dict:
         x = task.x_train[:EXAMPLES].to(torch.float64)
         with torch.no_grad():
             h0 = model.block_step(0, x)
+        # batch norm is excluded above, so a block treats the rows of a batch independently
         steps = [lambda h, i=i: model.block_step(i, h) for i in range(1, cfg.model.depth)]
         out = spectrum(steps, h0)
     finally:

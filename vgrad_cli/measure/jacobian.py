@@ -2,8 +2,8 @@
 
 Pennington, Schoenholz & Ganguli 2017: a network learns fast when the singular values s of its
 input-output Jacobian J = A_L ... A_1 (A_l = d h_l / d h_{l-1}, one per layer map) all stay near 1,
-not only their mean square (which is what chi_1 predicts). We compute each A_l per example with
-torch.func.jacrev (in float64) and multiply them:
+not only their mean square (which is what chi_1 predicts). We compute each A_l per example (in
+float64, by autograd) and multiply them:
 
 - s_max, mean s^2 and the variance of s^2 come from svdvals(J): these are dominated by the large
   singular values, which float64 gets to ~1e-15 relative;
@@ -26,15 +26,29 @@ import torch
 
 def layer_jacobians(steps, h0):
     """Per-example Jacobians of each layer map, in float64, walking the batch through the layers.
-    steps: callables h -> next h (one example's vector in, one out); h0: (n, width). Yields
-    (n, width, width) tensors, A_1 first."""
-    from torch.func import jacrev, vmap
-
+    steps: callables on a batch (n, width) -> (n, width) whose rows do not interact (no batch norm
+    in training mode); h0: (n, width). Yields (n, width, width) tensors, A_1 first."""
     h = h0.detach().to(torch.float64)
     for step in steps:
-        yield vmap(jacrev(step))(h)
+        yield row_jacobians(step, h)
         with torch.no_grad():
-            h = vmap(step)(h)
+            h = step(h)
+
+
+def row_jacobians(step, h):
+    """J[e, i, j] = d step(h)[e, i] / d h[e, j], with one backward pass: the batch is repeated
+    width times, copy i keeps only output i, and since rows are independent the gradient of copy
+    i is row i of every example's Jacobian. (torch.func.jacrev gives the same, but its first call
+    costs ~2 s of set-up, and this runs at the end of every `vgrad run`.)"""
+    n, width = h.shape
+    rep = h.detach().unsqueeze(0).expand(width, n, width).reshape(width * n, width).clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = step(rep).reshape(width, n, -1)
+        if out.shape[-1] != width:
+            raise ValueError(f"a layer map must be square: {width} -> {out.shape[-1]}")
+        i = torch.arange(width)
+        (grad,) = torch.autograd.grad(out[i, :, i].sum(), rep)
+    return grad.reshape(width, n, width).transpose(0, 1)
 
 
 @torch.no_grad()
