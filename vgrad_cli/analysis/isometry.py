@@ -76,16 +76,16 @@ def jacobian_line(j: dict | None) -> str | None:
         return None
     if not j.get("applicable"):
         return f"jacobian spectrum at init: not applicable ({j.get('reason')})"
-    s_min = "0 (singular: a layer map has rank < width, e.g. ReLU units at 0)" if j["s_min"] == 0 else f"{j['s_min']:.2g}"
     cond = j["log10_condition_median"]
     cond_text = ("infinite" if cond is None or cond == float("inf") else
                  f"{10 ** cond:.3g}" if cond < 3 else f"1e{cond:.0f}")
     if j.get("isometric"):
-        verdict = f"near isometry: every input direction passes with a gain within {ISOMETRY_BAND:g}x of 1"
+        verdict = (f"near isometry: every input direction passes with a gain within a factor "
+                   f"{ISOMETRY_BAND:g} of 1 (s_max/s_min {cond_text})")
     elif j["s_min"] == 0:
-        verdict = "not isometric: some input directions do not pass at all"
+        verdict = ("not isometric: J is singular (a layer map has rank < width, e.g. ReLU units at 0), "
+                   "some input directions do not pass at all")
     else:
-        verdict = f"not isometric: the gains of input directions differ by a factor {cond_text}"
+        verdict = f"not isometric: the gains of input directions differ by a factor {cond_text} (s_max/s_min)"
     return (f"jacobian spectrum at init (L = {j['layers']} layer maps, {j['examples']} inputs, float64): "
-            f"mean s^2 {j['mean_s2']:.3g}, s_max {j['s_max']:.3g}, s_min {s_min}, "
-            f"condition number (median) {cond_text} — {verdict}")
+            f"mean s^2 {j['mean_s2']:.3g}, s_max {j['s_max']:.3g}, s_min {j['s_min']:.2g} — {verdict}")

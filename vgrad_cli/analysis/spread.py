@@ -97,7 +97,7 @@ def line(spread: dict | None) -> str | None:
     if f:
         parts.append(f"per-layer factor {f['mean']:.3f} ± {f['sd']:.3f} [{f['min']:.3f}–{f['max']:.3f}]")
     if spread.get("factor_rms") is not None:
-        parts.append(f"rms {spread['factor_rms']:.3f}")
+        parts.append(f"root-mean-square {spread['factor_rms']:.3f}")
     r = spread.get("delta_ratio")
     if r:
         parts.append(f"delta ratio layer 0/output median {r['median']:.2g} [{r['min']:.2g}–{r['max']:.2g}]")
