@@ -19,15 +19,24 @@ from .verdict import EXPLODING_RATIO, VANISHING_RATIO
 CSV_NAME = "init_spread.csv"
 
 
-def reading(ratio: float | None) -> str:
-    """How a layer-0/output delta ratio reads by the verdict's thresholds (verdict.py)."""
-    if ratio is None or not math.isfinite(ratio):
+def reading(*ratios: float | None) -> str:
+    """How a seed's step-0 ratios (layer-0/output delta ratio, through-time ratio) read by the
+    verdict's thresholds (verdict.py): vanishing if one is below, exploding if one is above."""
+    known = [r for r in ratios if r is not None and math.isfinite(r)]
+    if not known:
         return "unknown"
-    if ratio < VANISHING_RATIO:
+    if min(known) < VANISHING_RATIO:
         return "vanishing"
-    if ratio > EXPLODING_RATIO:
+    if max(known) > EXPLODING_RATIO:
         return "exploding"
     return "in range"
+
+
+def _judged(entry: dict) -> list:
+    """The ratios the verdict reads for this seed: across layers (not for a one-layer recurrent net,
+    whose 'layer 0 / output' is the recurrent layer against its head: indicators.py) and through time."""
+    across = entry.get("delta_ratio") if entry.get("across_layers", True) else None
+    return [across, entry.get("time_ratio")]
 
 
 def _stats(values: list[float]) -> dict | None:
@@ -43,7 +52,7 @@ def summarize(per_seed: list[dict], depth: int) -> dict:
     theory.measured_factor gives, over the hidden layers; hidden_ratio: d_0 / d_{depth-1}, its
     (depth-1)-th power). Returns the `init_spread` section of summary.json and diagnosis.json."""
     for s in per_seed:
-        s["reading"] = reading(s.get("delta_ratio"))
+        s["reading"] = reading(*_judged(s))
     counts: dict[str, int] = {}
     for s in per_seed:
         counts[s["reading"]] = counts.get(s["reading"], 0) + 1
@@ -51,6 +60,7 @@ def summarize(per_seed: list[dict], depth: int) -> dict:
         "k": len(per_seed), "seeds": [s["seed"] for s in per_seed],
         "factor": _stats([s.get("factor") for s in per_seed]),
         "delta_ratio": _stats([s.get("delta_ratio") for s in per_seed]),
+        "time_ratio": _stats([s.get("time_ratio") for s in per_seed]),
         "readings": counts, "agree": len(counts) == 1,
         "per_seed": per_seed,
     }
@@ -74,10 +84,16 @@ def note(spread: dict | None, width: int | None = None, depth: int | None = None
     counts, k = spread["readings"], spread["k"]
     odd = sorted((n, r) for r, n in counts.items() if r != "in range") or [(0, "")]
     n, what = odd[-1]
-    ratios = [s["delta_ratio"] for s in spread["per_seed"] if s["reading"] == what and s.get("delta_ratio") is not None]
-    span = f" (delta ratio {min(ratios):.2g}-{max(ratios):.2g})" if ratios else ""
+    odd_seeds = [s for s in spread["per_seed"] if s["reading"] == what]
+    pick = min if what == "vanishing" else max  # the ratio that decided each seed's reading
+    ratios = [pick(rs) for s in odd_seeds if (rs := [r for r in _judged(s) if r is not None and math.isfinite(r)])]
+    recurrent = any(s.get("time_ratio") is not None for s in odd_seeds)
+    name = "delta or through-time ratio" if recurrent else "delta ratio"
+    span = f" ({name} {min(ratios):.2g}-{max(ratios):.2g})" if ratios else ""
     why = "finite width (Hanin 2018), whose fluctuations grow with depth/width"
-    if width and depth:
+    if recurrent:  # the product runs over time steps too: depth/width says less
+        why = "finite width (Hanin 2018): a product of random Jacobians, over layers and time steps, fluctuates"
+    elif width and depth:
         why += f" = {depth}/{width}"
     text = f"at init {n} of {k} seeds read {what}{span}: {why}"
     rms = spread.get("factor_rms")
@@ -98,9 +114,10 @@ def line(spread: dict | None) -> str | None:
         parts.append(f"per-layer factor {f['mean']:.3f} ± {f['sd']:.3f} [{f['min']:.3f}–{f['max']:.3f}]")
     if spread.get("factor_rms") is not None:
         parts.append(f"root-mean-square {spread['factor_rms']:.3f}")
-    r = spread.get("delta_ratio")
-    if r:
-        parts.append(f"delta ratio layer 0/output median {r['median']:.2g} [{r['min']:.2g}–{r['max']:.2g}]")
+    for key, what in (("delta_ratio", "delta ratio layer 0/output"), ("time_ratio", "through-time ratio")):
+        r = spread.get(key)
+        if r:
+            parts.append(f"{what} median {r['median']:.2g} [{r['min']:.2g}–{r['max']:.2g}]")
     counts = ", ".join(f"{n} {what}" for what, n in sorted(spread["readings"].items(), key=lambda x: -x[1]))
     parts.append(f"reading {counts}")
     return f"{head}: " + "; ".join(parts)

@@ -47,7 +47,7 @@ def init_spread(cfg, k: int) -> tuple[dict, list[dict]]:
                      "factor": measured_factor(rows, hidden) if hidden >= 2 else None,
                      "hidden_ratio": (d[0] / d[hidden - 1]) if hidden >= 2 and d[hidden - 1] else None}
             if time_rows:
-                entry["time_ratio"] = time_ratio(time_rows)
+                entry.update(time_ratio=time_ratio(time_rows), across_layers=len(rows) > 2)
             per_seed.append(entry)
             table += [{"seed": seed, **{c: r.get(c) for c in SPREAD_COLUMNS[1:]}} for r in rows]
     finally:
