@@ -131,3 +131,26 @@ def test_recurrent_seeds_read_through_time():
     assert spread["readings"] == {"vanishing": 3} and spread["time_ratio"]["max"] < 1e-3
     assert spread["delta_ratio"]["min"] > 0.01  # in range across "layers": ignored for one layer
     assert all(s["across_layers"] is False for s in spread["per_seed"])
+
+
+def test_a_monitor_run_has_no_config_to_reinitialise(cli, tmp_path):
+    import torch
+    from torch import nn
+
+    from vgrad_cli import Monitor
+
+    torch.manual_seed(TEST_SEED)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    with Monitor(model, optimizer=opt, out=tmp_path, name="own", every=1, on_problem=None, plots=False) as mon:
+        for _ in range(2):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            mon.step(loss)
+            opt.step()
+    res = cli("diagnose", mon.path, "--init-seeds", 4)
+    assert res.exit_code == 2 and "a model of your own" in res.stderr and "--init-seeds" in res.stderr
+    d = json.loads(cli("diagnose", mon.path, "--format", "json").stdout)
+    assert d["jacobian"]["applicable"] is False and "init_spread" not in d

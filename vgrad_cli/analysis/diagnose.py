@@ -142,10 +142,11 @@ def _at_init(run, cfg, init_spread, jacobian: bool) -> tuple[dict, str | None]:
     spread = init_spread or stored(run)
     if spread:
         out["init_spread"] = spread
-    if jacobian and cfg is not None:
+    if jacobian:
         from .isometry import jacobian_at_init
 
-        out["jacobian"] = jacobian_at_init(cfg)
+        out["jacobian"] = jacobian_at_init(cfg) if cfg is not None else {
+            "applicable": False, "reason": "a model of your own (a Monitor run): vgrad cannot rebuild it at init"}
     model = (run.config or {}).get("model") or {}
     return out, note(spread, model.get("width"), model.get("depth"))
 

@@ -55,7 +55,7 @@ def run_experiment(cfg, out_root: str | Path, on_start=None, on_log=None) -> tup
         raise
     writer.close()
     summary.update(summarize(result, time.time() - started))
-    if cfg.log.init_seeds:
+    if cfg.log.init_seeds and result.status != "interrupted":  # Ctrl-C: the user wants out, not K more steps
         summary["init_spread"] = spread_at_init(cfg, writer.path)
     summary.update(judge(writer.path, summary))
     writer.write_summary(summary)
