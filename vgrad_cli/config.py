@@ -53,6 +53,7 @@ class Section(BaseModel):
 # vgrad's experiments need, far below what exhausts a laptop.
 MAX_PARAMETERS = 100_000_000
 MAX_ACTIVATIONS = 200_000_000  # values kept for backprop per step: batch x width x depth (x seq_len)
+MAX_INIT_SEEDS = 256  # log.init_seeds: each seed is one step-0 forward/backward; more is a sweep, not a check
 
 
 class ModelConfig(Section):
@@ -140,6 +141,10 @@ class LogConfig(Section):
     every: int = Field(10, ge=1, description="write table rows every N steps (step 0 and the last always)")
     eval_every: int = Field(100, ge=1, description="evaluate on the held-out set every N steps (and the last)")
     activations: bool = Field(True, description="activation statistics on/off")
+    init_seeds: int = Field(
+        0, ge=0, le=MAX_INIT_SEEDS, description="also measure step 0 of seeds seed .. seed+K-1 (no training) and "
+        "report the per-layer factor's spread over them (init_spread.csv, summary.json); 0 = off",
+    )
 
 
 class Config(Section):

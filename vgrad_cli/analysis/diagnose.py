@@ -43,8 +43,11 @@ def load(run_dir) -> tuple:
     return run, validate(run.config, f"{path}/config.yaml"), run.config
 
 
-def diagnose(run_dir, k: int | None = None, ablation: bool = True, write: bool = True) -> dict:
-    """Every indicator, the theory, the verdict and recommendations for one run."""
+def diagnose(run_dir, k: int | None = None, ablation: bool = True, write: bool = True,
+             init_spread: dict | None = None, jacobian: bool | None = None) -> dict:
+    """Every indicator, the theory, the verdict and recommendations for one run. init_spread: a
+    spread over seeds measured now (else the run's own, from `--init-seeds`); jacobian: compute the
+    Jacobian spectrum at init (torch; default: when the ablation probe runs)."""
     from .advice import recommend
     from .theory import theory_for_run
 
@@ -61,12 +64,15 @@ def diagnose(run_dir, k: int | None = None, ablation: bool = True, write: bool =
     by_key = {i["key"]: i for i in items}
     th = theory_section(run, theory_for_run(run.path))
     verdict, detail, recovered = decide(by_key)
+    at_init, disagree = _at_init(run, cfg, init_spread, ablation if jacobian is None else jacobian)
+    detail += f"; {disagree}" if disagree else ""
     out = {
         "diagnosis_version": DIAGNOSIS_VERSION, "run": run.name, "status": run.status,
         "model": run.model_text(), "verdict": verdict, "verdict_detail": detail,
         "present": [i["key"] for i in items if i["status"] == "present"],
         "indicators": items, "theory": th,
         "recommendations": recommend(raw, verdict, by_key, recovered),
+        **at_init,
     }
     out = _clean(out)
     if write:
@@ -125,6 +131,24 @@ def _ablation(path, cfg, baseline, k):
     from .ablation import ablation
 
     return ablation(path, cfg, baseline, k)
+
+
+def _at_init(run, cfg, init_spread, jacobian: bool) -> tuple[dict, str | None]:
+    """The seeds' spread at step 0 (`init_spread`) and the Jacobian spectrum (`jacobian`), and the
+    sentence the verdict gets when the seeds read differently (spread.py, isometry.py)."""
+    from .spread import note, stored
+
+    out = {}
+    spread = init_spread or stored(run)
+    if spread:
+        out["init_spread"] = spread
+    if jacobian:
+        from .isometry import jacobian_at_init
+
+        out["jacobian"] = jacobian_at_init(cfg) if cfg is not None else {
+            "applicable": False, "reason": "a model of your own (a Monitor run): vgrad cannot rebuild it at init"}
+    model = (run.config or {}).get("model") or {}
+    return out, note(spread, model.get("width"), model.get("depth"))
 
 
 def decide(by_key: dict) -> tuple[str, str, bool]:

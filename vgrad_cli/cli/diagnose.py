@@ -24,11 +24,12 @@ def diagnose(
     run: str = typer.Argument(..., help="a run directory or a unique prefix of a run's name"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where run names are looked up"),
     k: Optional[int] = typer.Option(None, "--k", help="ablation: re-initialise the first K hidden layers [default: a third of the depth]"),
-    no_ablation: bool = typer.Option(False, "--no-ablation", help="skip the ablation probe (no torch, no model.pt needed)"),
+    no_ablation: bool = typer.Option(False, "--no-ablation", help="skip the ablation probe and the Jacobian spectrum (no torch, no model.pt needed)"),
     try_: bool = typer.Option(False, "--try", help="print the suggested config (YAML) instead of the report"),
     write: Optional[Path] = typer.Option(None, "--write", help="write the suggested config to FILE"),
     rec: int = typer.Option(1, "--rec", help="which recommendation --try/--write use (1 = the top one)"),
     format_: str = typer.Option("table", "--format", "-f", help="table or json"),
+    init_seeds: Optional[int] = typer.Option(None, "--init-seeds", help="re-initialise the model K times (seeds seed..seed+K-1, step 0, no training): the per-layer factor's spread"),
 ):
     """Check a run for the symptoms of vanishing and exploding gradients, compare the measured
     per-layer factor with mean-field theory, and recommend config changes."""
@@ -43,7 +44,8 @@ def diagnose(
     paths = resolve(run, runs_dir)
     if len(paths) > 1:
         raise UsageError(f"'{run}' is a sweep of {len(paths)} runs: diagnose one of them")
-    d = run_diagnosis(paths[0], k=k, ablation=not no_ablation)
+    spread = _init_spread(paths[0], init_seeds) if init_seeds is not None else None
+    d = run_diagnosis(paths[0], k=k, ablation=not no_ablation, init_spread=spread)
     suggested = _suggested(paths[0], d, rec) if (try_ or write is not None) else None
     if try_ and write is None:
         sys.stdout.write(suggested)
@@ -61,6 +63,22 @@ def diagnose(
         except OSError as e:
             raise UsageError(f"cannot write '{write}': {e.strerror}") from None
         print(f"suggested config: {write}  (run it: vgrad run {write})", file=sys.stderr)
+
+
+def _init_spread(path: Path, k: int) -> dict:
+    from ..analysis.diagnose import load
+    from ..config import MAX_INIT_SEEDS
+    from ..errors import UsageError
+
+    if not 1 <= k <= MAX_INIT_SEEDS:
+        raise UsageError(f"--init-seeds must be between 1 and {MAX_INIT_SEEDS} (seeds measured at step 0), not {k}")
+    _, cfg, _ = load(path)
+    if cfg is None:
+        raise UsageError(f"'{path.name}' is a model of your own (a Monitor run): --init-seeds rebuilds the model "
+                         "from a vgrad config, which this run does not have")
+    from ..training.initspread import init_spread
+
+    return init_spread(cfg, k)[0]
 
 
 def _suggested(path: Path, d: dict, rec: int) -> str:
@@ -84,6 +102,8 @@ def render(d: dict, path: Path) -> None:
     from rich.table import Table
 
     from ..analysis.diagnose import theory_line
+    from ..analysis.isometry import jacobian_line
+    from ..analysis.spread import line as spread_line
     from ..report.console import VERDICT_STYLE, make_console
 
     console = make_console()
@@ -99,6 +119,9 @@ def render(d: dict, path: Path) -> None:
                   f"{escape(i['summary'])}\n[dim]{escape(i['threshold'])}[/]")
     console.print(t)
     console.print(escape(theory_line(d["theory"])), soft_wrap=True)
+    for text in (spread_line(d.get("init_spread")), jacobian_line(d.get("jacobian"))):
+        if text:
+            console.print(escape(text), soft_wrap=True)
     style = VERDICT_STYLE.get(d["verdict"], "bold magenta")
     console.print(f"verdict: [{style}]{d['verdict']}[/] — {escape(d['verdict_detail'])}", soft_wrap=True)
     for n, r in enumerate(d["recommendations"], 1):

@@ -26,6 +26,15 @@ def _print_diagnosis(console, run_dir):
     print_lines(console, lines)
 
 
+def _print_spread(console, summary: dict):
+    from ..analysis.spread import line
+    from ..report.console import print_lines
+
+    text = line(summary.get("init_spread"))
+    if text:
+        print_lines(console, [text])
+
+
 @app.command()
 @usage_errors
 def run(
@@ -37,11 +46,17 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed", help="override seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the run directory"),
     no_plots: bool = typer.Option(False, "--no-plots", help="do not write plots/ (the PNG figures)"),
+    init_seeds: Optional[int] = typer.Option(None, "--init-seeds", help="also measure step 0 of K seeds (no training): the factor's spread (= --set log.init_seeds=K)"),
 ):
     """Train the network CONFIG describes and write its per-layer gradient tables."""
     from ..config import load_config
 
-    shortcuts = [("name", "--name", name), ("train.steps", "--steps", steps), ("seed", "--seed", seed)]
+    from ..errors import UsageError
+
+    if init_seeds is not None and init_seeds < 1:  # the key's 0 means off; a flag asking for 0 seeds is a mistake
+        raise UsageError(f"--init-seeds must be >= 1 (the number of seeds measured at step 0), not {init_seeds}")
+    shortcuts = [("name", "--name", name), ("train.steps", "--steps", steps), ("seed", "--seed", seed),
+                 ("log.init_seeds", "--init-seeds", init_seeds)]
     sets = list(set_ or []) + [f"{key}={value}" for key, _, value in shortcuts if value is not None]
     flags = {key: f"{flag} {value}" for key, flag, value in shortcuts if value is not None}
     cfg = load_config(config, sets, flags)
@@ -60,7 +75,6 @@ def run(
         last_rows[:] = rows
         progress.log(step, metrics, rows)
 
-    from ..errors import UsageError
     from ..report.console import error
 
     try:
@@ -84,5 +98,6 @@ def run(
     else:
         print_summary(console, run_dir, summary, first_rows, last_rows)
         _print_diagnosis(console, run_dir)
+        _print_spread(console, summary)
     if summary["status"] == "interrupted":
         raise typer.Exit(130)

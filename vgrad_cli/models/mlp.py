@@ -45,10 +45,16 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = x
-        for block in self.blocks:
-            a = block.act(block.norm(block.linear(h)))
-            h = h + a if block.skip else a
+        for i in range(len(self.blocks)):
+            h = self.block_step(i, h)
         return self.head(h)
+
+    def block_step(self, i: int, h):
+        """Hidden block i on its input h (its own residual skip included): one layer's map, which
+        the Jacobian spectrum (measure/jacobian.py) differentiates block by block."""
+        block = self.blocks[i]
+        a = block.act(block.norm(block.linear(h)))
+        return h + a if block.skip else a
 
     def probe_layers(self) -> list[ProbeLayer]:
         # δ at the norm's output: the pre-activation z, i.e. the input of the nonlinearity. With batch

@@ -1,4 +1,5 @@
-"""The training loop (loop.py: when to measure, when to stop) and one experiment end to end
-(runner.py: config -> run directory -> summary.json). Imports models, tasks, measure, rundir and
-analysis.verdict; nothing above it (report, sweep, cli) is imported here.
+"""The training loop (loop.py: when to measure, when to stop), one experiment end to end
+(runner.py: config -> run directory -> summary.json), and step 0 of K seeds without training
+(initspread.py). Imports models, tasks, measure, rundir and analysis; nothing above it (report,
+sweep, cli) is imported here.
 """

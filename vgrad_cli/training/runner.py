@@ -55,9 +55,24 @@ def run_experiment(cfg, out_root: str | Path, on_start=None, on_log=None) -> tup
         raise
     writer.close()
     summary.update(summarize(result, time.time() - started))
+    if cfg.log.init_seeds and result.status != "interrupted":  # Ctrl-C: the user wants out, not K more steps
+        summary["init_spread"] = spread_at_init(cfg, writer.path)
     summary.update(judge(writer.path, summary))
     writer.write_summary(summary)
     return writer.path, summary
+
+
+def spread_at_init(cfg, run_dir: Path) -> dict:
+    """log.init_seeds: step 0 of K seeds (no training), into init_spread.csv; returns the summary."""
+    from ..analysis.spread import CSV_NAME
+    from ..rundir.files import CsvTable
+    from .initspread import SPREAD_COLUMNS, init_spread
+
+    spread, rows = init_spread(cfg, cfg.log.init_seeds)
+    table = CsvTable(run_dir / CSV_NAME, SPREAD_COLUMNS)
+    table.append(rows)
+    table.close()
+    return spread
 
 
 def judge(run_dir: Path, summary: dict) -> dict:
@@ -65,10 +80,14 @@ def judge(run_dir: Path, summary: dict) -> dict:
     from ..analysis.diagnose import run_verdict
     from ..rundir.store import load_run
 
+    from ..analysis.spread import note
+
     run = load_run(run_dir)
     run.summary = summary  # the final one: on disk it still says "running"
     verdict, reason = run_verdict(run)
-    return {"verdict": verdict, "verdict_reason": reason}
+    disagree = note(summary.get("init_spread"), run.config.get("model", {}).get("width"),
+                    run.config.get("model", {}).get("depth"))
+    return {"verdict": verdict, "verdict_reason": reason + (f"; {disagree}" if disagree else "")}
 
 
 def summarize(result, wall_time: float) -> dict:

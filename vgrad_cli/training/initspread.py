@@ -1,0 +1,55 @@
+"""Step 0 of K seeds, without training: the measurement behind `--init-seeds K` (analysis/spread.py
+summarises it).
+
+Seed s + i (s the config's seed, i = 0 .. K-1) is measured exactly as step 0 of the run
+`vgrad run CONFIG --seed s+i` would be: the same task data, the same initial weights, the same
+first batch, one forward and backward through the same LayerProbe (the trainer of loop.py is reused,
+so nothing about what a factor means can drift). Seed s is the run's own step 0. No update is
+applied and nothing is written here; one seed costs one step of the run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..analysis.spread import summarize
+from ..analysis.theory import measured_factor
+from ..analysis.verdict import first_last_ratio, time_ratio
+from .loop import _Trainer, resolve_device
+
+SPREAD_COLUMNS = ["seed", "layer", "name", "grad_norm", "delta_norm", "act_std", "act_dead_frac"]
+
+
+def measure_seed(cfg, seed: int, device) -> tuple[list[dict], list[dict]]:
+    """(layers.csv rows, time.csv rows) of step 0 for `cfg` with `seed`."""
+    c = cfg.model_copy(update={"seed": seed})
+    task = c.task.make(seed).to(device)
+    tr = _Trainer(c, task, device)
+    out, y, loss = tr.forward_backward(logged=True)
+    host = tr.measured(out, y, loss, torch.zeros(0, device=device))
+    return tr.probe.rows(0, host), tr.probe.time_rows(0, host)
+
+
+def init_spread(cfg, k: int) -> tuple[dict, list[dict]]:
+    """(the `init_spread` summary, init_spread.csv rows) over seeds cfg.seed .. cfg.seed + k - 1."""
+    device = resolve_device(cfg.train.device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and cfg.train.cpu_threads > 0:
+        torch.set_num_threads(cfg.train.cpu_threads)  # as training does (loop.train says why)
+    per_seed, table = [], []
+    hidden = cfg.model.depth
+    try:
+        for seed in range(cfg.seed, cfg.seed + k):
+            rows, time_rows = measure_seed(cfg, seed, device)
+            d = [r.get("delta_norm") for r in rows]
+            entry = {"seed": seed, "delta_ratio": first_last_ratio(rows, "delta_norm"),
+                     "grad_ratio": first_last_ratio(rows, "grad_norm"),
+                     "factor": measured_factor(rows, hidden) if hidden >= 2 else None,
+                     "hidden_ratio": (d[0] / d[hidden - 1]) if hidden >= 2 and d[hidden - 1] else None}
+            if time_rows:
+                entry.update(time_ratio=time_ratio(time_rows), across_layers=len(rows) > 2)
+            per_seed.append(entry)
+            table += [{"seed": seed, **{c: r.get(c) for c in SPREAD_COLUMNS[1:]}} for r in rows]
+    finally:
+        torch.set_num_threads(threads)
+    return summarize(per_seed, hidden), table
