@@ -107,7 +107,7 @@ def test_sigmoid_prediction_matches_measurement():
     assert measured == pytest.approx(predicted["factor"], rel=0.05)
 
 
-@pytest.mark.parametrize("model, word", [({"norm": "batch"}, "norm"), ({"residual": True}, "residual"),
+@pytest.mark.parametrize("model, word", [({"norm": "layer"}, "norm"), ({"residual": True}, "residual"),
                                          ({"kind": "lstm", "activation": None}, "lstm"), ({"init": "identity"}, "identity")])
 def test_not_applicable_says_why(model, word):
     out = theory.for_model({"kind": "mlp", "depth": 8, "width": 64, "activation": "relu", "init": "default", **model})
