@@ -197,8 +197,8 @@ def theory_line(th: dict) -> str:
             if at is not None:
                 line += f"; at this depth, from the data: {at:.3f} ({th['regime_at_depth']})"
         else:
-            line = (f"theory ({th['theory']}, {th['activation']}): per-layer factor {th['factor']:.3f} "
-                    f"({th['regime']}), depth scale {xi_text}")
+            line = (f"theory ({th['theory']}, {th['activation']}): per-layer factor {th['factor']:.3f}, "
+                    f"depth scale {xi_text}: {th['regime_at_depth'] or th['regime']} at this depth")
     m = th.get("measured_factor")
     if m is not None:
         line += f"; measured at step {th.get('measured_step', 0)}: {m:.3f}"

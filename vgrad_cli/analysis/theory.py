@@ -185,7 +185,7 @@ def for_model(model: dict, data: dict | None = None) -> dict:
     head = {"applicable": True, "activation": act, "init": init}
     if model.get("norm") == "batch":
         chi = bn_chi(act)
-        return {**head, **_numbers(chi, depth), "theory": "batch norm, large batch (Yang et al. 2019)",
+        return {**head, **_numbers(chi, depth), "theory": "batch norm at large batch, Yang et al. 2019",
                 "factor_at_depth": math.sqrt(chi) if depth >= 2 else None,
                 "regime_at_depth": regime_over(math.sqrt(chi), depth) if depth >= 2 else None,
                 "note": small_batch_note(data.get("batch_size"))}
