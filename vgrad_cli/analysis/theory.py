@@ -276,9 +276,10 @@ def run_data(cfg: dict, summary: dict) -> dict:
 
 
 def theory_columns(path) -> dict:
-    """Mean-field prediction next to the measured per-layer delta_norm factor at step 0 (plain MLPs)."""
+    """Theory's per-layer factor (fixed point; at the run's depth) next to the measured delta_norm
+    factor at step 0 (plain and batch-norm MLPs)."""
     th = theory_for_run(path) or {}
     if not th.get("applicable"):
         return {}
     return {"theory_factor": th.get("factor"), "measured_factor": th.get("measured_factor"),
-            "theory_depth_scale": th.get("depth_scale")}
+            "theory_depth_scale": th.get("depth_scale"), "theory_factor_at_depth": th.get("factor_at_depth")}
