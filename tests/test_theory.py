@@ -249,3 +249,15 @@ def test_theory_line_says_which_prediction_to_trust():
     assert "theory note: " in line and f"trust {th['factor_at_depth']:.3f} for this 30-layer net" in line
     bn = theory_line(theory.for_model({"kind": "mlp", "depth": 10, "width": 64, "activation": "relu", "norm": "batch"}))
     assert "batch norm at large batch, Yang et al. 2019, relu): per-layer factor 1.211" in bn
+
+
+def test_advice_does_not_blame_the_init_for_batch_norms_growth():
+    """BN makes the growth independent of the weights' scale: no 'critical init' for a BN net."""
+    from vgrad_cli.analysis.advice import recommend
+
+    cfg = validate(small(model={"depth": 12, "width": 32, "activation": "relu", "init": "kaiming_normal",
+                                "init_std": 2.5})).to_dict()
+    assert recommend(cfg, "exploding", {}, False)[0]["title"] == "a critical init"
+    cfg["model"]["norm"] = "batch"
+    titles = [r["title"] for r in recommend(cfg, "exploding", {}, False)]
+    assert "a critical init" not in titles and "gradient clipping" in titles

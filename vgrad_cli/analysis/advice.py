@@ -82,7 +82,8 @@ def _exploding(cfg: dict) -> list[dict]:
     if m["kind"] == "mlp":
         act = m.get("activation")
         pred = theory.for_model(m)
-        if pred.get("applicable") and pred["chi_1"] > 1.05:
+        # a plain MLP's growth is set by the init's scale; batch norm's (theory_bn.py) is not
+        if pred.get("applicable") and "sigma_w2" in pred and pred["chi_1"] > 1.05:
             fix = {"model.init_std": None} if m.get("init", "").startswith("kaiming") else {"model.init": "kaiming_normal", "model.init_std": None}
             if act not in RELU_FAMILY:
                 fix = {"model.activation": "relu", "model.init": "kaiming_normal", "model.init_std": None}
