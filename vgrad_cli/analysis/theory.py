@@ -33,7 +33,9 @@ derivative at layer l, the weights of layer l+1). Where q* = 0 (tanh + Xavier, G
 q approaches it slowly and a finite net never gets there: trust the at-depth figure for the net
 you have, the fixed point for the limit of a very deep one.
 
-Batch norm: theory_bn.py. Approximations, said where they are made:
+Batch norm has its own map: theory_bn.py (for_model picks it).
+
+Approximations, said where they are made:
 - only the weight *variance* matters (uniform and orthogonal inits count by their variance);
 - wide layers (Hanin 2018: fluctuations grow like depth/width), one Gaussian per layer with the
   input's mean second moment (examples whose norms differ much follow different trajectories).
