@@ -82,7 +82,8 @@ def _exploding(cfg: dict) -> list[dict]:
     if m["kind"] == "mlp":
         act = m.get("activation")
         pred = theory.for_model(m)
-        if pred.get("applicable") and pred["chi_1"] > 1.05:
+        # a plain MLP's growth is set by the init's scale; batch norm's (theory_bn.py) is not
+        if pred.get("applicable") and "sigma_w2" in pred and pred["chi_1"] > 1.05:
             fix = {"model.init_std": None} if m.get("init", "").startswith("kaiming") else {"model.init": "kaiming_normal", "model.init_std": None}
             if act not in RELU_FAMILY:
                 fix = {"model.activation": "relu", "model.init": "kaiming_normal", "model.init_std": None}
@@ -122,8 +123,9 @@ OWN_MODEL = {
 }
 
 
-def recommend(cfg: dict, verdict: str, indicators: dict, recovered: bool) -> list[dict]:
-    """cfg: the resolved config as a dict (config.yaml). Ordered, most preferred first."""
+def recommend(cfg: dict, verdict: str, indicators: dict, recovered: bool, data: dict | None = None) -> list[dict]:
+    """cfg: the resolved config as a dict (config.yaml); data: theory.run_data() of the run, for the
+    predictions at the model's depth. Ordered, most preferred first."""
     m, t = cfg["model"], cfg["train"]
     if m.get("kind") == "custom":
         advice = list(OWN_MODEL.get(verdict, []))
@@ -150,7 +152,7 @@ def recommend(cfg: dict, verdict: str, indicators: dict, recovered: bool) -> lis
     for r in out:
         r["optional"] = recovered  # the problem was there at init, but training overcame it
         r["command"] = "--set " + " --set ".join(f"{k}={_yaml_scalar(v)}" for k, v in r["set"].items())
-        pred = _predicted(cfg, r["set"])
+        pred = _predicted(cfg, r["set"], data)
         if pred is not None:
             r["theory_factor_after"] = pred
     return out
@@ -171,13 +173,16 @@ def apply(cfg: dict, changes: dict) -> dict:
     return new
 
 
-def _predicted(cfg: dict, changes: dict) -> float | None:
-    """The mean-field factor after the change; None when the change cannot move it (a learning
-    rate, clipping, training longer: theory at init knows nothing of those)."""
+def _predicted(cfg: dict, changes: dict, data: dict | None = None) -> float | None:
+    """The per-layer factor theory predicts after the change, at the model's depth where the run's
+    data allows it (else the fixed point); None when the change cannot move it (a learning rate,
+    clipping, training longer: theory at init knows nothing of those)."""
     if not any(k.startswith("model.") for k in changes):
         return None
-    p = theory.for_model(apply(cfg, changes)["model"])
-    return p["factor"] if p.get("applicable") else None
+    p = theory.for_model(apply(cfg, changes)["model"], data)
+    if not p.get("applicable"):
+        return None
+    return p["factor_at_depth"] if p.get("factor_at_depth") is not None else p["factor"]
 
 
 def suggested_config(cfg: dict, recommendation: dict, source: str) -> str:

@@ -49,7 +49,7 @@ def diagnose(run_dir, k: int | None = None, ablation: bool = True, write: bool =
     spread over seeds measured now (else the run's own, from `--init-seeds`); jacobian: compute the
     Jacobian spectrum at init (torch; default: when the ablation probe runs)."""
     from .advice import recommend
-    from .theory import theory_for_run
+    from .theory import run_data, theory_for_run
 
     run, cfg, raw = load(run_dir)
     baseline = run.summary.get("baseline_loss")
@@ -71,7 +71,7 @@ def diagnose(run_dir, k: int | None = None, ablation: bool = True, write: bool =
         "model": run.model_text(), "verdict": verdict, "verdict_detail": detail,
         "present": [i["key"] for i in items if i["status"] == "present"],
         "indicators": items, "theory": th,
-        "recommendations": recommend(raw, verdict, by_key, recovered),
+        "recommendations": recommend(raw, verdict, by_key, recovered, run_data(raw, run.summary)),
         **at_init,
     }
     out = _clean(out)
@@ -205,21 +205,34 @@ def _clean(x):
 
 
 def theory_line(th: dict) -> str:
+    """The theory section in words: the prediction(s), the measurement, and a note line where the
+    prediction needs a caveat (which of two predictions to trust, a small batch)."""
+    at = th.get("factor_at_depth")
     if not th.get("applicable"):
         line = f"theory: not applicable ({th.get('reason')})"
     else:
         xi = th.get("depth_scale")
         xi_text = "infinite (critical)" if xi is None else f"{xi:.3g} layers"
-        line = (f"theory (mean field, {th['activation']} + {th['init']}, sigma_w^2 {th['sigma_w2']:.3g}): "
-                f"predicted per-layer factor sqrt(chi_1) = {th['factor']:.3f} ({th['regime']}), depth scale {xi_text}")
+        if "sigma_w2" in th:  # plain MLP: the fixed point, then the net's own depth
+            bias = f", bias {th['bias']:g}" if th.get("bias") else ""
+            line = (f"theory (mean field, {th['activation']} + {th['init']}, sigma_w^2 {th['sigma_w2']:.3g}{bias}): "
+                    f"per-layer factor at the fixed point sqrt(chi_1) = {th['factor']:.3f} ({th['regime']}), "
+                    f"depth scale {xi_text}")
+            if at is not None:
+                line += f"; at this depth, from the data: {at:.3f} ({th['regime_at_depth']})"
+        else:
+            line = (f"theory ({th['theory']}, {th['activation']}): per-layer factor {th['factor']:.3f}, "
+                    f"depth scale {xi_text}: {th['regime_at_depth'] or th['regime']} at this depth")
     m = th.get("measured_factor")
     if m is not None:
         line += f"; measured at step {th.get('measured_step', 0)}: {m:.3f}"
-        if th.get("measured_over_predicted") is not None:
-            line += f" ({th['measured_over_predicted']:.2f} x predicted)"
+        ref, ratio = ("at depth", th.get("measured_over_at_depth")) if "sigma_w2" in th and at else \
+            ("predicted", th.get("measured_over_predicted"))
+        if ratio is not None:
+            line += f" ({ratio:.2f} x {ref})"
     if th.get("measured_time_factor") is not None:
         line += f"; through time, per step: {th['measured_time_factor']:.3f}"
-    return line
+    return line + (f"\n  theory note: {th['note']}" if th.get("applicable") and th.get("note") else "")
 
 
 def short_report(diagnosis: dict, headline: bool = True, ref: str | None = None) -> list[str]:

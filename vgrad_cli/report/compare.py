@@ -59,6 +59,7 @@ RUN_FIELDS = [  # (key in the run's stats, label in the table)
     ("measured_factor", "delta per layer, step 0"),
     ("theory_factor", "delta per layer, theory"),
     ("theory_depth_scale", "depth scale, theory"),
+    ("theory_factor_at_depth", "delta per layer, theory at depth"),
     ("time_ratio_first_step", "through time 0/T, first"),
     ("time_ratio_last_step", "through time 0/T, last"),
     ("steps_completed", "steps completed"), ("steps_planned", "steps planned"),

@@ -47,19 +47,26 @@ def gradient_flow(run, path: Path) -> Path:
 
 
 def _theory_line(ax, run):
-    """Mean-field prediction for plain MLPs: delta shrinks (or grows) by sqrt(chi_1) per layer.
-    Anchored on the measured step-0 delta_norm of the last hidden layer, drawn back to layer 0."""
+    """Theory's prediction at step 0 (plain and batch-norm MLPs): delta changes by the predicted
+    factor per layer -- layer by layer along the variance map's trajectory where the run's data is
+    known (factor_trajectory), else sqrt(chi_1) at the fixed point. Anchored on the measured step-0
+    delta_norm of the last hidden layer, drawn back to layer 0."""
     from ..analysis.theory import theory_for_run
 
     th = theory_for_run(run.path) or {}
     rows = [r for r in run.layer_rows(run.steps[0]) if r.get("name") != "output"] if run.steps else []
     if not th.get("applicable") or not rows or not has_values(positive([rows[-1].get("delta_norm")])):
         return
-    last, anchor, factor = rows[-1]["layer"], rows[-1]["delta_norm"], th["factor"]
-    xs = list(range(last + 1))
-    ys = [anchor * factor ** (last - x) for x in xs]
-    (line,) = ax.plot(xs, ys, ls="--", lw=1.2, color="black")
-    ax.legend([line], [f"mean-field theory at step 0: x{factor:.3g} per layer"], loc="lower right", fontsize=8)
+    last, anchor = rows[-1]["layer"], rows[-1]["delta_norm"]
+    per_layer = th.get("factor_trajectory") or [th["factor"]] * last  # d_l / d_{l+1}, l = 0 .. last-1
+    if len(per_layer) != last:
+        return
+    ys = [anchor]
+    for f in reversed(per_layer):
+        ys.insert(0, ys[0] * f)
+    (line,) = ax.plot(range(last + 1), ys, ls="--", lw=1.2, color="black")
+    at = th.get("factor_at_depth") or th["factor"]
+    ax.legend([line], [f"theory at step 0: x{at:.3g} per layer"], loc="lower right", fontsize=8)
 
 
 def grad_heatmap(run, path: Path) -> Path:

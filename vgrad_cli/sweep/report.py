@@ -25,15 +25,16 @@ RUN_COLUMNS = [
     "delta_norm_ratio_first_step", "delta_norm_ratio_last_step",
     "final_loss", "final_accuracy", "final_eval_loss", "final_eval_accuracy",
     "steps_completed", "wall_time_s",
-    "measured_factor", "theory_factor", "theory_depth_scale",  # per-layer delta factor at step 0 vs mean-field
+    # per-layer delta factor at step 0 vs theory (the fixed point; at the run's depth)
+    "measured_factor", "theory_factor", "theory_depth_scale", "theory_factor_at_depth",
     "error",
 ]
-SUMMARY_KEYS = RUN_COLUMNS[2:-4]       # copied from each run's summary.json as they are
+SUMMARY_KEYS = RUN_COLUMNS[2:RUN_COLUMNS.index("measured_factor")]  # copied from each run's summary.json as they are
 
 METRICS = [
     "grad_norm_ratio_first_step", "grad_norm_ratio_last_step", "delta_norm_ratio_first_step",
     "delta_norm_ratio_last_step", "final_loss", "final_accuracy", "final_eval_loss", "final_eval_accuracy",
-    "wall_time_s", "measured_factor", "theory_factor",
+    "wall_time_s", "measured_factor", "theory_factor", "theory_factor_at_depth",
 ]
 RATIOS = [m for m in METRICS if "_ratio_" in m]
 # End-of-run values: a diverged run's "last" ratio and "final" loss are wherever it blew up (often a

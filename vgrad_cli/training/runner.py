@@ -41,6 +41,8 @@ def run_experiment(cfg, out_root: str | Path, on_start=None, on_log=None) -> tup
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "steps_planned": cfg.train.steps, "seed": cfg.seed, "versions": versions(),
         "task_loss": task.loss, "baseline_loss": task.baseline_loss, "chance_accuracy": task.chance_accuracy,
+        # what the first layer sees, for the mean-field prediction at the model's depth (theory.py)
+        "input_dim": task.input_dim, "input_second_moment": float((task.x_train.double() ** 2).mean()),
     }
     writer.write_summary(summary)
     if on_start is not None:
