@@ -55,6 +55,20 @@ MAX_PARAMETERS = 100_000_000
 MAX_ACTIVATIONS = 200_000_000  # values kept for backprop per step: batch x width x depth (x seq_len)
 
 
+SQRT_DEPTH = "1/sqrt(depth)"
+
+
+def _check_residual_scale(value):
+    if value == SQRT_DEPTH or (isinstance(value, (int, float)) and 0 < value < float("inf")):
+        return value
+    raise ValueError(f"must be a number > 0 or the string '{SQRT_DEPTH}' (got {value!r})")
+
+
+def branch_scale(residual_scale, depth: int) -> float:
+    """model.residual_scale as a number: '1/sqrt(depth)' resolved for this depth."""
+    return 1.0 / depth**0.5 if residual_scale == SQRT_DEPTH else float(residual_scale)
+
+
 class ModelConfig(Section):
     kind: Annotated[str, one_of(MODEL_KINDS, "model kind")] = Field("mlp", description="mlp, rnn, lstm or gru")
     depth: int = Field(8, ge=1, description="hidden layers (mlp blocks, or stacked recurrent layers)")
@@ -74,6 +88,10 @@ class ModelConfig(Section):
         "none", description="none, batch or layer: after each Linear (mlp) or between stacked layers (layer only, recurrent)"
     )
     residual: bool = Field(False, description="identity skip around each hidden block (or stacked layer) after the first")
+    residual_scale: Annotated[Union[float, str], AfterValidator(_check_residual_scale)] = Field(
+        1.0, description="mlp with residual: the branch multiplier s in h + s*F(h), a number > 0 or "
+        f"'{SQRT_DEPTH}' (1/sqrt(model.depth): keeps a deep unnormalised residual stream from exploding)"
+    )
     recurrent_init: Annotated[str, one_of(tuple(INITS), "recurrent_init")] = Field(
         "default", description="rnn/lstm/gru hidden-to-hidden weights (per gate block): any init, e.g. orthogonal, identity"
     )
@@ -87,10 +105,13 @@ class ModelConfig(Section):
             data = {**data, "activation": DEFAULT_ACTIVATION.get(data.get("kind", "mlp"))}
         return data
 
+    def branch_scale(self) -> float:
+        return branch_scale(self.residual_scale, self.depth)
+
 
 # model keys that mean something only for some kinds (the others accept their default)
 KIND_ONLY = {"activation": ("mlp", "rnn"), "recurrent_init": RECURRENT_KINDS, "recurrent_std": RECURRENT_KINDS,
-             "forget_bias": ("lstm",)}
+             "forget_bias": ("lstm",), "residual_scale": ("mlp",)}
 
 
 def applicable(model: dict) -> dict:
@@ -114,6 +135,9 @@ def _check_kind(m: "ModelConfig"):
         raise ValueError(f"model.forget_bias applies to model.kind lstm only (got kind {kind})")
     if kind == "mlp" and (m.recurrent_init != "default" or m.recurrent_std is not None):
         raise ValueError("model.recurrent_init and model.recurrent_std apply to rnn, lstm and gru only")
+    if m.residual_scale != 1.0 and (kind not in KIND_ONLY["residual_scale"] or not m.residual):
+        raise ValueError(f"model.residual_scale scales a residual branch: it needs model.residual: true and model.kind "
+                         f"{' or '.join(KIND_ONLY['residual_scale'])} (got residual {str(m.residual).lower()}, kind {kind})")
     if kind in RECURRENT_KINDS and m.norm == "batch":
         raise ValueError(f"model.norm: batch does not fit inside a recurrence ({kind}); use none or layer")
 
