@@ -85,13 +85,13 @@ def indicators(run, raw: dict, ablated: dict | None = None) -> list[dict]:
     return [
         ind.slow_training(run, baseline),
         ind.poor_performance(run, baseline, chance),
-        ind.gradient_decay(run),
+        ind.gradient_decay(run, model),
         ind.unresponsive_units(run),
         ablated or ind.indicator(5, "reliance_on_upper_layers", "reliance on upper layers (ablation)",
                                  "not measurable", "ablation probe skipped (--no-ablation)", {}, ""),
         ind.weights_barely_moving(run),
         ind.dying_relu(run, model.get("activation")),
-        ind.exploding(run, baseline, train.get("clip_norm")),
+        ind.exploding(run, baseline, train.get("clip_norm"), model),
     ]
 
 
@@ -153,6 +153,7 @@ def decide(by_key: dict) -> tuple[str, str, bool]:
 
 def theory_section(run, th: dict | None) -> dict:
     """Mean-field prediction next to the measured per-layer (or per-time-step) factor at step 0."""
+    from . import residual
     from .verdict import time_profile
     from .theory import measured_factor
 
@@ -162,6 +163,9 @@ def theory_section(run, th: dict | None) -> dict:
     if out.get("measured_factor") is None and hidden >= 2:
         out["measured_factor"] = measured_factor(first, hidden)  # measured even where no theory applies
         out["measured_step"] = run.steps[0]
+    stream = residual.section((run.config or {}).get("model") or {}, first)
+    if stream is not None:  # a residual MLP without norm: the forward stream's growth, predicted and measured
+        out["residual"] = stream
     if run.time:
         _, prof = time_profile(run.time_rows(run.steps[0]))
         if len(prof) > 1 and prof[-1] > 0 and prof[0] > 0:
@@ -195,6 +199,10 @@ def theory_line(th: dict) -> str:
             line += f" ({th['measured_over_predicted']:.2f} x predicted)"
     if th.get("measured_time_factor") is not None:
         line += f"; through time, per step: {th['measured_time_factor']:.3f}"
+    if th.get("residual"):
+        from .residual import line as residual_line
+
+        line += "\n" + residual_line(th["residual"])
     return line
 
 
