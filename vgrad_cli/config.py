@@ -164,6 +164,10 @@ class LogConfig(Section):
     every: int = Field(10, ge=1, description="write table rows every N steps (step 0 and the last always)")
     eval_every: int = Field(100, ge=1, description="evaluate on the held-out set every N steps (and the last)")
     activations: bool = Field(True, description="activation statistics on/off")
+    float64_init: bool = Field(
+        False, description="measure step 0 again in float64 (layers_float64.csv); false: only when a step-0 "
+        "grad_norm or delta_norm is below 1e-30, where float32 underflows"
+    )
 
 
 class Config(Section):

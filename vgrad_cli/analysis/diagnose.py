@@ -154,13 +154,19 @@ def decide(by_key: dict) -> tuple[str, str, bool]:
 def theory_section(run, th: dict | None) -> dict:
     """Mean-field prediction next to the measured per-layer (or per-time-step) factor at step 0."""
     from . import residual
-    from .verdict import time_profile
+    from .verdict import BELOW_FLOAT32, time_profile, underflowed
     from .theory import measured_factor
 
     out = dict(th or {"applicable": False, "reason": "no readable config.yaml/layers.csv"})
     first = run.layer_rows(run.steps[0])
     hidden = len(first) - 1
-    if out.get("measured_factor") is None and hidden >= 2:
+    if hidden >= 2 and underflowed(first, 0):  # float32 lost layer 0's delta: the float64 step 0 has it
+        m = measured_factor(run.float64, hidden) if run.float64 and run.steps[0] == 0 else None
+        out.update(measured_factor=m, measured_step=run.steps[0], measured_precision="float64" if m else None,
+                   measured_over_predicted=m / out["factor"] if m and out.get("factor") else None)
+        if m is None:
+            out["measured_note"] = f"layer 0's delta_norm is {BELOW_FLOAT32} and step 0 was not measured in float64"
+    elif out.get("measured_factor") is None and hidden >= 2:
         out["measured_factor"] = measured_factor(first, hidden)  # measured even where no theory applies
         out["measured_step"] = run.steps[0]
     stream = residual.section((run.config or {}).get("model") or {}, first)
@@ -194,9 +200,12 @@ def theory_line(th: dict) -> str:
                 f"predicted per-layer factor sqrt(chi_1) = {th['factor']:.3f} ({th['regime']}), depth scale {xi_text}")
     m = th.get("measured_factor")
     if m is not None:
-        line += f"; measured at step {th.get('measured_step', 0)}: {m:.3f}"
+        in64 = " in float64 (float32 underflows)" if th.get("measured_precision") == "float64" else ""
+        line += f"; measured at step {th.get('measured_step', 0)}{in64}: {m:.3f}"
         if th.get("measured_over_predicted") is not None:
             line += f" ({th['measured_over_predicted']:.2f} x predicted)"
+    if th.get("measured_note"):
+        line += f"; no measured factor: {th['measured_note']}"
     if th.get("measured_time_factor") is not None:
         line += f"; through time, per step: {th['measured_time_factor']:.3f}"
     if th.get("residual"):

@@ -12,7 +12,7 @@ import math
 import statistics
 
 from . import residual
-from .verdict import EXPLODING_RATIO, GROWTH, VANISHING_RATIO, time_profile
+from .verdict import BELOW_FLOAT32, EXPLODING_RATIO, GROWTH, VANISHING_RATIO, time_profile, underflowed
 
 THRESHOLDS = {
     "min_loss_drop": 0.10,        # (1) loss fell by less than 10 % of its step-0 value ...
@@ -176,6 +176,17 @@ def gradient_decay(run, model: dict | None = None) -> dict:
                "grad": _decay(rows[0].get("grad_norm"), rows[-1].get("grad_norm"), n)}
         ev[f"{when}_step"] = per
         r = per["delta"]["ratio"] if _across_layers(run, rows) else None
+        underflow = underflowed(rows, 0)
+        if underflow:  # float32 lost layer 0's delta: not a dead layer; float64 (if measured) has the value
+            per["delta"]["note"] = BELOW_FLOAT32
+            f64 = run.float64 if step == 0 and run.float64 else None
+            if f64:
+                per["delta_float64"] = _decay(f64[0].get("delta_norm"), f64[-1].get("delta_norm"), n)
+                r = per["delta_float64"]["ratio"] if r is not None else None
+            in64 = per.get("delta_float64", {})
+            parts.append(f"step {step}: delta_norm layer 0/output {BELOW_FLOAT32}" + (
+                f"; measured in float64: {in64['ratio']:.2g} ({in64['db_per_step']:+.1f} dB/layer)"
+                if "db_per_step" in in64 else ""))
         if invariant:
             r = _scale_invariant(rows, per)
             if r is not None:
@@ -183,7 +194,7 @@ def gradient_decay(run, model: dict | None = None) -> dict:
                              f"delta_norm's {per['delta']['ratio'] or 0:.2g} follows the residual stream's scale)")
         if r is not None and r < T["vanishing_ratio"]:
             found.append(("across layers", step))
-        if r is not None and not invariant:
+        if r is not None and not invariant and not underflow:
             per_layer = f" ({per['delta']['db_per_step']:+.1f} dB/layer)" if "db_per_step" in per["delta"] else ""
             parts.append(f"step {step}: delta_norm layer 0/output {r:.2g}{per_layer}")
         if run.time:
