@@ -176,9 +176,11 @@ def gradient_decay(run, model: dict | None = None) -> dict:
                "grad": _decay(rows[0].get("grad_norm"), rows[-1].get("grad_norm"), n)}
         ev[f"{when}_step"] = per
         r = per["delta"]["ratio"] if _across_layers(run, rows) else None
+        for key in ("delta", "grad"):  # float32 lost layer 0's value: no dead layer
+            if underflowed(rows, 0, f"{key}_norm"):
+                per[key]["note"] = BELOW_FLOAT32
         underflow = underflowed(rows, 0)
-        if underflow:  # float32 lost layer 0's delta: not a dead layer; float64 (if measured) has the value
-            per["delta"]["note"] = BELOW_FLOAT32
+        if underflow:  # float64 (if measured) has the value
             f64 = run.float64 if step == 0 and run.float64 else None
             if f64:
                 per["delta_float64"] = _decay(f64[0].get("delta_norm"), f64[-1].get("delta_norm"), n)
