@@ -202,6 +202,8 @@ def theory_line(th: dict) -> str:
     if m is not None:
         in64 = " in float64 (float32 underflows)" if th.get("measured_precision") == "float64" else ""
         line += f"; measured at step {th.get('measured_step', 0)}{in64}: {m:.3f}"
+        if th.get("residual"):
+            line += " (delta per layer: it shrinks as the residual stream grows)"
         if th.get("measured_over_predicted") is not None:
             line += f" ({th['measured_over_predicted']:.2f} x predicted)"
     if th.get("measured_note"):

@@ -362,5 +362,5 @@ def _forward_stream(rows, step, delta_ratio, ev: dict, when: str) -> list[str]:
     ev["forward_stream"] = True
     rms = [residual.act_rms(r) for r in rows[:-1]]
     mirror = f"; delta_norm's layer-0/output {delta_ratio:.3g} mirrors it" if delta_ratio and delta_ratio > 1 else ""
-    return [f"the forward stream explodes, not the gradient: the residual branches' output RMS grows "
-            f"{rms[0]:.3g} -> {rms[-1]:.3g} (x{g:.3g}) from layer 0 to layer {len(rms) - 1} at step {step}{mirror}"]
+    return [f"the forward stream explodes, not the gradient (residual branch output RMS x{g:.3g} from layer 0 "
+            f"to {len(rms) - 1} at step {step}: {rms[0]:.3g} -> {rms[-1]:.3g}){mirror}"]
