@@ -38,6 +38,8 @@ CASES = [
     ("--name with space", small(), ["--name", "my run"], "may hold only letters"),
     ("residual_scale not a number", small(model={"residual": True, "residual_scale": "1/depth"}), [],
      "model.residual_scale: must be a number > 0 or the string '1/sqrt(depth)' (got '1/depth')"),
+    ("residual_scale true", small(model={"residual": True}), ["--set", "model.residual_scale=true"],
+     "model.residual_scale: must be a number > 0 or the string '1/sqrt(depth)' (got True)"),
     ("residual_scale without residual", small(), ["--set", "model.residual_scale=0.5"],
      "model.residual_scale scales a residual branch: it needs model.residual: true"),
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .activations import ACTIVATIONS
 from .errors import UsageError
@@ -59,7 +59,9 @@ SQRT_DEPTH = "1/sqrt(depth)"
 
 
 def _check_residual_scale(value):
-    if value == SQRT_DEPTH or (isinstance(value, (int, float)) and 0 < value < float("inf")):
+    """Before pydantic's own parsing, which would take `true` for 1.0."""
+    if value == SQRT_DEPTH or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                               and 0 < value < float("inf")):
         return value
     raise ValueError(f"must be a number > 0 or the string '{SQRT_DEPTH}' (got {value!r})")
 
@@ -88,7 +90,7 @@ class ModelConfig(Section):
         "none", description="none, batch or layer: after each Linear (mlp) or between stacked layers (layer only, recurrent)"
     )
     residual: bool = Field(False, description="identity skip around each hidden block (or stacked layer) after the first")
-    residual_scale: Annotated[Union[float, str], AfterValidator(_check_residual_scale)] = Field(
+    residual_scale: Annotated[Union[float, str], BeforeValidator(_check_residual_scale)] = Field(
         1.0, description="mlp with residual: the branch multiplier s in h + s*F(h), a number > 0 or "
         f"'{SQRT_DEPTH}' (1/sqrt(model.depth): keeps a deep unnormalised residual stream from exploding)"
     )
