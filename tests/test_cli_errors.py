@@ -36,6 +36,12 @@ CASES = [
      "unknown key 'task.seq_len' (only tasks adding, temporal_order take 'seq_len')"),
     ("--steps 0", small(), ["--steps", "0"], "--steps 0: train.steps: must be >= 1"),
     ("--name with space", small(), ["--name", "my run"], "may hold only letters"),
+    ("residual_scale not a number", small(model={"residual": True, "residual_scale": "1/depth"}), [],
+     "model.residual_scale: must be a number > 0 or the string '1/sqrt(depth)' (got '1/depth')"),
+    ("residual_scale true", small(model={"residual": True}), ["--set", "model.residual_scale=true"],
+     "model.residual_scale: must be a number > 0 or the string '1/sqrt(depth)' (got True)"),
+    ("residual_scale without residual", small(), ["--set", "model.residual_scale=0.5"],
+     "model.residual_scale scales a residual branch: it needs model.residual: true"),
 ]
 
 

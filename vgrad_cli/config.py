@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .activations import ACTIVATIONS
 from .errors import UsageError
@@ -56,6 +56,22 @@ MAX_ACTIVATIONS = 200_000_000  # values kept for backprop per step: batch x widt
 MAX_INIT_SEEDS = 256  # log.init_seeds: each seed is one step-0 forward/backward; more is a sweep, not a check
 
 
+SQRT_DEPTH = "1/sqrt(depth)"
+
+
+def _check_residual_scale(value):
+    """Before pydantic's own parsing, which would take `true` for 1.0."""
+    if value == SQRT_DEPTH or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                               and 0 < value < float("inf")):
+        return value
+    raise ValueError(f"must be a number > 0 or the string '{SQRT_DEPTH}' (got {value!r})")
+
+
+def branch_scale(residual_scale, depth: int) -> float:
+    """model.residual_scale as a number: '1/sqrt(depth)' resolved for this depth."""
+    return 1.0 / depth**0.5 if residual_scale == SQRT_DEPTH else float(residual_scale)
+
+
 class ModelConfig(Section):
     kind: Annotated[str, one_of(MODEL_KINDS, "model kind")] = Field("mlp", description="mlp, rnn, lstm or gru")
     depth: int = Field(8, ge=1, description="hidden layers (mlp blocks, or stacked recurrent layers)")
@@ -75,6 +91,10 @@ class ModelConfig(Section):
         "none", description="none, batch or layer: after each Linear (mlp) or between stacked layers (layer only, recurrent)"
     )
     residual: bool = Field(False, description="identity skip around each hidden block (or stacked layer) after the first")
+    residual_scale: Annotated[Union[float, str], BeforeValidator(_check_residual_scale)] = Field(
+        1.0, description="mlp with residual: the branch multiplier s in h + s*F(h), a number > 0 or "
+        f"'{SQRT_DEPTH}' (1/sqrt(model.depth): keeps a deep unnormalised residual stream from exploding)"
+    )
     recurrent_init: Annotated[str, one_of(tuple(INITS), "recurrent_init")] = Field(
         "default", description="rnn/lstm/gru hidden-to-hidden weights (per gate block): any init, e.g. orthogonal, identity"
     )
@@ -88,10 +108,13 @@ class ModelConfig(Section):
             data = {**data, "activation": DEFAULT_ACTIVATION.get(data.get("kind", "mlp"))}
         return data
 
+    def branch_scale(self) -> float:
+        return branch_scale(self.residual_scale, self.depth)
+
 
 # model keys that mean something only for some kinds (the others accept their default)
 KIND_ONLY = {"activation": ("mlp", "rnn"), "recurrent_init": RECURRENT_KINDS, "recurrent_std": RECURRENT_KINDS,
-             "forget_bias": ("lstm",)}
+             "forget_bias": ("lstm",), "residual_scale": ("mlp",)}
 
 
 def applicable(model: dict) -> dict:
@@ -115,6 +138,9 @@ def _check_kind(m: "ModelConfig"):
         raise ValueError(f"model.forget_bias applies to model.kind lstm only (got kind {kind})")
     if kind == "mlp" and (m.recurrent_init != "default" or m.recurrent_std is not None):
         raise ValueError("model.recurrent_init and model.recurrent_std apply to rnn, lstm and gru only")
+    if m.residual_scale != 1.0 and (kind not in KIND_ONLY["residual_scale"] or not m.residual):
+        raise ValueError(f"model.residual_scale scales a residual branch: it needs model.residual: true and model.kind "
+                         f"{' or '.join(KIND_ONLY['residual_scale'])} (got residual {str(m.residual).lower()}, kind {kind})")
     if kind in RECURRENT_KINDS and m.norm == "batch":
         raise ValueError(f"model.norm: batch does not fit inside a recurrence ({kind}); use none or layer")
 
@@ -144,6 +170,10 @@ class LogConfig(Section):
     init_seeds: int = Field(
         0, ge=0, le=MAX_INIT_SEEDS, description="also measure step 0 of seeds seed .. seed+K-1 (no training) and "
         "report the per-layer factor's spread over them (init_spread.csv, summary.json); 0 = off",
+    )
+    float64_init: bool = Field(
+        False, description="measure step 0 again in float64 (layers_float64.csv); false: only when a step-0 "
+        "grad_norm or delta_norm is below 1e-30, where float32 underflows"
     )
 
 

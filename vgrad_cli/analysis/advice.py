@@ -10,10 +10,12 @@ gates), then the ones that treat the symptom (clipping, learning rate).
 from __future__ import annotations
 
 import copy
+import shlex
 
 import yaml
 
-from . import theory
+from . import residual, theory
+from ..config import branch_scale
 
 RELU_FAMILY = ("relu", "leaky_relu", "prelu", "elu", "gelu", "silu")
 
@@ -77,9 +79,26 @@ def _recurrent_vanishing(m: dict) -> list[dict]:
     return out
 
 
-def _exploding(cfg: dict) -> list[dict]:
+def _forward_stream(m: dict) -> list[dict]:
+    """A residual MLP without norm whose forward stream explodes: scale the branches, or normalise."""
+    depth, out = int(m.get("depth", 1)), []
+    now, after = residual.predicted_growth(m), residual.predicted_growth(m, 1 / depth**0.5)
+    theory_says = (f"; theory: the stream's RMS grows x{now:.3g} over the residual blocks now, x{after:.3g} with "
+                   f"s = 1/sqrt({depth})" if now is not None and after is not None else "")
+    if branch_scale(m.get("residual_scale", 1.0), depth) > 1.01 / depth**0.5:
+        out.append(rec("scale the residual branches", "h + s*F(h) with s = 1/sqrt(depth) adds ~1/depth of the stream's "
+                       "variance per block instead of compounding it (Fixup, Zhang et al. 2019, also zero-initialises "
+                       "each branch's last layer)" + theory_says, {"model.residual_scale": "1/sqrt(depth)"}))
+    out.append(rec("batch normalization", "normalises each branch's pre-activation, so every block adds O(1) to the "
+                   "stream: linear, not exponential growth (Ioffe & Szegedy 2015; He et al. 2016)", {"model.norm": "batch"}))
+    return out
+
+
+def _exploding(cfg: dict, forward_stream: bool = False) -> list[dict]:
     m, t, out = cfg["model"], cfg["train"], []
-    if m["kind"] == "mlp":
+    if forward_stream and residual.applies(m):
+        out += _forward_stream(m)
+    elif m["kind"] == "mlp":
         act = m.get("activation")
         pred = theory.for_model(m)
         # a plain MLP's growth is set by the init's scale; batch norm's (theory_bn.py) is not
@@ -135,7 +154,7 @@ def recommend(cfg: dict, verdict: str, indicators: dict, recovered: bool, data: 
                               "an LSTM or GRU can learn to keep the path back in time open (Hochreiter & Schmidhuber 1997)"))
         return [{**rec(title, why, {}), "optional": recovered, "command": None} for title, why in advice]
     if verdict == "exploding":
-        out = _exploding(cfg)
+        out = _exploding(cfg, bool(indicators.get("exploding", {}).get("evidence", {}).get("forward_stream")))
     elif verdict == "dying-relu":
         out = [rec("leaky ReLU", "a slope of 0.01 for negative inputs: the gradient is never exactly 0, no unit can die (Maas et al. 2013)",
                    {"model.activation": "leaky_relu"}),
@@ -151,7 +170,7 @@ def recommend(cfg: dict, verdict: str, indicators: dict, recovered: bool, data: 
         out = []
     for r in out:
         r["optional"] = recovered  # the problem was there at init, but training overcame it
-        r["command"] = "--set " + " --set ".join(f"{k}={_yaml_scalar(v)}" for k, v in r["set"].items())
+        r["command"] = "--set " + " --set ".join(shlex.quote(f"{k}={_yaml_scalar(v)}") for k, v in r["set"].items())
         pred = _predicted(cfg, r["set"], data)
         if pred is not None:
             r["theory_factor_after"] = pred

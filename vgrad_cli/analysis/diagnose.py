@@ -91,13 +91,13 @@ def indicators(run, raw: dict, ablated: dict | None = None) -> list[dict]:
     return [
         ind.slow_training(run, baseline),
         ind.poor_performance(run, baseline, chance),
-        ind.gradient_decay(run),
+        ind.gradient_decay(run, model),
         ind.unresponsive_units(run),
         ablated or ind.indicator(5, "reliance_on_upper_layers", "reliance on upper layers (ablation)",
                                  "not measurable", "ablation probe skipped (--no-ablation)", {}, ""),
         ind.weights_barely_moving(run),
         ind.dying_relu(run, model.get("activation")),
-        ind.exploding(run, baseline, train.get("clip_norm")),
+        ind.exploding(run, baseline, train.get("clip_norm"), model),
     ]
 
 
@@ -177,15 +177,25 @@ def decide(by_key: dict) -> tuple[str, str, bool]:
 
 def theory_section(run, th: dict | None) -> dict:
     """Mean-field prediction next to the measured per-layer (or per-time-step) factor at step 0."""
-    from .verdict import time_profile
+    from . import residual
+    from .verdict import BELOW_FLOAT32, time_profile, underflowed
     from .theory import measured_factor
 
     out = dict(th or {"applicable": False, "reason": "no readable config.yaml/layers.csv"})
     first = run.layer_rows(run.steps[0])
     hidden = len(first) - 1
-    if out.get("measured_factor") is None and hidden >= 2:
+    if hidden >= 2 and underflowed(first, 0):  # float32 lost layer 0's delta: the float64 step 0 has it
+        m = measured_factor(run.float64, hidden) if run.float64 and run.steps[0] == 0 else None
+        out.update(measured_factor=m, measured_step=run.steps[0], measured_precision="float64" if m else None,
+                   measured_over_predicted=m / out["factor"] if m and out.get("factor") else None)
+        if m is None:
+            out["measured_note"] = f"layer 0's delta_norm is {BELOW_FLOAT32} and step 0 was not measured in float64"
+    elif out.get("measured_factor") is None and hidden >= 2:
         out["measured_factor"] = measured_factor(first, hidden)  # measured even where no theory applies
         out["measured_step"] = run.steps[0]
+    stream = residual.section((run.config or {}).get("model") or {}, first)
+    if stream is not None:  # a residual MLP without norm: the forward stream's growth, predicted and measured
+        out["residual"] = stream
     if run.time:
         _, prof = time_profile(run.time_rows(run.steps[0]))
         if len(prof) > 1 and prof[-1] > 0 and prof[0] > 0:
@@ -225,13 +235,22 @@ def theory_line(th: dict) -> str:
                     f"depth scale {xi_text}: {th['regime_at_depth'] or th['regime']} at this depth")
     m = th.get("measured_factor")
     if m is not None:
-        line += f"; measured at step {th.get('measured_step', 0)}: {m:.3f}"
+        in64 = " in float64 (float32 underflows)" if th.get("measured_precision") == "float64" else ""
+        line += f"; measured at step {th.get('measured_step', 0)}{in64}: {m:.3f}"
+        if th.get("residual"):
+            line += " (delta per layer: it shrinks as the residual stream grows)"
         ref, ratio = ("at depth", th.get("measured_over_at_depth")) if "sigma_w2" in th and at else \
             ("predicted", th.get("measured_over_predicted"))
         if ratio is not None:
             line += f" ({ratio:.2f} x {ref})"
+    if th.get("measured_note"):
+        line += f"; no measured factor: {th['measured_note']}"
     if th.get("measured_time_factor") is not None:
         line += f"; through time, per step: {th['measured_time_factor']:.3f}"
+    if th.get("residual"):
+        from .residual import line as residual_line
+
+        line += "\n" + residual_line(th["residual"])
     return line + (f"\n  theory note: {th['note']}" if th.get("applicable") and th.get("note") else "")
 
 

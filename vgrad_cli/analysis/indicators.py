@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import statistics
 
-from .verdict import EXPLODING_RATIO, GROWTH, VANISHING_RATIO, time_profile
+from . import residual
+from .verdict import BELOW_FLOAT32, EXPLODING_RATIO, GROWTH, VANISHING_RATIO, time_profile, underflowed
 
 THRESHOLDS = {
     "min_loss_drop": 0.10,        # (1) loss fell by less than 10 % of its step-0 value ...
@@ -151,9 +152,19 @@ def _across_layers(run, rows) -> bool:
     return not run.time or len(rows) > 2
 
 
-def gradient_decay(run) -> dict:
+def _scale_invariant(rows, per: dict) -> float | None:
+    """A residual MLP without norm: delta's ratio follows the stream's scale (analysis/residual.py),
+    so the verdict reads ||dL/dW||/||W|| of layer 0 over the last hidden layer instead."""
+    r = residual.relative_grad_ratio(rows)
+    per["relative_grad_ratio"] = r
+    return r
+
+
+def gradient_decay(run, model: dict | None = None) -> dict:
     name = "early-layer gradients orders of magnitude below later layers"
-    thr = f"delta_norm ratio layer 0 / output (or ||dL/dh_0|| / ||dL/dh_T||) < {T['vanishing_ratio']:g} at the first or last logged step"
+    thr = (f"delta_norm ratio layer 0 / output (or ||dL/dh_0|| / ||dL/dh_T||; residual nets without norm: "
+           f"||dL/dW||/||W|| layer 0 / last hidden) < {T['vanishing_ratio']:g} at the first or last logged step")
+    invariant = residual.applies(model or {})
     steps = run.steps
     ev, found, parts = {}, [], []
     for when, step in _first_last(steps):
@@ -165,9 +176,27 @@ def gradient_decay(run) -> dict:
                "grad": _decay(rows[0].get("grad_norm"), rows[-1].get("grad_norm"), n)}
         ev[f"{when}_step"] = per
         r = per["delta"]["ratio"] if _across_layers(run, rows) else None
+        for key in ("delta", "grad"):  # float32 lost layer 0's value: no dead layer
+            if underflowed(rows, 0, f"{key}_norm"):
+                per[key]["note"] = BELOW_FLOAT32
+        underflow = underflowed(rows, 0)
+        if underflow:  # float64 (if measured) has the value
+            f64 = run.float64 if step == 0 and run.float64 else None
+            if f64:
+                per["delta_float64"] = _decay(f64[0].get("delta_norm"), f64[-1].get("delta_norm"), n)
+                r = per["delta_float64"]["ratio"] if r is not None else None
+            in64 = per.get("delta_float64", {})
+            parts.append(f"step {step}: delta_norm layer 0/output {BELOW_FLOAT32}" + (
+                f"; measured in float64: {in64['ratio']:.2g} ({in64['db_per_step']:+.1f} dB/layer)"
+                if "db_per_step" in in64 else ""))
+        if invariant:
+            r = _scale_invariant(rows, per)
+            if r is not None:
+                parts.append(f"step {step}: ||dL/dW||/||W|| layer 0/last hidden {r:.2g} (scale-invariant; "
+                             f"delta_norm's {per['delta']['ratio'] or 0:.2g} follows the residual stream's scale)")
         if r is not None and r < T["vanishing_ratio"]:
             found.append(("across layers", step))
-        if r is not None:
+        if r is not None and not invariant and not underflow:
             per_layer = f" ({per['delta']['db_per_step']:+.1f} dB/layer)" if "db_per_step" in per["delta"] else ""
             parts.append(f"step {step}: delta_norm layer 0/output {r:.2g}{per_layer}")
         if run.time:
@@ -265,12 +294,15 @@ def dying_relu(run, activation: str | None) -> dict:
 
 # --------------------------------------------------------------------------- (8) exploding
 
-def exploding(run, baseline: float | None, clip: float | None) -> dict:
+def exploding(run, baseline: float | None, clip: float | None, model: dict | None = None) -> dict:
     name = "exploding gradients"
-    thr = (f"a non-finite loss, or delta_norm / through-time ratio > {T['exploding_ratio']:g}, or grad_norm_total > "
+    thr = (f"a non-finite loss, or delta_norm / through-time ratio > {T['exploding_ratio']:g} (residual nets without "
+           "norm: ||dL/dW||/||W|| layer 0 / last hidden, or the forward stream: branch output RMS last hidden / "
+           f"layer 0), or grad_norm_total > "
            f"{T['growth_over_steps']:g} x its step-0 value (loss spikes and clipping: supporting evidence only)")
     s, steps = run.summary, run.steps
     signs, ev = [], {}
+    invariant = residual.applies(model or {})
     if run.status == "diverged":
         signs.append(f"the loss became non-finite at step {s.get('diverged_step')}")
     ev["diverged_step"] = s.get("diverged_step")
@@ -278,7 +310,12 @@ def exploding(run, baseline: float | None, clip: float | None) -> dict:
         rows = run.layer_rows(step)
         r = _decay(rows[0].get("delta_norm"), rows[-1].get("delta_norm"), len(rows) - 1)["ratio"]
         ev[f"delta_ratio_{when}_step"] = r
-        if r is not None and r > T["exploding_ratio"] and _across_layers(run, rows):
+        if invariant:
+            signs[:0] = _forward_stream(rows, step, r, ev, when)
+            r = ev[f"relative_grad_ratio_{when}_step"] = residual.relative_grad_ratio(rows)
+            if r is not None and r > T["exploding_ratio"]:
+                signs.append(f"||dL/dW||/||W|| layer 0/last hidden {r:.3g} at step {step}")
+        elif r is not None and r > T["exploding_ratio"] and _across_layers(run, rows):
             signs.append(f"layer-0/output delta_norm {r:.3g} at step {step}")
         if run.time:
             _, prof = time_profile(run.time_rows(step))
@@ -314,3 +351,16 @@ def exploding(run, baseline: float | None, clip: float | None) -> dict:
     if support and not signs:
         summary += " — without growth across layers or time, or a non-finite loss, these alone are not explosion"
     return indicator(8, "exploding", name, "present" if signs else "absent", summary, ev, thr)
+
+
+def _forward_stream(rows, step, delta_ratio, ev: dict, when: str) -> list[str]:
+    """The sign of a residual stream that explodes forward (not the gradient): the branch output's
+    RMS growing by more than the exploding ratio from layer 0 to the last hidden layer."""
+    g = ev[f"act_rms_growth_{when}_step"] = residual.measured_growth(rows)
+    if g is None or g <= T["exploding_ratio"] or ev.get("forward_stream"):
+        return []
+    ev["forward_stream"] = True
+    rms = [residual.act_rms(r) for r in rows[:-1]]
+    mirror = f"; delta_norm's layer-0/output {delta_ratio:.3g} mirrors it" if delta_ratio and delta_ratio > 1 else ""
+    return [f"the forward stream explodes, not the gradient (residual branch output RMS x{g:.3g} from layer 0 "
+            f"to {len(rms) - 1} at step {step}: {rms[0]:.3g} -> {rms[-1]:.3g}){mirror}"]

@@ -18,6 +18,23 @@ VANISHING_RATIO = 1e-2
 EXPLODING_RATIO = 1e2
 GROWTH = 1e3
 
+# float32's smallest normal number. A gradient element below it is subnormal (digits lost: 18-27 %
+# error at 6e-44) and below ~1.4e-45 exactly 0: a norm under this is "below float32 range", not 0.
+FLOAT32_TINY = 1.1754943508222875e-38
+BELOW_FLOAT32 = "below float32 range (< 1e-38)"
+# A step-0 grad_norm or delta_norm below this is measured again in float64 (training/loop.py,
+# float64_step0): its elements are then within a few layers of float32's range, or past it.
+FLOAT64_INIT_BELOW = 1e-30
+
+
+def underflowed(rows: list[dict], i: int, column: str = "delta_norm") -> bool:
+    """Whether row i's value is below float32's range for want of precision: under FLOAT32_TINY
+    while no hidden layer at or above it is entirely dead (a dead layer's 0 below it is exact)."""
+    v = rows[i].get(column)
+    if v is None or not 0 <= v < FLOAT32_TINY:
+        return False
+    return not any((r.get("act_dead_frac") or 0) >= 0.999 for r in rows[i:])
+
 
 def first_last_ratio(rows: list[dict], column: str) -> float | None:
     """Layer 0 over the last layer for one logged step's rows (sorted by layer)."""
@@ -34,12 +51,18 @@ def _ratio(first, last) -> float | None:
     return first / last
 
 
-def ratios(first_rows: list[dict], last_rows: list[dict]) -> dict:
-    return {
+def ratios(first_rows: list[dict], last_rows: list[dict], first_float64: list[dict] | None = None) -> dict:
+    """The four ratios; where step 0 underflowed float32 and was measured in float64 (first_float64),
+    the first step's are the float64 ones."""
+    out = {
         f"{col}_ratio_{when}_step": first_last_ratio(rows, col)
         for col in ("grad_norm", "delta_norm")
         for when, rows in (("first", first_rows), ("last", last_rows))
     }
+    for col in ("grad_norm", "delta_norm"):
+        if first_float64 and first_rows and underflowed(first_rows, 0, col):
+            out[f"{col}_ratio_first_step"] = first_last_ratio(first_float64, col)
+    return out
 
 
 def time_profile(time_rows: list[dict]) -> tuple[int, list[float]]:

@@ -186,8 +186,9 @@ class LayerProbe:
         self._grads = grads
         s = self.stats
         s["grad_norm"] = per_layer_norm(norms64(grads), self.param_layer, self.n)
-        s["grad_max_abs"] = torch.zeros(self.n, device=self.param_layer.device).scatter_reduce_(
-            0, self.param_layer, abs_max_each(grads).float(), "amax", include_self=False
+        dt = torch.float64 if grads[0].dtype == torch.float64 else torch.float32  # float64: its tiny values too
+        s["grad_max_abs"] = torch.zeros(self.n, dtype=dt, device=self.param_layer.device).scatter_reduce_(
+            0, self.param_layer, abs_max_each(grads).to(dt), "amax", include_self=False
         )
         self._delta_norms()
         # One fused norm over every parameter: weight_norm now, and the "before" norm of update_ratio

@@ -1,7 +1,8 @@
 """The MLP: `depth` hidden blocks Linear -> (norm) -> activation, then an output Linear.
 
 With `residual`, blocks after the first add their output to their input (the first block changes
-the width from input_dim to width, so it has no skip). Layer 0 is the block nearest the input;
+the width from input_dim to width, so it has no skip), scaled by `residual_scale` s: h <- h + s * F(h)
+(s = 1/sqrt(depth) keeps the stream's variance from compounding: analysis/residual.py). Layer 0 is the block nearest the input;
 the output Linear is layer `depth`.
 """
 
@@ -34,6 +35,7 @@ class MLP(nn.Module):
             for i in range(cfg.depth)
         )
         self.head = nn.Linear(cfg.width, output_dim)
+        self.scale = cfg.branch_scale()
         act = ACTIVATIONS[cfg.activation]
         with torch.no_grad():
             for block in self.blocks:
@@ -54,7 +56,7 @@ class MLP(nn.Module):
         the Jacobian spectrum (measure/jacobian.py) differentiates block by block."""
         block = self.blocks[i]
         a = block.act(block.norm(block.linear(h)))
-        return h + a if block.skip else a
+        return h + self.scale * a if block.skip else a
 
     def probe_layers(self) -> list[ProbeLayer]:
         # δ at the norm's output: the pre-activation z, i.e. the input of the nonlinearity. With batch

@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..analysis.verdict import underflowed
+
 VERDICT_STYLE = {"vanishing": "bold yellow", "exploding": "bold red", "healthy": "bold green"}
 
 
@@ -118,7 +120,8 @@ class RunProgress:
         if self.quiet:
             return
         ratio = rows[0]["delta_norm"] / rows[-1]["delta_norm"] if rows[-1]["delta_norm"] else math.inf
-        info = f"loss {fmt(metrics['loss'])}  delta_norm layer 0/output {fmt(ratio, 2)}"
+        shown = "< 1e-38 (float32 underflow)" if underflowed(rows, 0) else fmt(ratio, 2)
+        info = f"loss {fmt(metrics['loss'])}  delta_norm layer 0/output {shown}"
         if self.progress is not None:
             self.progress.update(self.task, completed=step, info=info)
         elif step >= self.next_line_at or step == self.total:
@@ -140,10 +143,14 @@ def layer_table(first_rows: list[dict], last_rows: list[dict], title: str) -> Ta
     for col in ("grad_norm", "delta_norm"):
         for s in steps:
             t.add_column(f"{col}\nstep {s}", justify="right")
-    last_by_layer = {r["layer"]: r for r in last_rows}
-    for r in first_rows:
-        lr = last_by_layer.get(r["layer"], {})
-        cells = [fmt(r[col]) if s == fs else fmt(lr.get(col)) for col in ("grad_norm", "delta_norm") for s in steps]
+    def cell(rows, col, i):  # a value under float32's range is no 0 (a dead layer's exact 0 still is)
+        return "< 1e-38" if underflowed(rows, i, col) else fmt(rows[i].get(col))
+
+    last_index = {r["layer"]: i for i, r in enumerate(last_rows)}
+    for i, r in enumerate(first_rows):
+        j = last_index.get(r["layer"])
+        cells = [cell(first_rows, col, i) if s == fs else (cell(last_rows, col, j) if j is not None else fmt(None))
+                 for col in ("grad_norm", "delta_norm") for s in steps]
         t.add_row(str(r["layer"]), r["name"], *cells)
     return t
 
@@ -191,6 +198,11 @@ def print_summary(console: Console, run_dir, summary: dict, first_rows, last_row
     if summary.get("time_profile"):
         console.print(time_table(summary["time_profile"], summary.get("first_logged_step"),
                                  summary.get("last_logged_step")))
+    f64 = summary.get("float64_init")
+    if f64:
+        print_phrases(console, [f"delta_norm layer 0/output {fmt(f64.get('delta_norm_ratio'), 2)}",
+                                f"grad_norm {fmt(f64.get('grad_norm_ratio'), 2)} (layers_float64.csv)"],
+                      head="step 0 measured again in float64:")
     v = summary.get("verdict")
     reason = str(summary.get("verdict_reason") or "")
     print_phrases(console, reason.split("; "), head=f"verdict: [{VERDICT_STYLE.get(v, 'bold')}]{v}[/] —")

@@ -245,14 +245,19 @@ def activation_columns(run) -> list[str]:
 
 def activations(run, path: Path) -> Path | None:
     """Per hidden layer, the fractions of units that have stopped responding; None (no file) when
-    activations were not logged. Few hidden layers: lines over training steps instead."""
+    activations were not logged. Few hidden layers: lines over training steps instead. A residual
+    MLP without norm adds a panel: the forward stream (the branch outputs' RMS) against theory."""
+    from ..analysis.residual import applies
+
     cols = activation_columns(run)
     if not cols:
         return None
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(cols), figsize=FIGSIZE["activations"], layout="constrained", squeeze=False)
-    axes = axes[0]
     by_step = len({r["layer"] for r in run.layers if isinstance(r.get(cols[0]), (int, float))}) < FEW_LAYERS
+    stream = not by_step and applies(run.config.get("model") or {})
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(cols) + stream, figsize=FIGSIZE["activations"], layout="constrained",
+                             squeeze=False)
+    axes = axes[0]
     steps = pick_steps(run.steps, 4)
     cmap = plt.get_cmap("viridis")
     for ax, col in zip(axes, cols):
@@ -267,11 +272,34 @@ def activations(run, path: Path) -> Path | None:
             ax.set_xlabel("hidden layer (0 = input side)")
             integer_x(ax)
         ax.set_ylim(-0.03, 1.03)
-        ax.set_title(ACT_TITLES[col])
+        ax.set_title(ACT_TITLES[col], fontsize="medium" if stream else None)  # three panels: narrower
         ax.set_ylabel(f"{col} (fraction of units)")
+    if stream:
+        _stream_panel(axes[-1], run, steps, cmap)
     step_legend(fig, axes, "hidden layer" if by_step else "logged step")
     fig.suptitle(run_title("activations", run))
     return save(fig, path)
+
+
+def _stream_panel(ax, run, steps, cmap):
+    """sqrt(act_mean^2 + act_std^2) per hidden layer and logged step (log axis), with the residual
+    stream theory at step 0 (analysis/residual.py) dashed."""
+    from ..analysis.residual import act_rms, section
+
+    for i, step in enumerate(steps):
+        rows = run.layer_rows(step)[:-1]
+        ax.plot([r["layer"] for r in rows], positive(act_rms(r) for r in rows), marker="o", ms=3,
+                color=cmap(i / max(1, len(steps) - 1)), label=f"step {step}")
+    th = section(run.config.get("model") or {}, run.layer_rows(run.steps[0])) if run.steps else None
+    if th and th.get("applicable"):
+        (line,) = ax.plot(range(len(th["act_rms_predicted"])), th["act_rms_predicted"], ls="--", lw=1.2, color="black")
+        ax.legend([line], [f"theory at step 0: x{th['stream_factor_per_block']:.3g} per block"], loc="upper left",
+                  fontsize=8)
+    ax.set_yscale("log")
+    ax.set_title("forward stream: residual branch output RMS", fontsize="medium")
+    ax.set_xlabel("hidden layer (0 = input side)")
+    ax.set_ylabel("sqrt(act_mean^2 + act_std^2) (log scale)")
+    integer_x(ax)
 
 
 def gradient_through_time(run, path: Path) -> Path | None:

@@ -21,6 +21,7 @@ REQUIRED = {
     "layers.csv": ("step", "layer", "grad_norm", "delta_norm"),
     "metrics.csv": ("step", "loss"),
     "time.csv": ("step", "layer", "t", "delta_norm"),
+    "layers_float64.csv": ("step", "layer", "grad_norm", "delta_norm"),
 }
 INT_COLUMNS = ("step", "layer", "t")
 _STAMP = re.compile(r"-(\d{4})(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})-[0-9a-f]{4}$")
@@ -43,6 +44,7 @@ class Run:
     metrics: list[dict]
     time: list[dict] | None = None                  # gradient through time, recurrent runs only
     notes: list[str] = field(default_factory=list)  # what is missing or partial, said to the user
+    float64: list[dict] | None = None               # step 0 measured again in float64 (layers_float64.csv)
 
     @property
     def name(self) -> str:
@@ -172,8 +174,10 @@ def load_run(path: Path) -> Run:
             continue
         tables[name] = _checked_table(path, name, incomplete, notes)
     time_rows = _checked_table(path, "time.csv", incomplete, notes) if (path / "time.csv").exists() else None
+    f64 = path / "layers_float64.csv"
+    float64 = sorted(_checked_table(path, f64.name, incomplete, notes), key=lambda r: r["layer"]) if f64.exists() else None
     run = Run(path, summary, config if isinstance(config, dict) else {}, tables["layers.csv"],
-              tables["metrics.csv"], time_rows, notes)
+              tables["metrics.csv"], time_rows, notes, float64 or None)
     if incomplete:
         steps = run.steps
         span = f"steps {steps[0]}–{steps[-1]} of {summary.get('steps_planned', '?')}" if steps else "no steps yet"

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from ..activations import ACTIVATIONS
+from ..analysis.verdict import FLOAT64_INIT_BELOW
 from ..errors import UsageError
 from ..models import build_model
 from ..measure.probes import LAYER_COLUMNS, TIME_COLUMNS, LayerProbe
@@ -74,6 +75,7 @@ class TrainResult:
     last_eval: dict = field(default_factory=dict)
     grad_total_first: float | None = None
     grad_total_max: float | None = None
+    first_float64: list = field(default_factory=list)  # step 0 measured again in float64 (layers_float64.csv)
 
 
 def train(cfg, task, writer: RunWriter, on_log: Callable | None = None) -> TrainResult:
@@ -94,9 +96,9 @@ class _Trainer:
     gives the same run (CPU determinism): that is what lets a diverged run be replayed up to the
     step that went non-finite, so its last rows are measured whatever log.every says."""
 
-    def __init__(self, cfg, task, device):
-        self.task, self.device = task, device
-        self.model = build_model(cfg.model, task, cfg.seed).to(device)
+    def __init__(self, cfg, task, device, dtype=torch.float32):
+        self.task, self.device, self.dtype = task, device, dtype
+        self.model = build_model(cfg.model, task, cfg.seed).to(device, dtype)
         self.model.train()
         self.initial_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.optimizer = OPTIMIZERS[cfg.train.optimizer](self.model.parameters(), cfg.train)
@@ -114,6 +116,8 @@ class _Trainer:
         idx = torch.randint(len(self.task.x_train), (self.batch,), generator=self.batch_gen)
         idx = idx.to(self.device, non_blocking=True)
         x, y = self.task.x_train[idx], self.task.y_train[idx]
+        if self.dtype != torch.float32:  # float64_step0: the same batch, converted exactly
+            x, y = x.to(self.dtype), (y.to(self.dtype) if y.is_floating_point() else y)
         if logged:
             self.probe.attach()
         out = self.model(x)
@@ -232,11 +236,26 @@ def _train(cfg, task, writer: RunWriter, on_log, device) -> TrainResult:
             result.steps_completed = min(step + 1, steps)
         else:
             result.status = "completed"
+    first = result.first_rows
+    if first and first[0]["step"] == 0 and (cfg.log.float64_init or any(
+            r.get(c) is not None and r[c] < FLOAT64_INIT_BELOW for r in first for c in ("grad_norm", "delta_norm"))):
+        result.first_float64 = float64_step0(cfg, task, device)
+        writer.table("layers_float64.csv", LAYER_COLUMNS).append(result.first_float64)
     if result.status != "diverged":
         # The trained weights (and the initial ones) let `vgrad diagnose` re-run probes later,
         # e.g. re-initialising early layers to see whether the network relies on them.
         torch.save({"final": tr.model.state_dict(), "init": tr.initial_state}, writer.path / "model.pt")
     return result
+
+
+def float64_step0(cfg, task, device) -> list[dict]:
+    """Step 0 measured again in float64: the same initial weights and the same first batch, converted
+    exactly to float64, one forward/backward. Where float32 underflows (a deep sigmoid net's early
+    layers: delta below 1e-38, or exactly 0), these rows hold the true values. Training never uses it."""
+    tr = _Trainer(cfg, task, device, torch.float64)
+    out, y, loss = tr.forward_backward(True)
+    host = tr.measured(out, y, loss, torch.zeros(0, device=device))
+    return tr.probe.rows(0, host)
 
 
 def _replay(cfg, task, device, is_logged, last_written: int, first_bad: int, detected: int, write) -> int:

@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 
 from .. import __version__
-from ..analysis.verdict import ratios, sample_profile, time_ratios
+from ..analysis.verdict import first_last_ratio, ratios, sample_profile, time_ratios
 from ..rundir.files import SCHEMA_VERSION, RunWriter
 
 
@@ -93,7 +93,7 @@ def judge(run_dir: Path, summary: dict) -> dict:
 
 
 def summarize(result, wall_time: float) -> dict:
-    r = ratios(result.first_rows, result.last_rows)
+    r = ratios(result.first_rows, result.last_rows, result.first_float64)
     if result.first_time:
         r.update(time_ratios(result.first_time, result.last_time))
     growth = None
@@ -116,6 +116,9 @@ def summarize(result, wall_time: float) -> dict:
         "grad_norm_total_growth": growth,
     }
     out.update(r)
+    if result.first_float64:
+        out["float64_init"] = {"delta_norm_ratio": first_last_ratio(result.first_float64, "delta_norm"),
+                               "grad_norm_ratio": first_last_ratio(result.first_float64, "grad_norm")}
     if result.first_time:
         out["time_profile"] = sample_profile(result.first_time, result.last_time)
     out["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -1,0 +1,78 @@
+"""Underflow honesty: a gradient below float32's range is said to be so (never 0 or a dead layer),
+and step 0 measured again in float64 gives the true ratio and per-layer factor."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import small
+from vgrad_cli.analysis.diagnose import diagnose
+from vgrad_cli.config import validate
+from vgrad_cli.models import build_model
+from vgrad_cli.rundir.files import read_table
+from vgrad_cli.training.runner import run_experiment
+
+# depth-30 sigmoid with init normal (std 0.01): sqrt(chi_1) = 0.014 per layer at width 32, so layer
+# 0's delta is ~1e-55 of the output's: exactly 0 in float32 for the first layers
+DEEP = {"depth": 30, "width": 32, "activation": "sigmoid", "init": "normal"}
+
+
+def _first_rows(run_dir, name="layers.csv"):
+    return sorted((r for r in read_table(run_dir, name) if r["step"] == 0), key=lambda r: r["layer"])
+
+
+def _float64_ratio(cfg) -> float:
+    """Independently: the same initial weights and first batch in float64, delta at block 0's
+    pre-activation over delta at the logits."""
+    task = cfg.task.make(cfg.seed)
+    net = build_model(cfg.model, task, cfg.seed).double()
+    idx = torch.randint(len(task.x_train), (cfg.train.batch_size,), generator=torch.Generator().manual_seed(cfg.seed + 1))
+    z0 = net.blocks[0].linear(task.x_train[idx].double())
+    z0.retain_grad()
+    h = net.blocks[0].act(z0)
+    for b in net.blocks[1:]:
+        h = b.act(b.linear(h))
+    out = net.head(h)
+    out.retain_grad()
+    F.cross_entropy(out, task.y_train[idx]).backward()
+    return float(z0.grad.norm() / out.grad.norm())
+
+
+def test_underflow_reads_below_float32_range_and_float64_step0_has_the_true_ratio(tmp_path, cli):
+    cfg = validate(small(model=DEEP, train={"steps": 2}, log={"every": 1}))
+    run_dir, summary = run_experiment(cfg, tmp_path)
+    f32, f64 = _first_rows(run_dir), _first_rows(run_dir, "layers_float64.csv")
+    assert f32[0]["delta_norm"] == 0  # the case: float32 lost layer 0's delta entirely
+    truth = _float64_ratio(cfg)
+    assert 0 < truth < 1e-45
+    ratio = f64[0]["delta_norm"] / f64[-1]["delta_norm"]
+    assert ratio == pytest.approx(truth, rel=0.02)
+    assert summary["delta_norm_ratio_first_step"] == pytest.approx(truth, rel=0.02)
+    assert summary["float64_init"]["delta_norm_ratio"] == pytest.approx(truth, rel=0.02)
+    d = diagnose(run_dir, ablation=False, write=False)
+    decay = next(i for i in d["indicators"] if i["key"] == "gradient_decay")
+    assert "below float32 range (< 1e-38)" in decay["summary"] and "measured in float64" in decay["summary"]
+    assert "dead" not in decay["summary"] and "no gradient" not in str(decay["evidence"])
+    th = d["theory"]
+    assert th["measured_precision"] == "float64" and th["measured_factor"] == pytest.approx(th["factor"], rel=0.1)
+    shown = cli("show", run_dir).stdout
+    assert "< 1e-38" in shown and "step 0 measured again in float64" in shown
+
+
+def test_float64_init_on_request_repeats_step0_exactly(tmp_path):
+    """log.float64_init: true on a run that does not underflow: the float64 rows are the float32 ones
+    to float32's precision (same weights, same batch), and the summary's ratios stay float32's."""
+    cfg = validate(small(train={"steps": 1}, log={"float64_init": True}))
+    run_dir, summary = run_experiment(cfg, tmp_path)
+    f32, f64 = _first_rows(run_dir), _first_rows(run_dir, "layers_float64.csv")
+    assert len(f32) == len(f64)
+    for a, b in zip(f32, f64):
+        for col in ("grad_norm", "delta_norm", "weight_norm", "act_std"):
+            if a[col] is not None:
+                assert b[col] == pytest.approx(a[col], rel=1e-4), (a["layer"], col)
+    assert summary["delta_norm_ratio_first_step"] == f32[0]["delta_norm"] / f32[-1]["delta_norm"]
+
+
+def test_no_float64_pass_without_underflow_or_request(tmp_path):
+    run_dir, summary = run_experiment(validate(small(train={"steps": 1})), tmp_path)
+    assert not (run_dir / "layers_float64.csv").exists() and "float64_init" not in summary
