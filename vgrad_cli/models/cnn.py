@@ -11,12 +11,11 @@ normalised together, as LayerNorm over a block's whole output, with one scale an
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..activations import ACTIVATIONS
-from ..inits import INITS
 from ..measure.layers import ProbeLayer
+from .mlp import init_weights
 
 NORM_LAYERS = {"none": lambda width: nn.Identity(), "batch": nn.BatchNorm2d,
                "layer": lambda width: nn.GroupNorm(1, width)}
@@ -40,14 +39,7 @@ class CNN(nn.Module):
             for i in range(cfg.depth)
         )
         self.head = nn.Linear(cfg.width, output_dim)
-        act = ACTIVATIONS[cfg.activation]
-        with torch.no_grad():
-            for block in self.blocks:
-                # torch's fans of a conv weight count the kernel: fan_in = channels_in x 9
-                INITS[cfg.init](block.conv.weight, act, cfg.init_std)
-                block.conv.bias.fill_(cfg.bias_init)
-            INITS[cfg.init](self.head.weight, ACTIVATIONS["linear"], cfg.init_std)
-            self.head.bias.fill_(cfg.bias_init)
+        init_weights([b.conv for b in self.blocks], self.head, cfg)  # a conv's fan_in: channels_in x 9
 
     def forward(self, x):  # x: (batch, channels, height, width)
         h = x
