@@ -197,9 +197,12 @@ def test_run_compare_diagnose_and_plots_read_a_cnn_run(cli, write_config, tmp_pa
     assert len(first) == 5 and all(set(r["runs"]) == {"A", "B"} for r in first)  # 4 blocks + head, both runs
     result = cli("diagnose", run_dir, "--format", "json")
     assert result.exit_code == 0, result.output
-    theory = json.loads((run_dir / "diagnosis.json").read_text())["theory"]
+    diagnosis = json.loads((run_dir / "diagnosis.json").read_text())
+    theory = diagnosis["theory"]
     # a plain CNN is the MLP theory with fan_in = 9 x channels: sigmoid + Xavier, sigma_w^2 = 1
     assert theory["applicable"] and theory["sigma_w2"] == pytest.approx(1.0) and theory["measured_factor"] > 0
+    assert diagnosis["verdict"] == "vanishing"  # 0.236 per block, and the pooling's 1/8 at 8x8
+    assert diagnosis["recommendations"][0]["set"]["model.activation"] == "relu"  # the MLP's advice applies
     resid_dir = next(out.glob("resid-*"))
     assert cli("diagnose", resid_dir, "--format", "json").exit_code == 0
     theory = json.loads((resid_dir / "diagnosis.json").read_text())["theory"]
