@@ -206,7 +206,7 @@ def test_run_compare_diagnose_and_plots_read_a_cnn_run(cli, write_config, tmp_pa
     resid_dir = next(out.glob("resid-*"))
     assert cli("diagnose", resid_dir, "--format", "json").exit_code == 0
     theory = json.loads((resid_dir / "diagnosis.json").read_text())["theory"]
-    assert not theory["applicable"] and "norm" in theory["reason"]  # said, not predicted
+    assert not theory["applicable"] and "residual" in theory["reason"]  # said, not predicted
 
 
 def test_sweep_depth_over_a_cnn_config(cli, write_config, tmp_path):
@@ -260,3 +260,16 @@ def test_plain_56_block_cnn_does_not_train_where_its_residual_twin_does(tmp_path
     base = plain["baseline_loss"]
     assert late_loss(plain_dir) > 0.95 * base and late_loss(res_dir) < 0.8 * base
     assert plain["delta_norm_ratio_first_step"] > 1e2 > 10 > res["delta_norm_ratio_first_step"]
+
+
+def test_theory_and_advice_for_a_batch_norm_cnn_that_explodes():
+    """Batch norm's growth (Yang et al. 2019) holds per channel for a CNN: chapter 20 measures 1.20
+    [1.17-1.20] per block; the advice for a plain BN stack that explodes is the shortcut."""
+    from vgrad_cli.analysis.advice import recommend
+    from vgrad_cli.analysis.theory import for_model
+
+    cfg = validate(cnn(depth=56, norm="batch")).to_dict()
+    assert for_model(cfg["model"])["factor"] == pytest.approx(math.sqrt(math.pi / (math.pi - 1)), rel=1e-3)
+    assert recommend(cfg, "exploding", {}, False)[0]["set"] == {"model.residual": True}
+    cfg["model"]["residual"] = True  # already residual: no such advice
+    assert all(r["set"] != {"model.residual": True} for r in recommend(cfg, "exploding", {}, False))

@@ -109,6 +109,11 @@ def _exploding(cfg: dict, forward_stream: bool = False) -> list[dict]:
                 fix = {"model.activation": "relu", "model.init": "kaiming_normal", "model.init_std": None}
             out.append(rec("a critical init", f"theory: per-layer factor {pred['factor']:.2f} now; the activation's own Kaiming gain gives ~1.00",
                            fix))
+        if m.get("norm") == "batch" and not m.get("residual"):
+            # batch norm's own growth (Yang et al. 2019) compounds along the only path there is
+            out.append(rec("residual connections", "batch norm makes the gradient grow at every block of a plain stack; "
+                           "identity shortcuts give it a path around each block (He et al. 2016; configs/20 vs 21)",
+                           {"model.residual": True}))
     elif m.get("recurrent_std") is not None and m.get("recurrent_std") > 1:
         out.append(rec("recurrent gain 1", f"W_hh scaled by {m['recurrent_std']:g} multiplies the gradient by up to that per time step",
                        {"model.recurrent_std": None}))
