@@ -74,9 +74,9 @@ def only_run_dir(out: Path) -> Path:
     return dirs[0]
 
 
-def measure_at_init(activation, init, depth, width, seed=0, batch=256, **model):
-    """One forward/backward of a fresh MLP on a blobs batch, measured by a LayerProbe at step 0.
-    Returns (probe, host statistics)."""
+def measure_at_init(activation, init, depth, width, seed=0, batch=256, task=None, **model):
+    """One forward/backward of a fresh MLP on a blobs batch (or a model.kind and `task` of your
+    choice: a dict of task keys), measured by a LayerProbe at step 0. Returns (probe, host statistics)."""
     import torch.nn.functional as F
 
     from vgrad_cli.activations import ACTIVATIONS
@@ -86,7 +86,7 @@ def measure_at_init(activation, init, depth, width, seed=0, batch=256, **model):
 
     cfg = validate({"seed": seed, "model": {"depth": depth, "width": width, "activation": activation,
                                             "init": init, **model},
-                    "task": {"name": "blobs", "input_dim": width, "train_size": batch, "eval_size": 8}})
+                    "task": {**(task or {"name": "blobs", "input_dim": width}), "train_size": batch, "eval_size": 8}})
     task = cfg.task.make(seed)
     net = build_model(cfg.model, task, seed)
     probe = LayerProbe(net, ACTIVATIONS[activation], True)

@@ -18,9 +18,9 @@ from .errors import UsageError
 from .inits import INITS
 from .tasks import TASK_NAMES, TASK_TYPES
 
-MODEL_KINDS = ("mlp", "rnn", "lstm", "gru")
+MODEL_KINDS = ("mlp", "cnn", "rnn", "lstm", "gru")
 RECURRENT_KINDS = ("rnn", "lstm", "gru")
-DEFAULT_ACTIVATION = {"mlp": "relu", "rnn": "tanh"}  # lstm/gru: fixed sigmoid/tanh gates, no choice
+DEFAULT_ACTIVATION = {"mlp": "relu", "cnn": "relu", "rnn": "tanh"}  # lstm/gru: fixed sigmoid/tanh gates, no choice
 NORMS = ("none", "batch", "layer")
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 DEVICES = ("auto", "cpu", "cuda")
@@ -73,11 +73,11 @@ def branch_scale(residual_scale, depth: int) -> float:
 
 
 class ModelConfig(Section):
-    kind: Annotated[str, one_of(MODEL_KINDS, "model kind")] = Field("mlp", description="mlp, rnn, lstm or gru")
-    depth: int = Field(8, ge=1, description="hidden layers (mlp blocks, or stacked recurrent layers)")
-    width: int = Field(64, ge=1, description="units per hidden layer (the hidden size for rnn/lstm/gru)")
+    kind: Annotated[str, one_of(MODEL_KINDS, "model kind")] = Field("mlp", description="mlp, cnn, rnn, lstm or gru")
+    depth: int = Field(8, ge=1, description="hidden layers (mlp blocks, cnn conv blocks, or stacked recurrent layers)")
+    width: int = Field(64, ge=1, description="units per hidden layer (channels for cnn, the hidden size for rnn/lstm/gru)")
     activation: Optional[Annotated[str, one_of(tuple(ACTIVATIONS), "activation")]] = Field(
-        None, description=f"mlp (default relu): one of {', '.join(ACTIVATIONS)}; rnn (default tanh): tanh or relu; "
+        None, description=f"mlp, cnn (default relu): one of {', '.join(ACTIVATIONS)}; rnn (default tanh): tanh or relu; "
         "not for lstm/gru"
     )
     init: Annotated[str, one_of(tuple(INITS), "init")] = Field(
@@ -88,7 +88,8 @@ class ModelConfig(Section):
     )
     bias_init: float = Field(0.0, description="constant every bias starts at")
     norm: Annotated[str, one_of(NORMS, "norm")] = Field(
-        "none", description="none, batch or layer: after each Linear (mlp) or between stacked layers (layer only, recurrent)"
+        "none", description="none, batch or layer: after each Linear (mlp) or conv (cnn; layer = GroupNorm(1, width)), or "
+        "between stacked layers (layer only, recurrent)"
     )
     residual: bool = Field(False, description="identity skip around each hidden block (or stacked layer) after the first")
     residual_scale: Annotated[Union[float, str], BeforeValidator(_check_residual_scale)] = Field(
@@ -113,7 +114,7 @@ class ModelConfig(Section):
 
 
 # model keys that mean something only for some kinds (the others accept their default)
-KIND_ONLY = {"activation": ("mlp", "rnn"), "recurrent_init": RECURRENT_KINDS, "recurrent_std": RECURRENT_KINDS,
+KIND_ONLY = {"activation": ("mlp", "cnn", "rnn"), "recurrent_init": RECURRENT_KINDS, "recurrent_std": RECURRENT_KINDS,
              "forget_bias": ("lstm",), "residual_scale": ("mlp",)}
 
 
@@ -136,13 +137,23 @@ def _check_kind(m: "ModelConfig"):
         )
     if m.forget_bias is not None and kind != "lstm":
         raise ValueError(f"model.forget_bias applies to model.kind lstm only (got kind {kind})")
-    if kind == "mlp" and (m.recurrent_init != "default" or m.recurrent_std is not None):
-        raise ValueError("model.recurrent_init and model.recurrent_std apply to rnn, lstm and gru only")
+    if kind not in RECURRENT_KINDS and (m.recurrent_init != "default" or m.recurrent_std is not None):
+        raise ValueError(f"model.recurrent_init and model.recurrent_std apply to rnn, lstm and gru only (got kind {kind})")
+    if kind == "cnn" and m.init == "identity":
+        raise ValueError("model.init identity needs a square matrix; a cnn's 3x3 conv weights are not: choose another init")
     if m.residual_scale != 1.0 and (kind not in KIND_ONLY["residual_scale"] or not m.residual):
         raise ValueError(f"model.residual_scale scales a residual branch: it needs model.residual: true and model.kind "
                          f"{' or '.join(KIND_ONLY['residual_scale'])} (got residual {str(m.residual).lower()}, kind {kind})")
     if kind in RECURRENT_KINDS and m.norm == "batch":
         raise ValueError(f"model.norm: batch does not fit inside a recurrence ({kind}); use none or layer")
+
+
+def _times_positions(task) -> str:
+    """What multiplies the activations besides batch, width and depth: time steps or pixels."""
+    if hasattr(task, "image_size"):
+        return " x task.image_size^2"
+    return " x task.seq_len" if getattr(task, "seq_len", 1) > 1 else ""
+
 
 TaskConfig = Annotated[Union[TASK_TYPES], Field(discriminator="name")]  # type: ignore[valid-type]
 
@@ -184,7 +195,7 @@ class Config(Section):
     )
     seed: int = Field(0, ge=0, description="seeds the model init, the data and the batch order")
     model: ModelConfig = Field(default_factory=ModelConfig)
-    task: TaskConfig = Field(description="the synthetic task (default: spirals for mlp, adding for rnn/lstm/gru)")
+    task: TaskConfig = Field(description="the synthetic task (default: spirals for mlp, shapes for cnn, adding for rnn/lstm/gru)")
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
@@ -193,7 +204,8 @@ class Config(Section):
     def _default_task(cls, data):
         if isinstance(data, dict) and data.get("task") is None:
             model = data.get("model") if isinstance(data.get("model"), dict) else {}
-            data = {**data, "task": {"name": "adding" if model.get("kind") in RECURRENT_KINDS else "spirals"}}
+            default = {"cnn": "shapes"}.get(model.get("kind"), "adding" if model.get("kind") in RECURRENT_KINDS else "spirals")
+            data = {**data, "task": {"name": default}}
         return data
 
     @model_validator(mode="after")
@@ -217,17 +229,18 @@ class Config(Section):
     def _check_size(self):
         m = self.model
         gates = {"rnn": 1, "lstm": 4, "gru": 3}.get(m.kind, 1)
-        params = m.depth * gates * m.width * (m.width + 1)
+        kernel = 9 if m.kind == "cnn" else 1  # 3x3 weights per channel pair
+        params = m.depth * gates * m.width * (kernel * m.width + 1)
         if params > MAX_PARAMETERS:
             raise ValueError(
                 f"model.depth {m.depth} x model.width {m.width} makes ~{params:.2g} parameters, above vgrad's "
                 f"limit of {MAX_PARAMETERS:.0e}; use a smaller depth or width"
             )
-        seq_len = getattr(self.task, "seq_len", 1)
+        seq_len = getattr(self.task, "seq_len", 1) * getattr(self.task, "image_size", 1) ** 2  # or pixels
         acts = self.train.batch_size * m.width * m.depth * gates * seq_len
         if acts > MAX_ACTIVATIONS:
             raise ValueError(
-                f"train.batch_size x model.width x model.depth{' x task.seq_len' if seq_len > 1 else ''} makes "
+                f"train.batch_size x model.width x model.depth{_times_positions(self.task)} makes "
                 f"~{acts:.2g} activations per step, above vgrad's limit of {MAX_ACTIVATIONS:.0e}; make one smaller"
             )
 

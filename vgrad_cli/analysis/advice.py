@@ -18,6 +18,7 @@ from . import residual, theory
 from ..config import branch_scale
 
 RELU_FAMILY = ("relu", "leaky_relu", "prelu", "elu", "gelu", "silu")
+LAYERED = ("mlp", "cnn")  # a stack of blocks of one kind: the MLP's advice (activation, init, norm, residual) applies
 
 
 def rec(title: str, why: str, changes: dict) -> dict:
@@ -98,7 +99,7 @@ def _exploding(cfg: dict, forward_stream: bool = False) -> list[dict]:
     m, t, out = cfg["model"], cfg["train"], []
     if forward_stream and residual.applies(m):
         out += _forward_stream(m)
-    elif m["kind"] == "mlp":
+    elif m["kind"] in LAYERED:
         act = m.get("activation")
         pred = theory.for_model(m)
         # a plain MLP's growth is set by the init's scale; batch norm's (theory_bn.py) is not
@@ -108,6 +109,11 @@ def _exploding(cfg: dict, forward_stream: bool = False) -> list[dict]:
                 fix = {"model.activation": "relu", "model.init": "kaiming_normal", "model.init_std": None}
             out.append(rec("a critical init", f"theory: per-layer factor {pred['factor']:.2f} now; the activation's own Kaiming gain gives ~1.00",
                            fix))
+        if m.get("norm") == "batch" and not m.get("residual"):
+            # batch norm's own growth (Yang et al. 2019) compounds along the only path there is
+            out.append(rec("residual connections", "batch norm makes the gradient grow at every block of a plain stack; "
+                           "identity shortcuts give it a path around each block (He et al. 2016; configs/20 vs 21)",
+                           {"model.residual": True}))
     elif m.get("recurrent_std") is not None and m.get("recurrent_std") > 1:
         out.append(rec("recurrent gain 1", f"W_hh scaled by {m['recurrent_std']:g} multiplies the gradient by up to that per time step",
                        {"model.recurrent_std": None}))
@@ -161,7 +167,7 @@ def recommend(cfg: dict, verdict: str, indicators: dict, recovered: bool, data: 
                rec("a lower learning rate", "large steps push units into the region where they output 0 for every input",
                    {"train.lr": float(f"{t['lr'] / 10:.3g}")})]
     elif verdict == "vanishing":
-        out = _mlp_vanishing(m, t.get("lr"), t.get("optimizer")) if m["kind"] == "mlp" else _recurrent_vanishing(m)
+        out = _mlp_vanishing(m, t.get("lr"), t.get("optimizer")) if m["kind"] in LAYERED else _recurrent_vanishing(m)
     elif verdict == "underfitting":
         out = [rec("train longer", "the gradient reaches every layer; the loss is still falling or the budget was short",
                    {"train.steps": int(t["steps"]) * 3}),

@@ -159,8 +159,8 @@ def not_applicable(model: dict) -> str | None:
     """Why mean-field theory (as implemented) does not describe this model, or None if it does."""
     if model.get("kind") == "custom":
         return f"a model of your own ({model.get('class', '?')}): vgrad does not know its architecture"
-    if model.get("kind", "mlp") != "mlp":
-        return f"model.kind {model.get('kind')}: the theory here is for plain MLPs (recurrent weights are shared across time)"
+    if model.get("kind", "mlp") not in ("mlp", "cnn"):
+        return f"model.kind {model.get('kind')}: the theory here is for plain MLPs and CNNs (recurrent weights are shared across time)"
     if model.get("norm", "none") not in (None, "none", "batch"):
         return (f"model.norm {model.get('norm')}: normalization re-scales every layer, the variance map no longer "
                 "applies (vgrad's theory covers plain MLPs and batch norm)")
@@ -174,7 +174,8 @@ def not_applicable(model: dict) -> str | None:
 
 
 def for_model(model: dict, data: dict | None = None) -> dict:
-    """The prediction for a resolved `model:` config section (hidden layers: fan_in = fan_out = width).
+    """The prediction for a resolved `model:` config section (hidden layers: fan_in = fan_out = width;
+    a CNN's 3x3 convolutions: 9 x width each, the same theory with that fan, zero-padded borders aside).
 
     data (run_data(): the task's `input_dim` and `input_second_moment`, the `batch_size`) adds the
     prediction at the model's depth; without it only the fixed point is known."""
@@ -191,7 +192,8 @@ def for_model(model: dict, data: dict | None = None) -> dict:
                 "factor_at_depth": math.sqrt(chi) if depth >= 2 else None,
                 "regime_at_depth": regime_over(math.sqrt(chi), depth) if depth >= 2 else None,
                 "note": small_batch_note(data.get("batch_size"))}
-    sw2 = sigma_w2(init, act, model.get("init_std"), width, width)
+    kernel = 9 if model.get("kind") == "cnn" else 1  # a conv weight's fan counts its 3x3 kernel
+    sw2 = sigma_w2(init, act, model.get("init_std"), kernel * width, kernel * width)
     bias = float(model.get("bias_init") or 0.0)
     out = {**head, "theory": "mean field, plain MLP (Poole et al. 2016; Schoenholz et al. 2017)",
            **predict(act, sw2, 0.0, depth, bias)}
@@ -199,7 +201,7 @@ def for_model(model: dict, data: dict | None = None) -> dict:
     if m_x is None or n_in is None:
         return {**out, "factor_at_depth": None,
                 "note": "the run does not record its input's second moment: only the fixed point is predicted"}
-    sw2_in = sigma_w2(init, act, model.get("init_std"), int(n_in), width)  # the first layer sees the data
+    sw2_in = sigma_w2(init, act, model.get("init_std"), kernel * int(n_in), kernel * width)  # the first layer sees the data
     out.update(trajectory(act, sw2, sw2_in * float(m_x), depth, bias))
     out["note"] = _which_to_trust(out, depth)
     return out

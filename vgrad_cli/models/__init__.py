@@ -1,4 +1,4 @@
-"""Model builders: model.kind -> nn.Module (mlp.py: mlp; recurrent.py: rnn, lstm, gru). Imports
+"""Model builders: model.kind -> nn.Module (mlp.py: mlp; cnn.py: cnn; recurrent.py: rnn, lstm, gru). Imports
 torch, activations.py, inits.py and measure.layers. Every model declares `probe_layers()` (the rows
 of layers.csv, input side first, and where the probe hooks each); recurrent ones also record
 hidden states through `model.recorder`, which the probe sets on logged steps only.
@@ -12,10 +12,13 @@ from ..measure.layers import ProbeLayer  # noqa: F401  (what probe_layers() retu
 def build_model(model_cfg, task, seed: int):
     import torch
 
+    from .cnn import CNN
     from .mlp import MLP
     from .recurrent import RecurrentNet
 
     torch.manual_seed(seed)  # the init draws from the global generator: seed it for determinism
     if model_cfg.kind == "mlp":
         return MLP(model_cfg, task.input_dim, task.output_dim)
+    if model_cfg.kind == "cnn":  # an image task's input_dim is its channels
+        return CNN(model_cfg, task.input_dim, task.output_dim)
     return RecurrentNet(model_cfg, task.input_dim, task.output_dim, task.output_steps)

@@ -18,6 +18,18 @@ from ..measure.layers import ProbeLayer
 NORM_LAYERS = {"none": lambda width: nn.Identity(), "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 
 
+@torch.no_grad()
+def init_weights(hidden: list, head, cfg):
+    """model.init on each hidden layer's weight (Linear or Conv: torch counts a kernel's fan) and on
+    the head, which is linear: the same scheme, with the linear gain for kaiming_*. Biases: bias_init."""
+    act = ACTIVATIONS[cfg.activation]
+    for layer in hidden:
+        INITS[cfg.init](layer.weight, act, cfg.init_std)
+        layer.bias.fill_(cfg.bias_init)
+    INITS[cfg.init](head.weight, ACTIVATIONS["linear"], cfg.init_std)
+    head.bias.fill_(cfg.bias_init)
+
+
 class Block(nn.Module):
     def __init__(self, fan_in: int, width: int, cfg, skip: bool):
         super().__init__()
@@ -36,14 +48,7 @@ class MLP(nn.Module):
         )
         self.head = nn.Linear(cfg.width, output_dim)
         self.scale = cfg.branch_scale()
-        act = ACTIVATIONS[cfg.activation]
-        with torch.no_grad():
-            for block in self.blocks:
-                INITS[cfg.init](block.linear.weight, act, cfg.init_std)
-                block.linear.bias.fill_(cfg.bias_init)
-            # The output layer is linear: same scheme, with the linear gain for kaiming_*.
-            INITS[cfg.init](self.head.weight, ACTIVATIONS["linear"], cfg.init_std)
-            self.head.bias.fill_(cfg.bias_init)
+        init_weights([b.linear for b in self.blocks], self.head, cfg)
 
     def forward(self, x):
         h = x

@@ -100,7 +100,7 @@ class RunProgress:
         if self.quiet:
             return
         m = cfg.model
-        recurrent = f" recurrent_init {m.recurrent_init}" if m.kind != "mlp" else ""
+        recurrent = f" recurrent_init {m.recurrent_init}" if m.kind in ("rnn", "lstm", "gru") else ""
         self.console.print(
             f"[bold]vgrad run[/] {cfg.run_name()}: {m.kind} depth {m.depth} width {m.width} {m.activation or ''} "
             f"init {m.init}{recurrent} norm {m.norm}{' residual' if m.residual else ''}\n"

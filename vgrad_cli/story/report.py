@@ -136,8 +136,9 @@ def runs_cell(g: dict) -> str:
 
 
 def tables(groups: list[dict]) -> list[dict]:
-    """The chapters split into tables that share their columns: MLP chapters (layer ratio) and
-    recurrent ones (through-time ratio), and within each by task (eval accuracy or eval loss).
+    """The chapters split into tables that share their columns: layered chapters (MLP, CNN,
+    Transformer: layer ratio) and recurrent ones (through-time ratio), and within each by task
+    (eval accuracy or eval loss).
     Each: title, note, headers, rows of plain-text cells; markdown.py and the console render them."""
     split: dict[tuple, list[dict]] = {}
     for g in groups:
@@ -162,7 +163,7 @@ def tables(groups: list[dict]) -> list[dict]:
                 else "delta ratio = layer-0 / output-layer delta_norm, the back-propagated error")
         note += ("; chance = always predicting the eval set's majority class" if classify
                  else "; baseline = the best input-blind prediction's eval loss")
-        title = "Recurrent chapters" if recurrent else "MLP chapters"
+        title = "Recurrent chapters" if recurrent else "Layered chapters (MLP, CNN, Transformer)"
         if classify == recurrent:  # not the usual task of its kind: say which, the other table has the usual
             title += f", eval {loss}"
         out.append({"title": title, "note": note,

@@ -158,7 +158,8 @@ def _train(cfg, task, writer: RunWriter, on_log, device) -> TrainResult:
     tr = _Trainer(cfg, task, device)
     layers_csv = writer.table("layers.csv", LAYER_COLUMNS)
     metrics_csv = writer.table("metrics.csv", METRIC_COLUMNS)
-    time_csv = writer.table("time.csv", TIME_COLUMNS) if cfg.model.kind != "mlp" else None
+    # time.csv: only models that record hidden states through time (models/__init__.py: the recurrent ones)
+    time_csv = writer.table("time.csv", TIME_COLUMNS) if hasattr(tr.model, "recorder") else None
 
     steps, every, eval_every = cfg.train.steps, cfg.log.every, cfg.log.eval_every
     loss_buf = torch.zeros(every, device=device)  # losses of the steps since the last log
