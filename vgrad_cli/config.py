@@ -18,9 +18,13 @@ from .errors import UsageError
 from .inits import INITS
 from .tasks import TASK_NAMES, TASK_TYPES
 
-MODEL_KINDS = ("mlp", "rnn", "lstm", "gru")
+MODEL_KINDS = ("mlp", "rnn", "lstm", "gru", "transformer")
 RECURRENT_KINDS = ("rnn", "lstm", "gru")
-DEFAULT_ACTIVATION = {"mlp": "relu", "rnn": "tanh"}  # lstm/gru: fixed sigmoid/tanh gates, no choice
+SEQUENCE_KINDS = RECURRENT_KINDS + ("transformer",)  # models that read (batch, time, features)
+# lstm/gru: fixed sigmoid/tanh gates, no choice; transformer: the MLP sub-layer's (GELU, as in BERT)
+DEFAULT_ACTIVATION = {"mlp": "relu", "rnn": "tanh", "transformer": "gelu"}
+NORM_POSITIONS = ("post", "pre")
+TRANSFORMER_DEFAULTS = {"heads": 4, "norm_position": "pre"}
 NORMS = ("none", "batch", "layer")
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 DEVICES = ("auto", "cpu", "cuda")
@@ -56,7 +60,7 @@ MAX_ACTIVATIONS = 200_000_000  # values kept for backprop per step: batch x widt
 
 
 class ModelConfig(Section):
-    kind: Annotated[str, one_of(MODEL_KINDS, "model kind")] = Field("mlp", description="mlp, rnn, lstm or gru")
+    kind: Annotated[str, one_of(MODEL_KINDS, "model kind")] = Field("mlp", description="mlp, rnn, lstm, gru or transformer")
     depth: int = Field(8, ge=1, description="hidden layers (mlp blocks, or stacked recurrent layers)")
     width: int = Field(64, ge=1, description="units per hidden layer (the hidden size for rnn/lstm/gru)")
     activation: Optional[Annotated[str, one_of(tuple(ACTIVATIONS), "activation")]] = Field(
@@ -79,18 +83,28 @@ class ModelConfig(Section):
     )
     recurrent_std: Optional[float] = Field(None, gt=0, description="like init_std, for recurrent_init")
     forget_bias: Optional[float] = Field(None, description="lstm only: forget-gate bias (null = 0; 1.0 is the usual)")
+    heads: Optional[int] = Field(None, ge=1, description="transformer only (default 4): attention heads; must divide width")
+    norm_position: Optional[Annotated[str, one_of(NORM_POSITIONS, "norm_position")]] = Field(
+        None, description="transformer only (default pre): LayerNorm after the residual add (post, Vaswani et al.) "
+        "or inside each branch plus a final one (pre, Xiong et al. 2020)"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _default_activation(cls, data):
         if isinstance(data, dict) and data.get("activation") is None and isinstance(data.get("kind", "mlp"), str):
             data = {**data, "activation": DEFAULT_ACTIVATION.get(data.get("kind", "mlp"))}
+        if isinstance(data, dict) and data.get("kind") == "transformer":
+            data = {**data, **{k: v for k, v in TRANSFORMER_DEFAULTS.items() if data.get(k) is None}}
         return data
 
 
 # model keys that mean something only for some kinds (the others accept their default)
-KIND_ONLY = {"activation": ("mlp", "rnn"), "recurrent_init": RECURRENT_KINDS, "recurrent_std": RECURRENT_KINDS,
-             "forget_bias": ("lstm",)}
+KIND_ONLY = {"activation": ("mlp", "rnn", "transformer"), "recurrent_init": RECURRENT_KINDS, "recurrent_std": RECURRENT_KINDS,
+             "forget_bias": ("lstm",), "heads": ("transformer",), "norm_position": ("transformer",),
+             # a transformer always has LayerNorm (placed by norm_position) and residual branches
+             "norm": tuple(k for k in MODEL_KINDS if k != "transformer"),
+             "residual": tuple(k for k in MODEL_KINDS if k != "transformer")}
 
 
 def applicable(model: dict) -> dict:
@@ -116,6 +130,22 @@ def _check_kind(m: "ModelConfig"):
         raise ValueError("model.recurrent_init and model.recurrent_std apply to rnn, lstm and gru only")
     if kind in RECURRENT_KINDS and m.norm == "batch":
         raise ValueError(f"model.norm: batch does not fit inside a recurrence ({kind}); use none or layer")
+    _check_transformer(m)
+
+
+def _check_transformer(m: "ModelConfig"):
+    if m.kind != "transformer":
+        for key in ("heads", "norm_position"):
+            if getattr(m, key) is not None:
+                raise ValueError(f"model.{key} applies to model.kind transformer only (got kind {m.kind})")
+        return
+    if m.width % m.heads:
+        raise ValueError(f"model.heads {m.heads} must divide model.width {m.width} (each head gets width/heads units)")
+    if m.norm != "none" or m.residual:
+        raise ValueError("model.norm and model.residual do not apply to a transformer: it always has residual "
+                         "branches and LayerNorm; place the norm with model.norm_position: post | pre")
+    if m.recurrent_init != "default" or m.recurrent_std is not None:
+        raise ValueError("model.recurrent_init and model.recurrent_std apply to rnn, lstm and gru only")
 
 TaskConfig = Annotated[Union[TASK_TYPES], Field(discriminator="name")]  # type: ignore[valid-type]
 
@@ -129,6 +159,9 @@ class TrainConfig(Section):
     steps: int = Field(1000, ge=1, description="optimizer updates")
     clip_norm: Optional[float] = Field(None, gt=0, description="clip the total gradient L2 norm to this")
     clip_value: Optional[float] = Field(None, gt=0, description="clip each gradient element to +/- this")
+    warmup_steps: int = Field(
+        0, ge=0, description="linear learning-rate warm-up: step s uses lr x min(1, (s+1)/warmup_steps); 0 = none"
+    )
     device: Annotated[str, one_of(DEVICES, "device")] = Field("auto", description="auto (cuda if available), cpu, cuda")
     cpu_threads: int = Field(
         1, ge=0, description="torch intra-op threads on CPU; 0 = torch's default (all cores). 1 suits vgrad's "
@@ -149,7 +182,7 @@ class Config(Section):
     )
     seed: int = Field(0, ge=0, description="seeds the model init, the data and the batch order")
     model: ModelConfig = Field(default_factory=ModelConfig)
-    task: TaskConfig = Field(description="the synthetic task (default: spirals for mlp, adding for rnn/lstm/gru)")
+    task: TaskConfig = Field(description="the synthetic task (default: spirals for mlp, adding for rnn/lstm/gru/transformer)")
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
@@ -158,7 +191,7 @@ class Config(Section):
     def _default_task(cls, data):
         if isinstance(data, dict) and data.get("task") is None:
             model = data.get("model") if isinstance(data.get("model"), dict) else {}
-            data = {**data, "task": {"name": "adding" if model.get("kind") in RECURRENT_KINDS else "spirals"}}
+            data = {**data, "task": {"name": "adding" if model.get("kind") in SEQUENCE_KINDS else "spirals"}}
         return data
 
     @model_validator(mode="after")
@@ -181,7 +214,7 @@ class Config(Section):
 
     def _check_size(self):
         m = self.model
-        gates = {"rnn": 1, "lstm": 4, "gru": 3}.get(m.kind, 1)
+        gates = {"rnn": 1, "lstm": 4, "gru": 3, "transformer": 12}.get(m.kind, 1)  # transformer: 4 w^2 attention + 8 w^2 MLP
         params = m.depth * gates * m.width * (m.width + 1)
         if params > MAX_PARAMETERS:
             raise ValueError(

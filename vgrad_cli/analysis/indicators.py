@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from .verdict import EXPLODING_RATIO, GROWTH, VANISHING_RATIO, time_profile
+from .verdict import EXPLODING_RATIO, GROWTH, VANISHING_RATIO, ends, ends_label, time_profile
 
 THRESHOLDS = {
     "min_loss_drop": 0.10,        # (1) loss fell by less than 10 % of its step-0 value ...
@@ -151,25 +151,30 @@ def _across_layers(run, rows) -> bool:
     return not run.time or len(rows) > 2
 
 
+def _kind(run) -> str | None:
+    return (run.config.get("model") or {}).get("kind") if isinstance(run.config, dict) else None
+
+
 def gradient_decay(run) -> dict:
     name = "early-layer gradients orders of magnitude below later layers"
     thr = f"delta_norm ratio layer 0 / output (or ||dL/dh_0|| / ||dL/dh_T||) < {T['vanishing_ratio']:g} at the first or last logged step"
-    steps = run.steps
+    steps, kind = run.steps, _kind(run)
     ev, found, parts = {}, [], []
     for when, step in _first_last(steps):
         rows = run.layer_rows(step)
-        n = len(rows) - 1
+        first, last = ends(rows, kind)
+        n = last["layer"] - first["layer"] if isinstance(first.get("layer"), int) else len(rows) - 1
         per = {"step": step,
                "grad_norm": [r.get("grad_norm") for r in rows], "delta_norm": [r.get("delta_norm") for r in rows],
-               "delta": _decay(rows[0].get("delta_norm"), rows[-1].get("delta_norm"), n),
-               "grad": _decay(rows[0].get("grad_norm"), rows[-1].get("grad_norm"), n)}
+               "delta": _decay(first.get("delta_norm"), last.get("delta_norm"), n),
+               "grad": _decay(first.get("grad_norm"), last.get("grad_norm"), n)}
         ev[f"{when}_step"] = per
         r = per["delta"]["ratio"] if _across_layers(run, rows) else None
         if r is not None and r < T["vanishing_ratio"]:
             found.append(("across layers", step))
         if r is not None:
             per_layer = f" ({per['delta']['db_per_step']:+.1f} dB/layer)" if "db_per_step" in per["delta"] else ""
-            parts.append(f"step {step}: delta_norm layer 0/output {r:.2g}{per_layer}")
+            parts.append(f"step {step}: delta_norm {ends_label(rows, kind)} {r:.2g}{per_layer}")
         if run.time:
             layer, prof = time_profile(run.time_rows(step))
             if prof:
@@ -276,10 +281,11 @@ def exploding(run, baseline: float | None, clip: float | None) -> dict:
     ev["diverged_step"] = s.get("diverged_step")
     for when, step in _first_last(steps):
         rows = run.layer_rows(step)
-        r = _decay(rows[0].get("delta_norm"), rows[-1].get("delta_norm"), len(rows) - 1)["ratio"]
+        first, last = ends(rows, _kind(run))
+        r = _decay(first.get("delta_norm"), last.get("delta_norm"), len(rows) - 1)["ratio"]
         ev[f"delta_ratio_{when}_step"] = r
         if r is not None and r > T["exploding_ratio"] and _across_layers(run, rows):
-            signs.append(f"layer-0/output delta_norm {r:.3g} at step {step}")
+            signs.append(f"{ends_label(rows, _kind(run)).replace(' ', '-')} delta_norm {r:.3g} at step {step}")
         if run.time:
             _, prof = time_profile(run.time_rows(step))
             tr = _decay(prof[0], prof[-1], len(prof) - 1)["ratio"] if prof else None

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from ..activations import ACTIVATIONS
+from ..config import RECURRENT_KINDS
 from ..errors import UsageError
 from ..models import build_model
 from ..measure.probes import LAYER_COLUMNS, TIME_COLUMNS, LayerProbe
@@ -108,6 +109,15 @@ class _Trainer:
         self.clip_norm, self.clip_value = cfg.train.clip_norm, cfg.train.clip_value
         self.batch_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.batch = cfg.train.batch_size  # sampled with replacement: any size works
+        self.lr, self.warmup = cfg.train.lr, cfg.train.warmup_steps
+
+    def schedule(self, step: int):
+        """The learning rate of step `step`'s update (metrics.csv's lr): linear warm-up from
+        lr/warmup_steps to lr over the first warmup_steps updates (Goyal et al. 2017; Xiong et al.
+        2020: what a Post-LN Transformer needs), then lr."""
+        if self.warmup:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr * min(1.0, (step + 1) / self.warmup)
 
     def forward_backward(self, logged: bool):
         """One batch: loss, gradients, clipping; measured (before and after clipping) if logged."""
@@ -154,7 +164,7 @@ def _train(cfg, task, writer: RunWriter, on_log, device) -> TrainResult:
     tr = _Trainer(cfg, task, device)
     layers_csv = writer.table("layers.csv", LAYER_COLUMNS)
     metrics_csv = writer.table("metrics.csv", METRIC_COLUMNS)
-    time_csv = writer.table("time.csv", TIME_COLUMNS) if cfg.model.kind != "mlp" else None
+    time_csv = writer.table("time.csv", TIME_COLUMNS) if cfg.model.kind in RECURRENT_KINDS else None
 
     steps, every, eval_every = cfg.train.steps, cfg.log.every, cfg.log.eval_every
     loss_buf = torch.zeros(every, device=device)  # losses of the steps since the last log
@@ -200,6 +210,7 @@ def _train(cfg, task, writer: RunWriter, on_log, device) -> TrainResult:
                 result.steps_completed = step
                 break
             logged = is_logged(step)
+            tr.schedule(step)
             out, y, loss = tr.forward_backward(logged)
             if not logged:
                 loss_buf[pending] = loss.detach()
@@ -251,6 +262,7 @@ def _replay(cfg, task, device, is_logged, last_written: int, first_bad: int, det
     nothing = torch.zeros(0, device=device)
     for step in range(detected + 1):
         logged = is_logged(step) if step <= last_written else step >= start
+        tr.schedule(step)
         out, y, loss = tr.forward_backward(logged)
         if step > last_written and logged:
             host = tr.measured(out, y, loss, nothing)

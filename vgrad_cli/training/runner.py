@@ -54,7 +54,7 @@ def run_experiment(cfg, out_root: str | Path, on_start=None, on_log=None) -> tup
         writer.write_summary(summary)
         raise
     writer.close()
-    summary.update(summarize(result, time.time() - started))
+    summary.update(summarize(result, time.time() - started, cfg.model.kind))
     summary.update(judge(writer.path, summary))
     writer.write_summary(summary)
     return writer.path, summary
@@ -71,8 +71,8 @@ def judge(run_dir: Path, summary: dict) -> dict:
     return {"verdict": verdict, "verdict_reason": reason}
 
 
-def summarize(result, wall_time: float) -> dict:
-    r = ratios(result.first_rows, result.last_rows)
+def summarize(result, wall_time: float, kind: str | None = None) -> dict:
+    r = ratios(result.first_rows, result.last_rows, kind)
     if result.first_time:
         r.update(time_ratios(result.first_time, result.last_time))
     growth = None
