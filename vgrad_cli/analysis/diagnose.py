@@ -158,6 +158,8 @@ def theory_section(run, th: dict | None) -> dict:
 
     out = dict(th or {"applicable": False, "reason": "no readable config.yaml/layers.csv"})
     first = run.layer_rows(run.steps[0])
+    if (run.config.get("model") or {}).get("kind") == "transformer":
+        first = first[1:]  # its blocks: the embedding's δ also carries the first LayerNorm's 1/std
     hidden = len(first) - 1
     if out.get("measured_factor") is None and hidden >= 2:
         out["measured_factor"] = measured_factor(first, hidden)  # measured even where no theory applies

@@ -16,7 +16,7 @@ class Chapter:
     path: Path
     config: dict = field(default_factory=dict)  # the file's keys as read (before seeds and --steps)
     shows: str = ""           # what the chapter shows: its "Chapter N — ..." comment line
-    kind: str = "mlp"         # model.kind once validated: mlp, rnn, lstm or gru
+    kind: str = "mlp"         # model.kind once validated: mlp, rnn, lstm, gru, transformer, ...
 
     @property
     def number(self) -> int | None:
@@ -25,7 +25,7 @@ class Chapter:
 
     @property
     def recurrent(self) -> bool:
-        return self.kind != "mlp"
+        return self.kind in ("rnn", "lstm", "gru")
 
 
 def configs_dir(given: Path | None) -> Path:
