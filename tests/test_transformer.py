@@ -171,3 +171,11 @@ def test_monitor_on_torchs_transformer_encoder(tmp_path):
     assert any("self_attn" in r["name"] for r in rows)
     for r in rows:
         assert r["grad_norm"] == pytest.approx(expected[r["name"]], rel=1e-5)
+
+
+def test_same_config_and_seed_give_identical_tables(tmp_path):
+    cfg = validate(tiny(model={"norm_position": "post"}, train={"steps": 6, "warmup_steps": 3}, log={"every": 2}))
+    (a, _), (b, _) = run_experiment(cfg, tmp_path / "a"), run_experiment(cfg, tmp_path / "b")
+    assert read_table(a, "layers.csv") == read_table(b, "layers.csv")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
+    assert strip(read_table(a, "metrics.csv")) == strip(read_table(b, "metrics.csv"))
