@@ -29,10 +29,10 @@ def tiny(model: dict | None = None, **over) -> dict:
 BATCH = 128
 
 
-def measured_at_init(seed: int, **model):
+def measured_at_init(seed: int, batch: int = BATCH, **model):
     """One forward/backward of a fresh transformer, measured by a LayerProbe: (net, task, host stats)."""
     cfg = validate(small(seed=seed, model={"kind": "transformer", "activation": None, **model},
-                         task={"name": "temporal_order", "seq_len": 16, "train_size": BATCH, "eval_size": 8}))
+                         task={"name": "temporal_order", "seq_len": 16, "train_size": batch, "eval_size": 8}))
     task = cfg.task.make(seed)
     net = build_model(cfg.model, task, seed)
     probe = LayerProbe(net, ACTIVATIONS[cfg.model.activation], False)
@@ -64,6 +64,18 @@ def test_rows_are_embedding_blocks_output_and_delta_is_the_residual_stream():
     # grad_norm of a block row covers every parameter of the block (attention, MLP, both norms)
     block1 = torch.cat([p.grad.flatten() for p in net.blocks[1].parameters()]).double().norm().item()
     assert host["grad_norm"][2] == pytest.approx(block1, rel=1e-5)
+
+
+def test_every_activation_and_init_builds_and_measures():
+    """The MLP sub-layer takes any activation (PReLU's per-unit slopes included) and any init."""
+    from vgrad_cli.inits import INITS
+
+    for act in ACTIVATIONS:
+        _, _, host = measured_at_init(TEST_SEED, 8, depth=1, width=8, heads=2, activation=act)
+        assert all(v > 0 for v in host["delta_norm"]), act
+    for init in INITS:
+        _, _, host = measured_at_init(TEST_SEED, 8, depth=1, width=8, heads=2, init=init)
+        assert all(v > 0 for v in host["grad_norm"]), init
 
 
 def test_post_ln_last_block_gradient_is_larger_than_pre_ln_at_init():

@@ -57,7 +57,9 @@ class Block(nn.Module):
         self.ff2 = nn.Linear(MLP_RATIO * width, width)
 
     def mlp(self, h):
-        return self.ff2(self.act(self.ff1(h)))
+        z = self.ff1(h)
+        # (batch x time, units): PReLU's per-unit slopes read axis 1 as the units
+        return self.ff2(self.act(z.reshape(-1, z.shape[-1])).view(z.shape))
 
     def forward(self, h):
         if self.post:
