@@ -4,7 +4,10 @@ Two user-written models, each trained by the same loop (sampled batch, forward, 
 zero_grad, backward, [the tool's line], SGD step) on one torch thread:
   mlp  - nn.Sequential of 20 x (Linear(128, 128), ReLU) and Linear(128, 10), batch 128;
   cnn  - a small residual CNN: a 3x3 stem conv, 4 BasicBlocks of 16 channels (conv-BN-F.relu-conv-BN,
-         identity shortcut, F.relu) on 16x16 inputs, global average pool, Linear(16, 10), batch 32.
+         identity shortcut, F.relu) on 16x16 inputs, global average pool, Linear(16, 10), batch 32;
+  transformer - a Pre-LN encoder: Linear(16, 64) embedding plus learned positions, torch's
+         nn.TransformerEncoder of 4 layers (width 64, 4 heads, MLP 128, no dropout) over 32 time
+         steps, Linear(64, 10) on the last position, batch 32.
 Variants, each measured the way its users use it:
   bare        nothing; the loss is read once at the end
   every1      vgrad Monitor(every=1): mon.step(loss) after backward, every statistic every step
@@ -23,7 +26,7 @@ Variants alternate with a bare run between every two (B V1 B V2 B ...), the orde
 rotating from one repetition to the next; each ratio is the variant's time over the mean of the two
 bare runs around it, so slow drifts of the machine's load cancel. Median and min-max are reported.
 
-    python benchmarks/monitor.py [--quick] [--model mlp,cnn] [--variants bare,every1,...] [--reps N] [--steps N]
+    python benchmarks/monitor.py [--quick] [--model mlp,cnn,transformer] [--variants bare,every1,...] [--reps N] [--steps N]
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+MODELS = ("mlp", "cnn", "transformer")
 VARIANTS = ("every1", "every10", "lightning", "wandb", "tensorboard", "cockpit")
 PEERS = {  # variant -> the modules it needs
     "lightning": ("lightning",),
@@ -100,6 +104,19 @@ class ResCNN(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class Encoder(nn.Module):
+    def __init__(self, layers=4, width=64, heads=4, features=16, seq_len=32, classes=10):
+        super().__init__()
+        self.embed = nn.Linear(features, width)
+        self.pos = nn.Parameter(torch.randn(seq_len, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.fc(self.encoder(self.embed(x) + self.pos)[:, -1])
+
+
 def setup(model: str, quick: bool) -> dict:
     """The model factory, its data (pre-generated, the same for every variant) and the batch size."""
     g = torch.Generator().manual_seed(0)
@@ -113,8 +130,13 @@ def setup(model: str, quick: bool) -> dict:
         x = torch.randn(2048 if not quick else 64, 3, size, size, generator=g)
         build = lambda: ResCNN(blocks, channels)  # noqa: E731
         shape = {"blocks": blocks, "channels": channels, "size": size, "batch": batch}
+    elif model == "transformer":
+        layers, width, heads, seq_len, batch = (1, 8, 2, 4, 4) if quick else (4, 64, 4, 32, 32)
+        x = torch.randn(1024 if not quick else 32, seq_len, 16, generator=g)
+        build = lambda: Encoder(layers, width, heads, 16, seq_len)  # noqa: E731
+        shape = {"layers": layers, "width": width, "heads": heads, "seq_len": seq_len, "batch": batch}
     else:
-        raise ValueError(f"unknown model {model!r}: mlp or cnn")
+        raise ValueError(f"unknown model {model!r}: mlp, cnn or transformer")
     y = torch.randint(10, (len(x),), generator=g)
     return {"build": build, "x": x, "y": y, "batch": batch, "shape": shape}
 
@@ -332,7 +354,7 @@ def measure(model: str, steps: int, reps: int, quick: bool = False, variants=VAR
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--model", default="mlp,cnn")
+    ap.add_argument("--model", default=",".join(MODELS))
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
@@ -349,7 +371,7 @@ def main(argv=None) -> int:
 def default_steps(model: str, quick: bool) -> int:
     if quick:
         return 12
-    return {"mlp": 400, "cnn": 200}[model]
+    return {"mlp": 400, "cnn": 200, "transformer": 200}[model]
 
 
 if __name__ == "__main__":

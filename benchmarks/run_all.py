@@ -9,7 +9,7 @@ Groups (docs/benchmarks.md explains each and records the latest figures):
   3. sweep     8 short runs with `vgrad sweep --workers 1` vs `--workers 2`.
   4. scale     depth-100 width-256 MLP and a tanh RNN over 1,000 time steps: time per step, peak
                RSS, table sizes, at N and 2N steps.
-  5. monitor   one hand-written loop (MLP, residual CNN) bare, with vgrad's Monitor at every step
+  5. monitor   one hand-written loop (MLP, residual CNN, Transformer) bare, with vgrad's Monitor at every step
                and every 10, and with each installed peer (Lightning grad_norm, W&B watch,
                TensorBoard histograms, Cockpit): ratios to the bare loop, alternating runs.
 --quick shrinks everything (tiny models, 1-2 repetitions: seconds) to prove the command works; its
@@ -50,6 +50,8 @@ TARGETS = {  # (group, key) -> (comparison, bound)
     ("monitor", "mlp every10"): ("<=", 1.03),
     ("monitor", "cnn every1"): ("<=", 1.15),
     ("monitor", "cnn every10"): ("<=", 1.03),
+    ("monitor", "transformer every1"): ("<=", 1.15),
+    ("monitor", "transformer every10"): ("<=", 1.03),
 }
 
 
@@ -120,7 +122,7 @@ def group_scale(quick: bool) -> dict:
 def group_monitor(quick: bool) -> dict:
     reps = 1 if quick else 5
     return {model: monitor.measure(model, monitor.default_steps(model, quick), reps, quick, on_progress=log)
-            for model in ("mlp", "cnn")}
+            for model in monitor.MODELS}
 
 
 RUNNERS = {"overhead": group_overhead, "startup": group_startup, "sweep": group_sweep, "scale": group_scale,

@@ -42,7 +42,7 @@ def test_run_all_quick_writes_every_group(tmp_path):
         assert all(t["linear"] for t in r["tables"].values())
     assert "time.csv" in g["scale"]["rnn"]["tables"] and "time.csv" not in g["scale"]["mlp"]["tables"]
     # 5. the same loop bare, with Monitor and with each peer: a ratio, or "not installed"
-    for model in ("mlp", "cnn"):
+    for model in ("mlp", "cnn", "transformer"):
         variants = g["monitor"][model]["variants"]
         assert set(variants) == {"every1", "every10", "lightning", "wandb", "tensorboard", "cockpit"}
         assert variants["every1"]["installed"] and variants["every10"]["installed"]

@@ -42,6 +42,18 @@ CASES = [
      "model.residual_scale: must be a number > 0 or the string '1/sqrt(depth)' (got True)"),
     ("residual_scale without residual", small(), ["--set", "model.residual_scale=0.5"],
      "model.residual_scale scales a residual branch: it needs model.residual: true"),
+    ("heads on an mlp", small(model={"heads": 4}), [], "model.heads applies to model.kind transformer only (got kind mlp)"),
+    ("norm_position on an rnn", small(model={"kind": "rnn", "activation": "tanh"}, task={"name": "adding"}),
+     ["--set", "model.norm_position=pre"], "model.norm_position applies to model.kind transformer only (got kind rnn)"),
+    ("unknown norm_position", small(model={"kind": "transformer", "activation": None, "norm_position": "middle"},
+                                    task={"name": "adding"}), [], "'middle' is not a known norm_position; choose one of: post, pre"),
+    ("heads not dividing width", small(model={"kind": "transformer", "activation": None, "width": 16, "heads": 3},
+                                       task={"name": "adding"}), [], "model.heads 3 must divide model.width 16"),
+    ("transformer on a static task", small(model={"kind": "transformer", "activation": None}), [],
+     "task.name 'blobs' does not fit model.kind 'transformer'; it takes model.kind: mlp"),
+    ("norm on a transformer", small(model={"kind": "transformer", "activation": None, "norm": "batch"},
+                                    task={"name": "adding"}), [], "model.norm and model.residual do not apply to a transformer"),
+    ("negative warmup", small(train={"warmup_steps": -1}), [], "train.warmup_steps: must be >= 0"),
 ]
 
 

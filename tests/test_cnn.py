@@ -176,7 +176,7 @@ def test_cnn_defaults_and_bad_input_through_the_cli(cli, write_config, tmp_path)
     result = cli("run", write_config({**cnn(), "task": {"name": "adding"}}), "--out", out)
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'cfg.yaml'}: task.name 'adding' does not fit model.kind 'cnn'; it takes model.kind: rnn, lstm, gru"]
+        f"error: {tmp_path / 'cfg.yaml'}: task.name 'adding' does not fit model.kind 'cnn'; it takes model.kind: rnn, lstm, gru, transformer"]
     assert not out.exists()
 
 

@@ -77,7 +77,7 @@ BAD = [
     ({"model": {"norm": "group"}}, "model.norm: 'group' is not a known norm; choose one of: none, batch, layer"),
     ({"train": {"optimizer": "adamw"}}, "train.optimizer: 'adamw' is not a known optimizer; choose one of: sgd, adam, rmsprop"),
     ({"train": {"device": "tpu"}}, "train.device: 'tpu' is not a known device"),
-    ({"model": {"kind": "transformer"}}, "model.kind: 'transformer' is not a known model kind"),
+    ({"model": {"kind": "mamba"}}, "model.kind: 'mamba' is not a known model kind"),
     ({"task": {"name": "mnist"}}, "task.name: 'mnist' is not a known task; choose one of: teacher, spirals, parity, blobs"),
     ({"task": {"n_bits": 4}}, "task.name is missing"),
     ({"train": {"clip_norm": 1.0, "clip_value": 1.0}}, "train.clip_norm and train.clip_value are both set"),

@@ -18,9 +18,13 @@ from .errors import UsageError
 from .inits import INITS
 from .tasks import TASK_NAMES, TASK_TYPES
 
-MODEL_KINDS = ("mlp", "cnn", "rnn", "lstm", "gru")
+MODEL_KINDS = ("mlp", "cnn", "rnn", "lstm", "gru", "transformer")
 RECURRENT_KINDS = ("rnn", "lstm", "gru")
-DEFAULT_ACTIVATION = {"mlp": "relu", "cnn": "relu", "rnn": "tanh"}  # lstm/gru: fixed sigmoid/tanh gates, no choice
+SEQUENCE_KINDS = RECURRENT_KINDS + ("transformer",)  # models that read (batch, time, features)
+# lstm/gru: fixed sigmoid/tanh gates, no choice; transformer: the MLP sub-layer's (GELU, as in BERT)
+DEFAULT_ACTIVATION = {"mlp": "relu", "cnn": "relu", "rnn": "tanh", "transformer": "gelu"}
+NORM_POSITIONS = ("post", "pre")
+TRANSFORMER_DEFAULTS = {"heads": 4, "norm_position": "pre"}
 NORMS = ("none", "batch", "layer")
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 DEVICES = ("auto", "cpu", "cuda")
@@ -73,9 +77,9 @@ def branch_scale(residual_scale, depth: int) -> float:
 
 
 class ModelConfig(Section):
-    kind: Annotated[str, one_of(MODEL_KINDS, "model kind")] = Field("mlp", description="mlp, cnn, rnn, lstm or gru")
-    depth: int = Field(8, ge=1, description="hidden layers (mlp blocks, cnn conv blocks, or stacked recurrent layers)")
-    width: int = Field(64, ge=1, description="units per hidden layer (channels for cnn, the hidden size for rnn/lstm/gru)")
+    kind: Annotated[str, one_of(MODEL_KINDS, "model kind")] = Field("mlp", description="mlp, cnn, rnn, lstm, gru or transformer")
+    depth: int = Field(8, ge=1, description="hidden layers (mlp blocks, cnn conv blocks, transformer blocks, or stacked recurrent layers)")
+    width: int = Field(64, ge=1, description="units per hidden layer (channels for cnn, the hidden size for rnn/lstm/gru, d_model for transformer)")
     activation: Optional[Annotated[str, one_of(tuple(ACTIVATIONS), "activation")]] = Field(
         None, description=f"mlp, cnn (default relu): one of {', '.join(ACTIVATIONS)}; rnn (default tanh): tanh or relu; "
         "not for lstm/gru"
@@ -101,12 +105,19 @@ class ModelConfig(Section):
     )
     recurrent_std: Optional[float] = Field(None, gt=0, description="like init_std, for recurrent_init")
     forget_bias: Optional[float] = Field(None, description="lstm only: forget-gate bias (null = 0; 1.0 is the usual)")
+    heads: Optional[int] = Field(None, ge=1, description="transformer only (default 4): attention heads; must divide width")
+    norm_position: Optional[Annotated[str, one_of(NORM_POSITIONS, "norm_position")]] = Field(
+        None, description="transformer only (default pre): LayerNorm after the residual add (post, Vaswani et al.) "
+        "or inside each branch plus a final one (pre, Xiong et al. 2020)"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _default_activation(cls, data):
         if isinstance(data, dict) and data.get("activation") is None and isinstance(data.get("kind", "mlp"), str):
             data = {**data, "activation": DEFAULT_ACTIVATION.get(data.get("kind", "mlp"))}
+        if isinstance(data, dict) and data.get("kind") == "transformer":
+            data = {**data, **{k: v for k, v in TRANSFORMER_DEFAULTS.items() if data.get(k) is None}}
         return data
 
     def branch_scale(self) -> float:
@@ -114,8 +125,12 @@ class ModelConfig(Section):
 
 
 # model keys that mean something only for some kinds (the others accept their default)
-KIND_ONLY = {"activation": ("mlp", "cnn", "rnn"), "recurrent_init": RECURRENT_KINDS, "recurrent_std": RECURRENT_KINDS,
-             "forget_bias": ("lstm",), "residual_scale": ("mlp",)}
+KIND_ONLY = {"activation": ("mlp", "cnn", "rnn", "transformer"), "recurrent_init": RECURRENT_KINDS,
+             "recurrent_std": RECURRENT_KINDS, "forget_bias": ("lstm",), "residual_scale": ("mlp",),
+             "heads": ("transformer",), "norm_position": ("transformer",),
+             # a transformer always has LayerNorm (placed by norm_position) and residual branches
+             "norm": tuple(k for k in MODEL_KINDS if k != "transformer"),
+             "residual": tuple(k for k in MODEL_KINDS if k != "transformer")}
 
 
 def applicable(model: dict) -> dict:
@@ -146,6 +161,22 @@ def _check_kind(m: "ModelConfig"):
                          f"{' or '.join(KIND_ONLY['residual_scale'])} (got residual {str(m.residual).lower()}, kind {kind})")
     if kind in RECURRENT_KINDS and m.norm == "batch":
         raise ValueError(f"model.norm: batch does not fit inside a recurrence ({kind}); use none or layer")
+    _check_transformer(m)
+
+
+def _check_transformer(m: "ModelConfig"):
+    if m.kind != "transformer":
+        for key in ("heads", "norm_position"):
+            if getattr(m, key) is not None:
+                raise ValueError(f"model.{key} applies to model.kind transformer only (got kind {m.kind})")
+        return
+    if m.width % m.heads:
+        raise ValueError(f"model.heads {m.heads} must divide model.width {m.width} (each head gets width/heads units)")
+    if m.norm != "none" or m.residual:
+        raise ValueError("model.norm and model.residual do not apply to a transformer: it always has residual "
+                         "branches and LayerNorm; place the norm with model.norm_position: post | pre")
+    if m.recurrent_init != "default" or m.recurrent_std is not None:
+        raise ValueError("model.recurrent_init and model.recurrent_std apply to rnn, lstm and gru only")
 
 
 def _times_positions(task) -> str:
@@ -167,6 +198,9 @@ class TrainConfig(Section):
     steps: int = Field(1000, ge=1, description="optimizer updates")
     clip_norm: Optional[float] = Field(None, gt=0, description="clip the total gradient L2 norm to this")
     clip_value: Optional[float] = Field(None, gt=0, description="clip each gradient element to +/- this")
+    warmup_steps: int = Field(
+        0, ge=0, description="linear learning-rate warm-up: step s uses lr x min(1, (s+1)/warmup_steps); 0 = none"
+    )
     device: Annotated[str, one_of(DEVICES, "device")] = Field("auto", description="auto (cuda if available), cpu, cuda")
     cpu_threads: int = Field(
         1, ge=0, description="torch intra-op threads on CPU; 0 = torch's default (all cores). 1 suits vgrad's "
@@ -195,7 +229,7 @@ class Config(Section):
     )
     seed: int = Field(0, ge=0, description="seeds the model init, the data and the batch order")
     model: ModelConfig = Field(default_factory=ModelConfig)
-    task: TaskConfig = Field(description="the synthetic task (default: spirals for mlp, shapes for cnn, adding for rnn/lstm/gru)")
+    task: TaskConfig = Field(description="the synthetic task (default: spirals for mlp, shapes for cnn, adding for rnn/lstm/gru/transformer)")
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
@@ -204,7 +238,7 @@ class Config(Section):
     def _default_task(cls, data):
         if isinstance(data, dict) and data.get("task") is None:
             model = data.get("model") if isinstance(data.get("model"), dict) else {}
-            default = {"cnn": "shapes"}.get(model.get("kind"), "adding" if model.get("kind") in RECURRENT_KINDS else "spirals")
+            default = {"cnn": "shapes"}.get(model.get("kind"), "adding" if model.get("kind") in SEQUENCE_KINDS else "spirals")
             data = {**data, "task": {"name": default}}
         return data
 
@@ -228,7 +262,7 @@ class Config(Section):
 
     def _check_size(self):
         m = self.model
-        gates = {"rnn": 1, "lstm": 4, "gru": 3}.get(m.kind, 1)
+        gates = {"rnn": 1, "lstm": 4, "gru": 3, "transformer": 12}.get(m.kind, 1)  # transformer: 4 w^2 attention + 8 w^2 MLP
         kernel = 9 if m.kind == "cnn" else 1  # 3x3 weights per channel pair
         params = m.depth * gates * m.width * (kernel * m.width + 1)
         if params > MAX_PARAMETERS:

@@ -67,7 +67,8 @@ def ablation(run_dir: Path, cfg, baseline: float | None, k: int | None = None) -
         # (blocks.i. for the MLP; layers.i. and norms.i. for recurrent nets), buffers included
         names = {id(p): name for name, p in model.named_parameters()}
         prefixes = {".".join(names[id(p)].split(".")[:2]) + "." for layer in model.probe_layers()[:k] for p in layer.params}
-        ablated = {key: (saved["init"][key] if any(key.startswith(px) for px in prefixes) else v)
+        # (a two-part name such as a transformer's embedding.pos is its own prefix)
+        ablated = {key: (saved["init"][key] if any((key + ".").startswith(px) for px in prefixes) else v)
                    for key, v in saved["final"].items()}
         final = loss_of(saved["final"])
         reset = loss_of(ablated)

@@ -95,8 +95,26 @@ def _forward_stream(m: dict) -> list[dict]:
     return out
 
 
+def _transformer(m: dict, t: dict) -> list[dict]:
+    """A transformer that vanishes or explodes: Post-LN's large steps at the start (Xiong et al. 2020;
+    Liu et al. 2020) are the usual cause, so warm-up and Pre-LN come first."""
+    out = []
+    if m.get("norm_position") == "post":
+        out.append(rec("Pre-LN", "LayerNorm inside each residual branch keeps the identity path clean: the gradient "
+                       "is about the same at every block at init, and no warm-up is needed (Xiong et al. 2020)",
+                       {"model.norm_position": "pre"}))
+    if not t.get("warmup_steps"):
+        out.append(rec("learning-rate warm-up", "small steps while Adam's moment estimates and the LayerNorm scales "
+                       "settle (Xiong et al. 2020: what a Post-LN Transformer needs)",
+                       {"train.warmup_steps": max(1, int(t["steps"]) // 2)}))
+    out.append(rec("a lower learning rate", "smaller steps at the start", {"train.lr": float(f"{t['lr'] / 10:.3g}")}))
+    return out
+
+
 def _exploding(cfg: dict, forward_stream: bool = False) -> list[dict]:
     m, t, out = cfg["model"], cfg["train"], []
+    if m["kind"] == "transformer":
+        return _transformer(m, t)
     if forward_stream and residual.applies(m):
         out += _forward_stream(m)
     elif m["kind"] in LAYERED:
@@ -167,7 +185,10 @@ def recommend(cfg: dict, verdict: str, indicators: dict, recovered: bool, data: 
                rec("a lower learning rate", "large steps push units into the region where they output 0 for every input",
                    {"train.lr": float(f"{t['lr'] / 10:.3g}")})]
     elif verdict == "vanishing":
-        out = _mlp_vanishing(m, t.get("lr"), t.get("optimizer")) if m["kind"] in LAYERED else _recurrent_vanishing(m)
+        if m["kind"] == "transformer":
+            out = _transformer(m, t)
+        else:
+            out = _mlp_vanishing(m, t.get("lr"), t.get("optimizer")) if m["kind"] in LAYERED else _recurrent_vanishing(m)
     elif verdict == "underfitting":
         out = [rec("train longer", "the gradient reaches every layer; the loss is still falling or the budget was short",
                    {"train.steps": int(t["steps"]) * 3}),

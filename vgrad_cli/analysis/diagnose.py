@@ -183,6 +183,8 @@ def theory_section(run, th: dict | None) -> dict:
 
     out = dict(th or {"applicable": False, "reason": "no readable config.yaml/layers.csv"})
     first = run.layer_rows(run.steps[0])
+    if (run.config.get("model") or {}).get("kind") == "transformer":
+        first = first[1:]  # its blocks: the embedding's δ also carries the first LayerNorm's 1/std
     hidden = len(first) - 1
     if hidden >= 2 and underflowed(first, 0):  # float32 lost layer 0's delta: the float64 step 0 has it
         m = measured_factor(run.float64, hidden) if run.float64 and run.steps[0] == 0 else None

@@ -12,7 +12,7 @@ import math
 import statistics
 
 from . import residual
-from .verdict import BELOW_FLOAT32, EXPLODING_RATIO, GROWTH, VANISHING_RATIO, time_profile, underflowed
+from .verdict import BELOW_FLOAT32, EXPLODING_RATIO, GROWTH, VANISHING_RATIO, ends, ends_label, time_profile, underflowed
 
 THRESHOLDS = {
     "min_loss_drop": 0.10,        # (1) loss fell by less than 10 % of its step-0 value ...
@@ -160,20 +160,26 @@ def _scale_invariant(rows, per: dict) -> float | None:
     return r
 
 
+def _kind(run) -> str | None:
+    return (run.config.get("model") or {}).get("kind") if isinstance(run.config, dict) else None
+
+
 def gradient_decay(run, model: dict | None = None) -> dict:
     name = "early-layer gradients orders of magnitude below later layers"
     thr = (f"delta_norm ratio layer 0 / output (or ||dL/dh_0|| / ||dL/dh_T||; residual nets without norm: "
-           f"||dL/dW||/||W|| layer 0 / last hidden) < {T['vanishing_ratio']:g} at the first or last logged step")
+           f"||dL/dW||/||W|| layer 0 / last hidden; a transformer: first / last block) < {T['vanishing_ratio']:g} "
+           f"at the first or last logged step")
     invariant = residual.applies(model or {})
-    steps = run.steps
+    steps, kind = run.steps, _kind(run)
     ev, found, parts = {}, [], []
     for when, step in _first_last(steps):
         rows = run.layer_rows(step)
-        n = len(rows) - 1
+        first, last = ends(rows, kind)
+        n = last["layer"] - first["layer"] if isinstance(first.get("layer"), int) else len(rows) - 1
         per = {"step": step,
                "grad_norm": [r.get("grad_norm") for r in rows], "delta_norm": [r.get("delta_norm") for r in rows],
-               "delta": _decay(rows[0].get("delta_norm"), rows[-1].get("delta_norm"), n),
-               "grad": _decay(rows[0].get("grad_norm"), rows[-1].get("grad_norm"), n)}
+               "delta": _decay(first.get("delta_norm"), last.get("delta_norm"), n),
+               "grad": _decay(first.get("grad_norm"), last.get("grad_norm"), n)}
         ev[f"{when}_step"] = per
         r = per["delta"]["ratio"] if _across_layers(run, rows) else None
         for key in ("delta", "grad"):  # float32 lost layer 0's value: no dead layer
@@ -198,7 +204,7 @@ def gradient_decay(run, model: dict | None = None) -> dict:
             found.append(("across layers", step))
         if r is not None and not invariant and not underflow:
             per_layer = f" ({per['delta']['db_per_step']:+.1f} dB/layer)" if "db_per_step" in per["delta"] else ""
-            parts.append(f"step {step}: delta_norm layer 0/output {r:.2g}{per_layer}")
+            parts.append(f"step {step}: delta_norm {ends_label(rows, kind)} {r:.2g}{per_layer}")
         if run.time:
             layer, prof = time_profile(run.time_rows(step))
             if prof:
@@ -308,7 +314,8 @@ def exploding(run, baseline: float | None, clip: float | None, model: dict | Non
     ev["diverged_step"] = s.get("diverged_step")
     for when, step in _first_last(steps):
         rows = run.layer_rows(step)
-        r = _decay(rows[0].get("delta_norm"), rows[-1].get("delta_norm"), len(rows) - 1)["ratio"]
+        first, last = ends(rows, _kind(run))
+        r = _decay(first.get("delta_norm"), last.get("delta_norm"), len(rows) - 1)["ratio"]
         ev[f"delta_ratio_{when}_step"] = r
         if invariant:
             signs[:0] = _forward_stream(rows, step, r, ev, when)
@@ -316,7 +323,7 @@ def exploding(run, baseline: float | None, clip: float | None, model: dict | Non
             if r is not None and r > T["exploding_ratio"]:
                 signs.append(f"||dL/dW||/||W|| layer 0/last hidden {r:.3g} at step {step}")
         elif r is not None and r > T["exploding_ratio"] and _across_layers(run, rows):
-            signs.append(f"layer-0/output delta_norm {r:.3g} at step {step}")
+            signs.append(f"{ends_label(rows, _kind(run)).replace(' ', '-')} delta_norm {r:.3g} at step {step}")
         if run.time:
             _, prof = time_profile(run.time_rows(step))
             tr = _decay(prof[0], prof[-1], len(prof) - 1)["ratio"] if prof else None

@@ -159,6 +159,11 @@ def not_applicable(model: dict) -> str | None:
     """Why mean-field theory (as implemented) does not describe this model, or None if it does."""
     if model.get("kind") == "custom":
         return f"a model of your own ({model.get('class', '?')}): vgrad does not know its architecture"
+    if model.get("kind") == "transformer":
+        return ("model.kind transformer: mean-field theory here follows one random matrix and a pointwise "
+                "activation per layer; attention mixes time steps with data-dependent softmax weights and "
+                "LayerNorm re-scales every block, so no per-layer factor is predicted (Xiong et al. 2020 "
+                "bound a Transformer's gradients at init instead)")
     if model.get("kind", "mlp") not in ("mlp", "cnn"):
         return f"model.kind {model.get('kind')}: the theory here is for plain MLPs and CNNs (recurrent weights are shared across time)"
     if model.get("norm", "none") not in (None, "none", "batch"):

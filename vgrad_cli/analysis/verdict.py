@@ -2,6 +2,8 @@
 
   ratio = (value at layer 0, the input side) / (value at the output layer), for grad_norm and
   delta_norm, at the first and at the last logged step (all four go into summary.json).
+  A transformer compares its first and last blocks instead (ends()): the residual stream at both
+  ends of the stack.
   Recurrent runs add the through-time ratios ||dL/dh_0|| / ||dL/dh_T-1|| of the top stacked
   layer (time_ratio_first_step, time_ratio_last_step).
 The thresholds below are the verdict's: a delta_norm or time ratio below VANISHING_RATIO (two
@@ -36,11 +38,32 @@ def underflowed(rows: list[dict], i: int, column: str = "delta_norm") -> bool:
     return not any((r.get("act_dead_frac") or 0) >= 0.999 for r in rows[i:])
 
 
-def first_last_ratio(rows: list[dict], column: str) -> float | None:
-    """Layer 0 over the last layer for one logged step's rows (sorted by layer)."""
+def ends(rows: list[dict], kind: str | None = None) -> tuple[dict, dict]:
+    """The two rows a ratio compares: layer 0 and the output layer. For a transformer, its first and
+    last blocks: δ there is the gradient at the residual stream, the same (batch, time, width)
+    tensor at both ends, so the ratio says what the blocks do to it. Its embedding's δ also carries
+    the first LayerNorm's 1/std of the small embedding (a scale, not a gradient path), and the
+    output row's δ is at the logits, another tensor."""
+    if kind == "transformer" and len(rows) >= 3:
+        return rows[1], rows[-2]
+    return rows[0], rows[-1]
+
+
+def ends_label(rows: list[dict], kind: str | None = None) -> str:
+    """How the text names the ratio of ends(): 'layer 0/output', or e.g. 'block0/block5'."""
+    if kind == "transformer" and len(rows) >= 3:
+        first, last = ends(rows, kind)
+        return f"{first.get('name')}/{last.get('name')}"
+    return "layer 0/output"
+
+
+def first_last_ratio(rows: list[dict], column: str, kind: str | None = None) -> float | None:
+    """Layer 0 over the last layer (a transformer: first over last block) for one logged step's
+    rows (sorted by layer)."""
     if not rows:
         return None
-    return _ratio(rows[0].get(column), rows[-1].get(column))
+    first, last = ends(rows, kind)
+    return _ratio(first.get(column), last.get(column))
 
 
 def _ratio(first, last) -> float | None:
@@ -51,17 +74,18 @@ def _ratio(first, last) -> float | None:
     return first / last
 
 
-def ratios(first_rows: list[dict], last_rows: list[dict], first_float64: list[dict] | None = None) -> dict:
-    """The four ratios; where step 0 underflowed float32 and was measured in float64 (first_float64),
-    the first step's are the float64 ones."""
+def ratios(first_rows: list[dict], last_rows: list[dict], first_float64: list[dict] | None = None,
+           kind: str | None = None) -> dict:
+    """The four ratios (ends() says which rows); where step 0 underflowed float32 and was measured in
+    float64 (first_float64), the first step's are the float64 ones."""
     out = {
-        f"{col}_ratio_{when}_step": first_last_ratio(rows, col)
+        f"{col}_ratio_{when}_step": first_last_ratio(rows, col, kind)
         for col in ("grad_norm", "delta_norm")
         for when, rows in (("first", first_rows), ("last", last_rows))
     }
     for col in ("grad_norm", "delta_norm"):
         if first_float64 and first_rows and underflowed(first_rows, 0, col):
-            out[f"{col}_ratio_first_step"] = first_last_ratio(first_float64, col)
+            out[f"{col}_ratio_first_step"] = first_last_ratio(first_float64, col, kind)
     return out
 
 
@@ -101,6 +125,7 @@ def run_stats(run) -> dict:
     tables."""
     s = dict(run.summary)
     steps = run.steps
+    kind = (run.config.get("model") or {}).get("kind") if isinstance(run.config, dict) else None
     if steps:
         s.setdefault("first_logged_step", steps[0])
         s.setdefault("last_logged_step", steps[-1])
@@ -108,7 +133,7 @@ def run_stats(run) -> dict:
         for col in ("grad_norm", "delta_norm"):
             for when, rows in (("first", first), ("last", last)):
                 if s.get(f"{col}_ratio_{when}_step") is None:
-                    s[f"{col}_ratio_{when}_step"] = first_last_ratio(rows, col)
+                    s[f"{col}_ratio_{when}_step"] = first_last_ratio(rows, col, kind)
     if run.time and steps:
         for when, step in (("first", steps[0]), ("last", steps[-1])):
             if s.get(f"time_ratio_{when}_step") is None:

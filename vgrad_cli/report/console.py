@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..analysis.verdict import underflowed
+from ..analysis.verdict import ends, ends_label, underflowed
 
 VERDICT_STYLE = {"vanishing": "bold yellow", "exploding": "bold red", "healthy": "bold green"}
 
@@ -96,14 +96,17 @@ class RunProgress:
         self.next_line_at = 0
 
     def start(self, run_dir, cfg):
-        self.total = cfg.train.steps
+        self.total, self.kind = cfg.train.steps, cfg.model.kind
         if self.quiet:
             return
         m = cfg.model
         recurrent = f" recurrent_init {m.recurrent_init}" if m.kind in ("rnn", "lstm", "gru") else ""
+        norm = f"norm {m.norm}{' residual' if m.residual else ''}"
+        if m.kind == "transformer":
+            norm = f"heads {m.heads} {m.norm_position}-LN"
         self.console.print(
             f"[bold]vgrad run[/] {cfg.run_name()}: {m.kind} depth {m.depth} width {m.width} {m.activation or ''} "
-            f"init {m.init}{recurrent} norm {m.norm}{' residual' if m.residual else ''}\n"
+            f"init {m.init}{recurrent} {norm}\n"
             f"  task {cfg.task.name} | {cfg.train.optimizer} lr {cfg.train.lr:g} | {cfg.train.steps} steps"
         )
         if self.console.is_terminal:
@@ -119,9 +122,10 @@ class RunProgress:
     def log(self, step, metrics, rows):
         if self.quiet:
             return
-        ratio = rows[0]["delta_norm"] / rows[-1]["delta_norm"] if rows[-1]["delta_norm"] else math.inf
+        first, last = ends(rows, self.kind)
+        ratio = first["delta_norm"] / last["delta_norm"] if last["delta_norm"] else math.inf
         shown = "< 1e-38 (float32 underflow)" if underflowed(rows, 0) else fmt(ratio, 2)
-        info = f"loss {fmt(metrics['loss'])}  delta_norm layer 0/output {shown}"
+        info = f"loss {fmt(metrics['loss'])}  delta_norm {ends_label(rows, self.kind)} {shown}"
         if self.progress is not None:
             self.progress.update(self.task, completed=step, info=info)
         elif step >= self.next_line_at or step == self.total:

@@ -102,6 +102,8 @@ class Run:
             parts.append(f"{m['norm']}norm")
         if m.get("residual"):
             parts.append("residual")
+        if m.get("norm_position") is not None:  # a transformer
+            parts.append(f"{m.get('heads')} heads {m['norm_position']}-LN")
         return " ".join(parts)
 
     def date_text(self) -> str:

@@ -16,7 +16,7 @@ class Chapter:
     path: Path
     config: dict = field(default_factory=dict)  # the file's keys as read (before seeds and --steps)
     shows: str = ""           # what the chapter shows: its "Chapter N — ..." comment line
-    kind: str = "mlp"         # model.kind once validated: mlp, cnn, rnn, lstm or gru
+    kind: str = "mlp"         # model.kind once validated: mlp, cnn, rnn, lstm, gru or transformer
 
     @property
     def number(self) -> int | None:

@@ -143,9 +143,9 @@ def tables(groups: list[dict]) -> list[dict]:
     split: dict[tuple, list[dict]] = {}
     for g in groups:
         classify = g["task_loss"] == "cross_entropy" or (g["task_loss"] is None and not g["_chapter"].recurrent)
-        split.setdefault((g["_chapter"].recurrent, classify), []).append(g)
+        split.setdefault((g["_chapter"].recurrent, classify, g["_chapter"].kind == "transformer"), []).append(g)
     out = []
-    for (recurrent, classify), members in split.items():
+    for (recurrent, classify, transformer), members in split.items():
         ratio = "time_ratio" if recurrent else "delta_norm_ratio"
         what = "through-time ratio" if recurrent else "delta ratio"
         end, base = ("final_eval_accuracy", "chance_accuracy") if classify else ("final_eval_loss", "baseline_loss")
@@ -161,9 +161,11 @@ def tables(groups: list[dict]) -> list[dict]:
                          g["verdicts"] or "—", cell, runs_cell(g)])
         note = ("through-time ratio = ||dL/dh_0|| / ||dL/dh_T-1|| of the top recurrent layer (time.csv)" if recurrent
                 else "delta ratio = layer-0 / output-layer delta_norm, the back-propagated error")
+        if transformer:
+            note = "delta ratio = block0 / last-block delta_norm, the gradient at the residual stream"
         note += ("; chance = always predicting the eval set's majority class" if classify
                  else "; baseline = the best input-blind prediction's eval loss")
-        title = "Recurrent chapters" if recurrent else "Layered chapters (MLP, CNN, Transformer)"
+        title = "Recurrent chapters" if recurrent else ("Transformer chapters" if transformer else "Layered chapters (MLP, CNN)")
         if classify == recurrent:  # not the usual task of its kind: say which, the other table has the usual
             title += f", eval {loss}"
         out.append({"title": title, "note": note,

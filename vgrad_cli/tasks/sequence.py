@@ -1,4 +1,4 @@
-"""Sequence tasks for recurrent models (model.kind rnn, lstm, gru).
+"""Sequence tasks for recurrent models and transformers (model.kind rnn, lstm, gru, transformer).
 
 Inputs are (batch, time, features). Targets sit on the last `output_steps` time steps: one for
 adding and temporal_order, `copy_len` for copy. Baselines are in docs/tasks.md.
@@ -14,7 +14,7 @@ from .base import TaskBase, classification, regression
 
 
 class SequenceTask(TaskBase):
-    model_kinds: ClassVar[tuple[str, ...]] = ("rnn", "lstm", "gru")
+    model_kinds: ClassVar[tuple[str, ...]] = ("rnn", "lstm", "gru", "transformer")
     train_size: int = Field(4096, ge=1, description="sequences in the fixed training set")
     eval_size: int = Field(512, ge=1, description="sequences in the fixed held-out evaluation set")
 

@@ -110,6 +110,15 @@ class _Trainer:
         self.clip_norm, self.clip_value = cfg.train.clip_norm, cfg.train.clip_value
         self.batch_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.batch = cfg.train.batch_size  # sampled with replacement: any size works
+        self.lr, self.warmup = cfg.train.lr, cfg.train.warmup_steps
+
+    def schedule(self, step: int):
+        """The learning rate of step `step`'s update (metrics.csv's lr): linear warm-up from
+        lr/warmup_steps to lr over the first warmup_steps updates (Goyal et al. 2017; Xiong et al.
+        2020: what a Post-LN Transformer needs), then lr."""
+        if self.warmup:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr * min(1.0, (step + 1) / self.warmup)
 
     def forward_backward(self, logged: bool):
         """One batch: loss, gradients, clipping; measured (before and after clipping) if logged."""
@@ -205,6 +214,7 @@ def _train(cfg, task, writer: RunWriter, on_log, device) -> TrainResult:
                 result.steps_completed = step
                 break
             logged = is_logged(step)
+            tr.schedule(step)
             out, y, loss = tr.forward_backward(logged)
             if not logged:
                 loss_buf[pending] = loss.detach()
@@ -271,6 +281,7 @@ def _replay(cfg, task, device, is_logged, last_written: int, first_bad: int, det
     nothing = torch.zeros(0, device=device)
     for step in range(detected + 1):
         logged = is_logged(step) if step <= last_written else step >= start
+        tr.schedule(step)
         out, y, loss = tr.forward_backward(logged)
         if step > last_written and logged:
             host = tr.measured(out, y, loss, nothing)

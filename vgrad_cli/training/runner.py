@@ -56,7 +56,7 @@ def run_experiment(cfg, out_root: str | Path, on_start=None, on_log=None) -> tup
         writer.write_summary(summary)
         raise
     writer.close()
-    summary.update(summarize(result, time.time() - started))
+    summary.update(summarize(result, time.time() - started, cfg.model.kind))
     if cfg.log.init_seeds and result.status != "interrupted":  # Ctrl-C: the user wants out, not K more steps
         summary["init_spread"] = spread_at_init(cfg, writer.path)
     summary.update(judge(writer.path, summary))
@@ -92,8 +92,8 @@ def judge(run_dir: Path, summary: dict) -> dict:
     return {"verdict": verdict, "verdict_reason": reason + (f"; {disagree}" if disagree else "")}
 
 
-def summarize(result, wall_time: float) -> dict:
-    r = ratios(result.first_rows, result.last_rows, result.first_float64)
+def summarize(result, wall_time: float, kind: str | None = None) -> dict:
+    r = ratios(result.first_rows, result.last_rows, result.first_float64, kind)
     if result.first_time:
         r.update(time_ratios(result.first_time, result.last_time))
     growth = None
