@@ -18,7 +18,7 @@ from .norms import abs_max_each, norms64, per_layer_norm
 from .recorder import Recorder  # noqa: F401  (tests and models import it from here)
 from .layers import hook_candidates, is_activation
 
-TIME_COLUMNS = ["step", "layer", "t", "delta_norm"]
+TIME_COLUMNS = ["step", "layer", "t", "delta_norm", "cell_grad_norm"]
 LAYER_COLUMNS = [
     "step", "layer", "name", "grad_norm", "grad_max_abs", "delta_norm", "weight_norm", "weight_drift",
     "update_ratio", "act_mean", "act_std", "act_saturated_frac", "act_dead_frac", "act_unresponsive_frac",
@@ -197,10 +197,11 @@ class LayerProbe:
         s["weight_norm"] = self._param_norms[self.weight_index]
         s["weight_drift"] = torch.stack(torch._foreach_norm(torch._foreach_sub(self.weights, self.w0))) / self.w0_norm
         self._activations()
-        if self.recorder.h:  # gradient through time: ||dL/dh_t|| for every layer and t, one fused norm
-            hs = self.recorder.h
-            norms = norms64([h.grad if h.grad is not None else torch.zeros_like(h) for h in hs])
-            s["time_delta_norm"] = norms.reshape(self.n - 1, -1)
+        # gradient through time: ||dL/dh_t|| (and an LSTM's ||dL/dc_t||) for every layer and t, fused norms
+        for key, states in (("time_delta_norm", self.recorder.h), ("time_cell_grad_norm", self.recorder.c)):
+            if states:
+                norms = norms64([x.grad if x.grad is not None else torch.zeros_like(x) for x in states])
+                s[key] = norms.reshape(self.n - 1, -1)
         s["grad_norm_total"] = s["grad_norm"].square().sum().sqrt()
         if not keep_hooks:
             self.recorder = None  # the outputs and activations it holds are not needed any more
@@ -361,9 +362,12 @@ class LayerProbe:
 
     @staticmethod
     def time_rows(step: int, host: dict) -> list[dict]:
-        """time.csv rows: ||dL/dh_t|| per stacked layer and time step (recurrent models only)."""
+        """time.csv rows: ||dL/dh_t|| per stacked layer and time step (recurrent models only), and
+        ||dL/dc_t|| for an LSTM (empty for rnn/gru, which have no cell state)."""
+        cells = host.get("time_cell_grad_norm")
         return [
-            {"step": step, "layer": layer, "t": t, "delta_norm": v}
+            {"step": step, "layer": layer, "t": t, "delta_norm": v,
+             "cell_grad_norm": cells[layer][t] if cells is not None else None}
             for layer, per_t in enumerate(host.get("time_delta_norm", []))
             for t, v in enumerate(per_t)
         ]

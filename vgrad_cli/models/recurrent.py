@@ -5,7 +5,8 @@ Two paths over the same parameters:
 - unlogged steps run torch's fused nn.RNN/nn.LSTM/nn.GRU (fast; cuDNN on GPU);
 - logged steps (a recorder is attached) unroll the same weights step by step with torch's cell
   functions, so every hidden state h_t stays in the graph and its gradient dL/dh_t can be read:
-  that is the gradient-through-time table (time.csv).
+  that is the gradient-through-time table (time.csv); an LSTM's cell states c_t too (dL/dc_t: the
+  path its memory takes back in time).
 Between stacked layers: optional LayerNorm and a residual skip (layers after the first). Batch
 norm inside a recurrence is rejected by the config.
 """
@@ -89,7 +90,7 @@ class RecurrentNet(nn.Module):
                 h, c = self.cell(x_t, (h, c), w_ih, w_hh, b_ih, b_hh)
             else:
                 h = self.cell(x_t, h, w_ih, w_hh, b_ih, b_hh)
-            rec.record_time(layer, t, h)
+            rec.record_time(layer, t, h, c)
             states.append(h)
         out = torch.stack(states, 1)
         # the layer's row in layers.csv: delta at its last hidden state, activations = all h_t
