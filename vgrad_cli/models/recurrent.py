@@ -64,8 +64,20 @@ class RecurrentNet(nn.Module):
             rnn.bias_hh_l0.zero_()  # the cell adds both biases: keep one
             if cfg.kind == "lstm":  # gate order i, f, g, o
                 rnn.bias_ih_l0[self.width : 2 * self.width].fill_(cfg.forget_bias or 0.0)
+                if cfg.chrono_init is not None:
+                    self._chrono(rnn.bias_ih_l0, cfg.chrono_init)
         INITS[cfg.init](self.head.weight, ACTIVATIONS["linear"], cfg.init_std)
         self.head.bias.fill_(cfg.bias_init)
+
+    def _chrono(self, bias, t_max: int):
+        """Chrono init (Tallec & Ollivier 2018): with the forget gate at sigmoid(b_f) = u / (1 + u),
+        a cell forgets over ~u steps; b_f = log u, u ~ U(1, T_max - 1), spreads the units' memory
+        lengths over 1..T_max. b_i = -b_f keeps a long-memory unit from being overwritten by every
+        input."""
+        h = self.width
+        b_f = torch.empty(h).uniform_(1, t_max - 1).log_()
+        bias[h : 2 * h] = b_f
+        bias[:h] = -b_f
 
     def forward(self, x):  # x: (batch, time, features)
         rec = self.recorder
