@@ -16,12 +16,13 @@ import torch
 from ..activations import ACTIVATIONS, Activation
 from .norms import abs_max_each, norms64, per_layer_norm
 from .recorder import Recorder  # noqa: F401  (tests and models import it from here)
+from .recurrent import TIME_COLUMNS, time_rows, whh_spectra  # noqa: F401  (TIME_COLUMNS: loop, tests)
 from .layers import hook_candidates, is_activation
 
-TIME_COLUMNS = ["step", "layer", "t", "delta_norm", "cell_grad_norm"]
 LAYER_COLUMNS = [
     "step", "layer", "name", "grad_norm", "grad_max_abs", "delta_norm", "weight_norm", "weight_drift",
     "update_ratio", "act_mean", "act_std", "act_saturated_frac", "act_dead_frac", "act_unresponsive_frac",
+    "whh_spectral_radius", "whh_sigma_max",  # recurrent rows only (recurrent.py)
 ]
 # A unit is "unresponsive" when its output varies across the batch by less than this fraction
 # of its typical magnitude (std_b(a) <= UNRESPONSIVE_REL * mean_b|a|): it says the same thing
@@ -86,6 +87,7 @@ class LayerProbe:
         self.explicit = any(layer.delta is None for layer in layers)  # the model records δ itself
         self.saturation = [self._saturation(layer) for layer in layers]
         self.nonnegative = [self._nonnegative(layer) for layer in layers]
+        self.whh_layers = [i for i, layer in enumerate(layers) if layer.recurrent]
 
     def _saturation(self, layer):
         """(lo, hi) flat regions; None: does not saturate; False: unknown (no saturation statistic)."""
@@ -197,6 +199,8 @@ class LayerProbe:
         s["weight_norm"] = self._param_norms[self.weight_index]
         s["weight_drift"] = torch.stack(torch._foreach_norm(torch._foreach_sub(self.weights, self.w0))) / self.w0_norm
         self._activations()
+        if self.whh_layers:  # the W_hh this step's forward used (the update comes later)
+            s["whh_spectral_radius"], s["whh_sigma_max"] = whh_spectra([self.weights[i] for i in self.whh_layers])
         # gradient through time: ||dL/dh_t|| (and an LSTM's ||dL/dc_t||) for every layer and t, fused norms
         for key, states in (("time_delta_norm", self.recorder.h), ("time_cell_grad_norm", self.recorder.c)):
             if states:
@@ -360,23 +364,14 @@ class LayerProbe:
             offset += n
         return host
 
-    @staticmethod
-    def time_rows(step: int, host: dict) -> list[dict]:
-        """time.csv rows: ||dL/dh_t|| per stacked layer and time step (recurrent models only), and
-        ||dL/dc_t|| for an LSTM (empty for rnn/gru, which have no cell state)."""
-        cells = host.get("time_cell_grad_norm")
-        return [
-            {"step": step, "layer": layer, "t": t, "delta_norm": v,
-             "cell_grad_norm": cells[layer][t] if cells is not None else None}
-            for layer, per_t in enumerate(host.get("time_delta_norm", []))
-            for t, v in enumerate(per_t)
-        ]
+    time_rows = staticmethod(time_rows)  # time.csv rows from to_host's result (recurrent.py)
 
     def rows(self, step: int, columns: dict) -> list[dict]:
         """layers.csv rows; a statistic that does not apply to a layer (e.g. activations of the
         output layer, update_ratio on the final step, δ of a layer the forward pass skipped) stays
         None (an empty cell)."""
         act_pos = {layer: k for k, layer in enumerate(getattr(self, "act_layers", []))}
+        whh_pos = {layer: k for k, layer in enumerate(self.whh_layers)}
         out = []
         for i, layer in enumerate(self.layers):
             row = {"step": step, "layer": i, "name": layer.name}
@@ -386,6 +381,9 @@ class LayerProbe:
                     k = act_pos.get(i)
                     unknown = col == "act_saturated_frac" and i in getattr(self, "no_saturation", ())
                     row[col] = vals[k] if vals is not None and k is not None and not unknown else None
+                elif col.startswith("whh_"):
+                    k = whh_pos.get(i)
+                    row[col] = vals[k] if vals is not None and k is not None else None
                 elif col == "delta_norm" and i in getattr(self, "missing_delta", ()):
                     row[col] = None
                 else:

@@ -111,7 +111,8 @@ class RecurrentNet(nn.Module):
 
     def probe_layers(self) -> list[ProbeLayer]:
         layers = [
-            ProbeLayer(f"{self.kind}{i}", list(rnn.parameters()) + list(norm.parameters()), rnn.weight_hh_l0)
+            ProbeLayer(f"{self.kind}{i}", list(rnn.parameters()) + list(norm.parameters()), rnn.weight_hh_l0,
+                       recurrent=True)
             for i, (rnn, norm) in enumerate(zip(self.layers, self.norms))
         ]
         layers.append(ProbeLayer("output", list(self.head.parameters()), self.head.weight))
