@@ -97,6 +97,14 @@ def time_profile(time_rows: list[dict]) -> tuple[int, list[float]]:
     return top, [r["delta_norm"] for r in time_rows if r["layer"] == top]
 
 
+def cell_profile(time_rows: list[dict]) -> list[float]:
+    """The top stacked layer's ||dL/dc_t|| over t: an LSTM's cell state; [] for rnn/gru (and runs
+    written before time.csv had the column)."""
+    layer, _ = time_profile(time_rows)
+    prof = [r.get("cell_grad_norm") for r in time_rows if r["layer"] == layer]
+    return prof if prof and all(v is not None for v in prof) else []
+
+
 def time_ratio(time_rows: list[dict]) -> float | None:
     """||dL/dh_first|| / ||dL/dh_last|| of the top layer, for one logged step's time.csv rows."""
     _, prof = time_profile(time_rows)
