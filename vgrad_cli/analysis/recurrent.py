@@ -48,8 +48,8 @@ def _reading(kind: str, r: dict) -> str:
         text = (f"gated ({kind}): the gates scale each path through W_hh, so its rho and sigma_max (largest "
                 "over the gate blocks) bound one path only and do not predict the decay")
         if cell is not None:
-            text += (f"; the cell state carries memory back at {cell:.3f} per step (the forget gate, no W_hh "
-                     "on that path)")
+            text += (f"; the cell state's gradient, the memory path, goes back at {cell:.3f} per step (the "
+                     "forget gate; no W_hh on that path)")
         return text
     if sigma < 1:
         text = "sigma_max < 1 (and |phi'| <= 1): vanishing is guaranteed"
