@@ -198,3 +198,19 @@ def test_lstm_verdict_reads_the_cell_state_and_advice_names_chrono_init(tmp_path
     first = next(i for i in d25["indicators"] if i["key"] == "gradient_decay")["evidence"]["first_step"]
     assert d25["verdict"] == "healthy" and first["time"]["ratio"] < 0.01 <= first["cell"]["ratio"]
     assert d25["theory"]["recurrent"]["cell_time_factor"] > d14["theory"]["recurrent"]["cell_time_factor"]
+
+
+def test_whh_wider_than_the_limit_is_left_empty_with_a_note():
+    from vgrad_cli.measure.recurrent import WHH_MAX_WIDTH
+
+    model = nn.ModuleDict({"small": nn.RNN(2, 4, batch_first=True), "wide": nn.RNN(4, WHH_MAX_WIDTH + 1, batch_first=True)})
+    model.forward = lambda x: model["wide"](model["small"](x)[0])[0]
+    probe = LayerProbe(model, None, False)
+    probe.attach()
+    model(torch.randn(2, 3, 2)).sum().backward()
+    probe.after_backward()
+    probe.after_clip(None)
+    rows = probe.rows(0, probe.to_host({}))
+    assert rows[0]["whh_sigma_max"] == pytest.approx(_spectra(model["small"].weight_hh_l0, 1)[1], rel=1e-4)
+    assert rows[1]["whh_sigma_max"] is None and rows[1]["whh_spectral_radius"] is None
+    assert any("W_hh wider than" in n and "wide" in n for n in probe.notes)

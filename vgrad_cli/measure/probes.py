@@ -16,7 +16,7 @@ import torch
 from ..activations import ACTIVATIONS, Activation
 from .norms import abs_max_each, norms64, per_layer_norm
 from .recorder import Recorder  # noqa: F401  (tests and models import it from here)
-from .recurrent import TIME_COLUMNS, time_rows, whh_spectra  # noqa: F401  (TIME_COLUMNS: loop, tests)
+from .recurrent import TIME_COLUMNS, spectra_layers, time_rows, whh_spectra  # noqa: F401  (TIME_COLUMNS: loop, tests)
 from .layers import hook_candidates, is_activation
 
 LAYER_COLUMNS = [
@@ -87,7 +87,8 @@ class LayerProbe:
         self.explicit = any(layer.delta is None for layer in layers)  # the model records δ itself
         self.saturation = [self._saturation(layer) for layer in layers]
         self.nonnegative = [self._nonnegative(layer) for layer in layers]
-        self.whh_layers = [i for i, layer in enumerate(layers) if layer.recurrent]
+        self.whh_layers, whh_notes = spectra_layers(layers)
+        self.notes += whh_notes
 
     def _saturation(self, layer):
         """(lo, hi) flat regions; None: does not saturate; False: unknown (no saturation statistic)."""
