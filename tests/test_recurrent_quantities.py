@@ -183,8 +183,19 @@ def test_lstm_verdict_reads_the_cell_state_and_advice_names_chrono_init(tmp_path
     fast = seeded(["train.steps=1", "train.device=cpu"])
     d = {}
     for stem in ("14_lstm_forget_bias", "25_lstm_chrono"):
-        run, _ = run_experiment(load_config(CONFIGS / f"{stem}.yaml", fast), tmp_path / stem)
+        run, summary = run_experiment(load_config(CONFIGS / f"{stem}.yaml", fast), tmp_path / stem)
         d[stem] = (run, diagnose(run, ablation=False, write=False))
+    # summary.json's profile has the cell state's too, and the console shows it in rows "<step> c"
+    from rich.console import Console
+    from vgrad_cli.report.console import time_table
+
+    prof = summary["time_profile"]
+    assert prof["cell_first_step"][0] / prof["cell_first_step"][-1] == pytest.approx(
+        first_cell := _cell_ratio_at_init("25_lstm_chrono"), rel=1e-6) and first_cell > 0.05
+    console = Console(record=True, width=120)
+    console.print(time_table(prof, 0, 1))
+    text = console.export_text()
+    assert "||dL/dc_t||" in text and "\n 1 c │" in text
     run14, d14 = d["14_lstm_forget_bias"]
     assert d14["verdict"] == "vanishing"
     first = next(i for i in d14["indicators"] if i["key"] == "gradient_decay")["evidence"]["first_step"]

@@ -124,8 +124,13 @@ def sample_profile(first_time: list[dict], last_time: list[dict], points: int = 
         return None
     n = len(first)
     ts = sorted({round(i * (n - 1) / (points - 1)) for i in range(points)}) if n > points else list(range(n))
-    return {"layer": layer, "t": ts, "first_step": [first[t] for t in ts],
-            "last_step": [last[t] for t in ts] if len(last) == n else None}
+    out = {"layer": layer, "t": ts, "first_step": [first[t] for t in ts],
+           "last_step": [last[t] for t in ts] if len(last) == n else None}
+    cell_first, cell_last = cell_profile(first_time), cell_profile(last_time)
+    if len(cell_first) == n:  # an LSTM: its cell state's profile too
+        out["cell_first_step"] = [cell_first[t] for t in ts]
+        out["cell_last_step"] = [cell_last[t] for t in ts] if len(cell_last) == n else None
+    return out
 
 
 def run_stats(run) -> dict:
