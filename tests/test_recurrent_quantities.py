@@ -180,10 +180,13 @@ def test_lstm_verdict_reads_the_cell_state_and_advice_names_chrono_init(tmp_path
     from vgrad_cli.analysis.diagnose import diagnose
     from vgrad_cli.config import load_config
 
-    fast = seeded(["train.steps=1", "train.device=cpu"])
+    fast = seeded(["train.steps=1", "train.device=cpu", "log.init_seeds=2"])
     d = {}
     for stem in ("14_lstm_forget_bias", "25_lstm_chrono"):
         run, summary = run_experiment(load_config(CONFIGS / f"{stem}.yaml", fast), tmp_path / stem)
+        # the seeds' spread at init reads each seed by the same rule as the verdict
+        expected = "vanishing" if stem.startswith("14") else "in range"
+        assert summary["init_spread"]["readings"] == {expected: 2}, summary["init_spread"]
         d[stem] = (run, diagnose(run, ablation=False, write=False))
     # summary.json's profile has the cell state's too, and the console shows it in rows "<step> c"
     from rich.console import Console

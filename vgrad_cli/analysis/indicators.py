@@ -13,7 +13,7 @@ import statistics
 
 from . import residual
 from .verdict import (BELOW_FLOAT32, EXPLODING_RATIO, GROWTH, VANISHING_RATIO, cell_profile, ends, ends_label,
-                      time_profile, underflowed)
+                      judged_time_ratio, time_profile, underflowed)
 
 THRESHOLDS = {
     "min_loss_drop": 0.10,        # (1) loss fell by less than 10 % of its step-0 value ...
@@ -215,11 +215,9 @@ def gradient_decay(run, model: dict | None = None) -> dict:
                     parts.append(f"step {step}: ||dL/dh_0||/||dL/dh_{len(prof) - 1}|| {td['ratio']:.2g}"
                                  + (f" ({td['db_per_step']:+.2f} dB/time step)" if "db_per_step" in td else ""))
                     per["time"]["recovered"] = td["ratio"] >= RECOVERED_RATIO
-                    # An LSTM's memory goes back through its cell state (no W_hh on that path): the
-                    # path is open when the cell carries the gradient back, whatever h_0 receives
-                    # (every h_t but the last reaches the loss only through the next step's gates).
+                    # an LSTM: its cell state is the path back (verdict.judged_time_ratio)
                     cell = _cell_decay(run.time_rows(step), per, parts, step)
-                    if td["ratio"] < T["vanishing_ratio"] and not (cell is not None and cell >= T["vanishing_ratio"]):
+                    if judged_time_ratio(td["ratio"], cell) < T["vanishing_ratio"]:
                         found.append(("through time", step))
     ev["vanishing_at"] = [{"where": w, "step": st} for w, st in found]
     # vanished at the start, clearly back in range at the end (ratio >= 0.1, not just over the

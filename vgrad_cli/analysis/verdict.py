@@ -105,6 +105,22 @@ def cell_profile(time_rows: list[dict]) -> list[float]:
     return prof if prof and all(v is not None for v in prof) else []
 
 
+def cell_ratio(time_rows: list[dict]) -> float | None:
+    """||dL/dc_first|| / ||dL/dc_last|| of the top layer's cell state (an LSTM), else None."""
+    prof = cell_profile(time_rows)
+    return _ratio(prof[0], prof[-1]) if prof else None
+
+
+def judged_time_ratio(h_ratio: float | None, c_ratio: float | None) -> float | None:
+    """The through-time ratio the verdict reads. An LSTM's memory goes back through its cell state,
+    so when the cell carries the gradient back (c_ratio >= VANISHING_RATIO) a low h ratio is not
+    vanishing: the h ratio also holds a one-off factor of the last step, which the head reads
+    directly (docs/run-format.md). Capped so that it never reads as exploding on the cell's account."""
+    if h_ratio is not None and c_ratio is not None and h_ratio < VANISHING_RATIO <= c_ratio:
+        return min(c_ratio, EXPLODING_RATIO)
+    return h_ratio
+
+
 def time_ratio(time_rows: list[dict]) -> float | None:
     """||dL/dh_first|| / ||dL/dh_last|| of the top layer, for one logged step's time.csv rows."""
     _, prof = time_profile(time_rows)
