@@ -2,7 +2,7 @@
 
 from conftest import ROOT
 from vgrad_cli.docgen import render
-from vgrad_cli.measure.probes import LAYER_COLUMNS
+from vgrad_cli.measure.probes import LAYER_COLUMNS, TIME_COLUMNS
 from vgrad_cli.rundir.files import METRIC_COLUMNS
 
 
@@ -12,7 +12,7 @@ def test_config_reference_is_generated_from_the_schema():
 
 def test_run_format_documents_every_column():
     text = (ROOT / "docs" / "run-format.md").read_text()
-    for col in LAYER_COLUMNS + METRIC_COLUMNS:
+    for col in LAYER_COLUMNS + METRIC_COLUMNS + TIME_COLUMNS:
         assert f"`{col}`" in text, col
 
 

@@ -62,7 +62,7 @@ def test_time_table_matches_a_hand_unrolled_autograd_reference():
     assert host["delta_norm"][0] == pytest.approx(expected[0][-1], rel=1e-5)
     rows = LayerProbe.time_rows(7, host)
     assert len(rows) == 10 and set(rows[0]) == set(TIME_COLUMNS) and rows[-1] == {
-        "step": 7, "layer": 1, "t": 4, "delta_norm": host["time_delta_norm"][1][4]}
+        "step": 7, "layer": 1, "t": 4, "delta_norm": host["time_delta_norm"][1][4], "cell_grad_norm": None}
 
 
 @pytest.mark.parametrize("kind,extra", [("rnn", {"activation": "relu"}), ("rnn", {}), ("lstm", {"forget_bias": 1.0}),

@@ -110,6 +110,10 @@ class ModelConfig(Section):
         None, description="transformer only (default pre): LayerNorm after the residual add (post, Vaswani et al.) "
         "or inside each branch plus a final one (pre, Xiong et al. 2020)"
     )
+    chrono_init: Optional[int] = Field(
+        None, ge=3, description="lstm only: chrono init for dependencies up to T_max steps (Tallec & Ollivier 2018): "
+        "forget bias ~ log U(1, T_max - 1), input bias = -forget bias; e.g. the sequence length"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -126,7 +130,8 @@ class ModelConfig(Section):
 
 # model keys that mean something only for some kinds (the others accept their default)
 KIND_ONLY = {"activation": ("mlp", "cnn", "rnn", "transformer"), "recurrent_init": RECURRENT_KINDS,
-             "recurrent_std": RECURRENT_KINDS, "forget_bias": ("lstm",), "residual_scale": ("mlp",),
+             "recurrent_std": RECURRENT_KINDS, "forget_bias": ("lstm",), "chrono_init": ("lstm",),
+             "residual_scale": ("mlp",),
              "heads": ("transformer",), "norm_position": ("transformer",),
              # a transformer always has LayerNorm (placed by norm_position) and residual branches
              "norm": tuple(k for k in MODEL_KINDS if k != "transformer"),
@@ -152,6 +157,10 @@ def _check_kind(m: "ModelConfig"):
         )
     if m.forget_bias is not None and kind != "lstm":
         raise ValueError(f"model.forget_bias applies to model.kind lstm only (got kind {kind})")
+    if m.chrono_init is not None and kind != "lstm":
+        raise ValueError(f"model.chrono_init applies to model.kind lstm only (got kind {kind})")
+    if m.chrono_init is not None and m.forget_bias is not None:
+        raise ValueError("model.chrono_init and model.forget_bias both set the forget-gate bias; choose one")
     if kind not in RECURRENT_KINDS and (m.recurrent_init != "default" or m.recurrent_std is not None):
         raise ValueError(f"model.recurrent_init and model.recurrent_std apply to rnn, lstm and gru only (got kind {kind})")
     if kind == "cnn" and m.init == "identity":

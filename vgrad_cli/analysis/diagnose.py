@@ -178,8 +178,9 @@ def decide(by_key: dict) -> tuple[str, str, bool]:
 def theory_section(run, th: dict | None) -> dict:
     """Mean-field prediction next to the measured per-layer (or per-time-step) factor at step 0."""
     from . import residual
-    from .verdict import BELOW_FLOAT32, time_profile, underflowed
+    from .verdict import BELOW_FLOAT32, underflowed
     from .theory import measured_factor
+    from .recurrent import recurrent_theory
 
     out = dict(th or {"applicable": False, "reason": "no readable config.yaml/layers.csv"})
     first = run.layer_rows(run.steps[0])
@@ -198,10 +199,10 @@ def theory_section(run, th: dict | None) -> dict:
     stream = residual.section((run.config or {}).get("model") or {}, first)
     if stream is not None:  # a residual MLP without norm: the forward stream's growth, predicted and measured
         out["residual"] = stream
-    if run.time:
-        _, prof = time_profile(run.time_rows(run.steps[0]))
-        if len(prof) > 1 and prof[-1] > 0 and prof[0] > 0:
-            out["measured_time_factor"] = (prof[0] / prof[-1]) ** (1 / (len(prof) - 1))
+    if run.time:  # the decay per time step, and W_hh's rho and sigma_max beside it
+        out["recurrent"] = rec = recurrent_theory(run)
+        if rec["time_factor"] is not None:
+            out["measured_time_factor"] = rec["time_factor"]
     return out
 
 
@@ -253,6 +254,10 @@ def theory_line(th: dict) -> str:
         from .residual import line as residual_line
 
         line += "\n" + residual_line(th["residual"])
+    if th.get("recurrent"):
+        from .recurrent import recurrent_line
+
+        line += "\n" + recurrent_line(th["recurrent"])
     return line + (f"\n  theory note: {th['note']}" if th.get("applicable") and th.get("note") else "")
 
 

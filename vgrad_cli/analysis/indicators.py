@@ -12,7 +12,8 @@ import math
 import statistics
 
 from . import residual
-from .verdict import BELOW_FLOAT32, EXPLODING_RATIO, GROWTH, VANISHING_RATIO, ends, ends_label, time_profile, underflowed
+from .verdict import (BELOW_FLOAT32, EXPLODING_RATIO, GROWTH, VANISHING_RATIO, cell_profile, ends, ends_label,
+                      judged_time_ratio, time_profile, underflowed)
 
 THRESHOLDS = {
     "min_loss_drop": 0.10,        # (1) loss fell by less than 10 % of its step-0 value ...
@@ -166,9 +167,9 @@ def _kind(run) -> str | None:
 
 def gradient_decay(run, model: dict | None = None) -> dict:
     name = "early-layer gradients orders of magnitude below later layers"
-    thr = (f"delta_norm ratio layer 0 / output (or ||dL/dh_0|| / ||dL/dh_T||; residual nets without norm: "
-           f"||dL/dW||/||W|| layer 0 / last hidden; a transformer: first / last block) < {T['vanishing_ratio']:g} "
-           f"at the first or last logged step")
+    thr = (f"delta_norm ratio layer 0 / output (or ||dL/dh_0|| / ||dL/dh_T||, for an lstm with its cell state's "
+           f"||dL/dc_0|| / ||dL/dc_T|| too; residual nets without norm: ||dL/dW||/||W|| layer 0 / last hidden; "
+           f"a transformer: first / last block) < {T['vanishing_ratio']:g} at the first or last logged step")
     invariant = residual.applies(model or {})
     steps, kind = run.steps, _kind(run)
     ev, found, parts = {}, [], []
@@ -214,7 +215,9 @@ def gradient_decay(run, model: dict | None = None) -> dict:
                     parts.append(f"step {step}: ||dL/dh_0||/||dL/dh_{len(prof) - 1}|| {td['ratio']:.2g}"
                                  + (f" ({td['db_per_step']:+.2f} dB/time step)" if "db_per_step" in td else ""))
                     per["time"]["recovered"] = td["ratio"] >= RECOVERED_RATIO
-                    if td["ratio"] < T["vanishing_ratio"]:
+                    # an LSTM: its cell state is the path back (verdict.judged_time_ratio)
+                    cell = _cell_decay(run.time_rows(step), per, parts, step)
+                    if judged_time_ratio(td["ratio"], cell) < T["vanishing_ratio"]:
                         found.append(("through time", step))
     ev["vanishing_at"] = [{"where": w, "step": st} for w, st in found]
     # vanished at the start, clearly back in range at the end (ratio >= 0.1, not just over the
@@ -225,6 +228,18 @@ def gradient_decay(run, model: dict | None = None) -> dict:
                        and bool(ratios_end) and min(ratios_end) >= RECOVERED_RATIO)
     status = "present" if found else ("absent" if parts else "not measurable")
     return indicator(3, "gradient_decay", name, status, "; ".join(parts) or "no delta_norm logged", ev, thr)
+
+
+def _cell_decay(time_rows, per: dict, parts: list, step: int) -> float | None:
+    """An LSTM's cell-state ratio ||dL/dc_0|| / ||dL/dc_T-1|| into the evidence; None without one."""
+    prof = cell_profile(time_rows)
+    if not prof:
+        return None
+    cd = _decay(prof[0], prof[-1], len(prof) - 1)
+    per["cell"] = cd
+    if cd["ratio"] is not None:
+        parts.append(f"step {step}: cell state ||dL/dc_0||/||dL/dc_{len(prof) - 1}|| {cd['ratio']:.2g}")
+    return cd["ratio"]
 
 
 # --------------------------------------------------------------------------- (4), (6), (7)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from .verdict import EXPLODING_RATIO, VANISHING_RATIO
+from .verdict import EXPLODING_RATIO, VANISHING_RATIO, judged_time_ratio
 
 CSV_NAME = "init_spread.csv"
 
@@ -36,7 +36,7 @@ def _judged(entry: dict) -> list:
     """The ratios the verdict reads for this seed: across layers (not for a one-layer recurrent net,
     whose 'layer 0 / output' is the recurrent layer against its head: indicators.py) and through time."""
     across = entry.get("delta_ratio") if entry.get("across_layers", True) else None
-    return [across, entry.get("time_ratio")]
+    return [across, judged_time_ratio(entry.get("time_ratio"), entry.get("cell_ratio"))]
 
 
 def _stats(values: list[float]) -> dict | None:

@@ -97,6 +97,30 @@ def time_profile(time_rows: list[dict]) -> tuple[int, list[float]]:
     return top, [r["delta_norm"] for r in time_rows if r["layer"] == top]
 
 
+def cell_profile(time_rows: list[dict]) -> list[float]:
+    """The top stacked layer's ||dL/dc_t|| over t: an LSTM's cell state; [] for rnn/gru (and runs
+    written before time.csv had the column)."""
+    layer, _ = time_profile(time_rows)
+    prof = [r.get("cell_grad_norm") for r in time_rows if r["layer"] == layer]
+    return prof if prof and all(v is not None for v in prof) else []
+
+
+def cell_ratio(time_rows: list[dict]) -> float | None:
+    """||dL/dc_first|| / ||dL/dc_last|| of the top layer's cell state (an LSTM), else None."""
+    prof = cell_profile(time_rows)
+    return _ratio(prof[0], prof[-1]) if prof else None
+
+
+def judged_time_ratio(h_ratio: float | None, c_ratio: float | None) -> float | None:
+    """The through-time ratio the verdict reads. An LSTM's memory goes back through its cell state,
+    so when the cell carries the gradient back (c_ratio >= VANISHING_RATIO) a low h ratio is not
+    vanishing: the h ratio also holds a one-off factor of the last step, which the head reads
+    directly (docs/run-format.md). Capped so that it never reads as exploding on the cell's account."""
+    if h_ratio is not None and c_ratio is not None and h_ratio < VANISHING_RATIO <= c_ratio:
+        return min(c_ratio, EXPLODING_RATIO)
+    return h_ratio
+
+
 def time_ratio(time_rows: list[dict]) -> float | None:
     """||dL/dh_first|| / ||dL/dh_last|| of the top layer, for one logged step's time.csv rows."""
     _, prof = time_profile(time_rows)
@@ -116,8 +140,13 @@ def sample_profile(first_time: list[dict], last_time: list[dict], points: int = 
         return None
     n = len(first)
     ts = sorted({round(i * (n - 1) / (points - 1)) for i in range(points)}) if n > points else list(range(n))
-    return {"layer": layer, "t": ts, "first_step": [first[t] for t in ts],
-            "last_step": [last[t] for t in ts] if len(last) == n else None}
+    out = {"layer": layer, "t": ts, "first_step": [first[t] for t in ts],
+           "last_step": [last[t] for t in ts] if len(last) == n else None}
+    cell_first, cell_last = cell_profile(first_time), cell_profile(last_time)
+    if len(cell_first) == n:  # an LSTM: its cell state's profile too
+        out["cell_first_step"] = [cell_first[t] for t in ts]
+        out["cell_last_step"] = [cell_last[t] for t in ts] if len(cell_last) == n else None
+    return out
 
 
 def run_stats(run) -> dict:

@@ -36,6 +36,7 @@ class ProbeLayer:
     act_input_of: Any = None     # ... or the module whose input is (an activation without a module)
     activation: str | None = None  # its name in activations.py, UNKNOWN, or None: the probe's default
     channel_dim: int = -1        # the axis of the output that holds the units
+    recurrent: bool = False      # weight is a W_hh (one H x H block per gate): its rho and sigma_max are measured
     modules: list = field(default_factory=list)  # every module of the layer (hooks, grouping)
 
 
@@ -84,8 +85,11 @@ def discover(model, order: list, same_tensor, calls, layers=None) -> tuple[list[
         params = [p for p in m.parameters() if owner.get(id(p)) is m]
         if not params:
             continue
-        layer = ProbeLayer(names[id(m)], params, main_weight(m, params), delta=m, modules=[m],
-                           channel_dim=1 if isinstance(m, CHANNEL_FIRST) else -1)
+        weight = main_weight(m, params)
+        layer = ProbeLayer(names[id(m)], params, weight, delta=m, modules=[m],
+                           channel_dim=1 if isinstance(m, CHANNEL_FIRST) else -1,
+                           # a projected LSTM's W_hh (4H x proj) has no square gate blocks
+                           recurrent=weight is getattr(m, "weight_hh_l0", None) and not getattr(m, "proj_size", 0))
         nxt = called[k + 1] if k + 1 < len(called) else None
         start = order.index(m)
         stop = order.index(nxt) if nxt is not None else len(order)

@@ -16,12 +16,13 @@ import torch
 from ..activations import ACTIVATIONS, Activation
 from .norms import abs_max_each, norms64, per_layer_norm
 from .recorder import Recorder  # noqa: F401  (tests and models import it from here)
+from .recurrent import TIME_COLUMNS, spectra_layers, time_rows, whh_spectra  # noqa: F401  (TIME_COLUMNS: loop, tests)
 from .layers import hook_candidates, is_activation
 
-TIME_COLUMNS = ["step", "layer", "t", "delta_norm"]
 LAYER_COLUMNS = [
     "step", "layer", "name", "grad_norm", "grad_max_abs", "delta_norm", "weight_norm", "weight_drift",
     "update_ratio", "act_mean", "act_std", "act_saturated_frac", "act_dead_frac", "act_unresponsive_frac",
+    "whh_spectral_radius", "whh_sigma_max",  # recurrent rows only (recurrent.py)
 ]
 # A unit is "unresponsive" when its output varies across the batch by less than this fraction
 # of its typical magnitude (std_b(a) <= UNRESPONSIVE_REL * mean_b|a|): it says the same thing
@@ -86,6 +87,8 @@ class LayerProbe:
         self.explicit = any(layer.delta is None for layer in layers)  # the model records δ itself
         self.saturation = [self._saturation(layer) for layer in layers]
         self.nonnegative = [self._nonnegative(layer) for layer in layers]
+        self.whh_layers, whh_notes = spectra_layers(layers)
+        self.notes += whh_notes
 
     def _saturation(self, layer):
         """(lo, hi) flat regions; None: does not saturate; False: unknown (no saturation statistic)."""
@@ -197,10 +200,13 @@ class LayerProbe:
         s["weight_norm"] = self._param_norms[self.weight_index]
         s["weight_drift"] = torch.stack(torch._foreach_norm(torch._foreach_sub(self.weights, self.w0))) / self.w0_norm
         self._activations()
-        if self.recorder.h:  # gradient through time: ||dL/dh_t|| for every layer and t, one fused norm
-            hs = self.recorder.h
-            norms = norms64([h.grad if h.grad is not None else torch.zeros_like(h) for h in hs])
-            s["time_delta_norm"] = norms.reshape(self.n - 1, -1)
+        if self.whh_layers:  # the W_hh this step's forward used (the update comes later)
+            s["whh_spectral_radius"], s["whh_sigma_max"] = whh_spectra([self.weights[i] for i in self.whh_layers])
+        # gradient through time: ||dL/dh_t|| (and an LSTM's ||dL/dc_t||) for every layer and t, fused norms
+        for key, states in (("time_delta_norm", self.recorder.h), ("time_cell_grad_norm", self.recorder.c)):
+            if states:
+                norms = norms64([x.grad if x.grad is not None else torch.zeros_like(x) for x in states])
+                s[key] = norms.reshape(self.n - 1, -1)
         s["grad_norm_total"] = s["grad_norm"].square().sum().sqrt()
         if not keep_hooks:
             self.recorder = None  # the outputs and activations it holds are not needed any more
@@ -359,20 +365,14 @@ class LayerProbe:
             offset += n
         return host
 
-    @staticmethod
-    def time_rows(step: int, host: dict) -> list[dict]:
-        """time.csv rows: ||dL/dh_t|| per stacked layer and time step (recurrent models only)."""
-        return [
-            {"step": step, "layer": layer, "t": t, "delta_norm": v}
-            for layer, per_t in enumerate(host.get("time_delta_norm", []))
-            for t, v in enumerate(per_t)
-        ]
+    time_rows = staticmethod(time_rows)  # time.csv rows from to_host's result (recurrent.py)
 
     def rows(self, step: int, columns: dict) -> list[dict]:
         """layers.csv rows; a statistic that does not apply to a layer (e.g. activations of the
         output layer, update_ratio on the final step, δ of a layer the forward pass skipped) stays
         None (an empty cell)."""
         act_pos = {layer: k for k, layer in enumerate(getattr(self, "act_layers", []))}
+        whh_pos = {layer: k for k, layer in enumerate(self.whh_layers)}
         out = []
         for i, layer in enumerate(self.layers):
             row = {"step": step, "layer": i, "name": layer.name}
@@ -382,6 +382,9 @@ class LayerProbe:
                     k = act_pos.get(i)
                     unknown = col == "act_saturated_frac" and i in getattr(self, "no_saturation", ())
                     row[col] = vals[k] if vals is not None and k is not None and not unknown else None
+                elif col.startswith("whh_"):
+                    k = whh_pos.get(i)
+                    row[col] = vals[k] if vals is not None and k is not None else None
                 elif col == "delta_norm" and i in getattr(self, "missing_delta", ()):
                     row[col] = None
                 else:

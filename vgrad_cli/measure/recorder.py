@@ -34,6 +34,7 @@ class Recorder:
         self.z: dict = {}      # layer index -> [tensors whose gradient is δ]
         self.a: dict = {}      # layer index -> activation tensor
         self.h: list = []      # recurrent models: every hidden state h_t, layer by layer
+        self.c: list = []      # LSTMs: every cell state c_t, layer by layer (the long-range carrier)
 
     # --- hooks ---
     # A forward pass without autograd (an evaluation between two training steps, under no_grad or
@@ -60,9 +61,12 @@ class Recorder:
             self.inp[id(module)] = t
 
     # --- a model's own calls ---
-    def record_time(self, layer: int, t: int, h):
+    def record_time(self, layer: int, t: int, h, c=None):
         h.retain_grad()
         self.h.append(h)
+        if c is not None:
+            c.retain_grad()
+            self.c.append(c)
 
     def record(self, layer: int, z, a):
         if z.requires_grad:

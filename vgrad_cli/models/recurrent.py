@@ -5,7 +5,8 @@ Two paths over the same parameters:
 - unlogged steps run torch's fused nn.RNN/nn.LSTM/nn.GRU (fast; cuDNN on GPU);
 - logged steps (a recorder is attached) unroll the same weights step by step with torch's cell
   functions, so every hidden state h_t stays in the graph and its gradient dL/dh_t can be read:
-  that is the gradient-through-time table (time.csv).
+  that is the gradient-through-time table (time.csv); an LSTM's cell states c_t too (dL/dc_t: the
+  path its memory takes back in time).
 Between stacked layers: optional LayerNorm and a residual skip (layers after the first). Batch
 norm inside a recurrence is rejected by the config.
 """
@@ -63,8 +64,20 @@ class RecurrentNet(nn.Module):
             rnn.bias_hh_l0.zero_()  # the cell adds both biases: keep one
             if cfg.kind == "lstm":  # gate order i, f, g, o
                 rnn.bias_ih_l0[self.width : 2 * self.width].fill_(cfg.forget_bias or 0.0)
+                if cfg.chrono_init is not None:
+                    self._chrono(rnn.bias_ih_l0, cfg.chrono_init)
         INITS[cfg.init](self.head.weight, ACTIVATIONS["linear"], cfg.init_std)
         self.head.bias.fill_(cfg.bias_init)
+
+    def _chrono(self, bias, t_max: int):
+        """Chrono init (Tallec & Ollivier 2018): with the forget gate at sigmoid(b_f) = u / (1 + u),
+        a cell forgets over ~u steps; b_f = log u, u ~ U(1, T_max - 1), spreads the units' memory
+        lengths over 1..T_max. b_i = -b_f keeps a long-memory unit from being overwritten by every
+        input."""
+        h = self.width
+        b_f = torch.empty(h).uniform_(1, t_max - 1).log_()
+        bias[h : 2 * h] = b_f
+        bias[:h] = -b_f
 
     def forward(self, x):  # x: (batch, time, features)
         rec = self.recorder
@@ -89,7 +102,7 @@ class RecurrentNet(nn.Module):
                 h, c = self.cell(x_t, (h, c), w_ih, w_hh, b_ih, b_hh)
             else:
                 h = self.cell(x_t, h, w_ih, w_hh, b_ih, b_hh)
-            rec.record_time(layer, t, h)
+            rec.record_time(layer, t, h, c)
             states.append(h)
         out = torch.stack(states, 1)
         # the layer's row in layers.csv: delta at its last hidden state, activations = all h_t
@@ -98,7 +111,8 @@ class RecurrentNet(nn.Module):
 
     def probe_layers(self) -> list[ProbeLayer]:
         layers = [
-            ProbeLayer(f"{self.kind}{i}", list(rnn.parameters()) + list(norm.parameters()), rnn.weight_hh_l0)
+            ProbeLayer(f"{self.kind}{i}", list(rnn.parameters()) + list(norm.parameters()), rnn.weight_hh_l0,
+                       recurrent=True)
             for i, (rnn, norm) in enumerate(zip(self.layers, self.norms))
         ]
         layers.append(ProbeLayer("output", list(self.head.parameters()), self.head.weight))

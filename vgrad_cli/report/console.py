@@ -178,12 +178,16 @@ def time_table(profile: dict, first_step, last_step) -> Table:
     """The gradient-through-time profile: a few t values and a sparkline per logged step."""
     ts = profile["t"]
     pick = sorted({ts[round(i * (len(ts) - 1) / 5)] for i in range(6)}) if len(ts) > 6 else ts
-    series = [(first_step, profile["first_step"])]
-    if profile.get("last_step") is not None and last_step != first_step:
-        series.append((last_step, profile["last_step"]))
+    cell = profile.get("cell_first_step") is not None  # an LSTM: rows "<step> c" for ||dL/dc_t||
+    series = []
+    for suffix, key in (("", ""), (" c", "cell_"),) if cell else (("", ""),):
+        series.append((f"{first_step}{suffix}", profile[f"{key}first_step"]))
+        if profile.get(f"{key}last_step") is not None and last_step != first_step:
+            series.append((f"{last_step}{suffix}", profile[f"{key}last_step"]))
     logs = [math.log10(v) for _, vals in series for v in vals if v and v > 0 and math.isfinite(v)]
     lo, hi = (min(logs), max(logs)) if logs else (0.0, 0.0)
-    t = Table(title=f"gradient through time, ||dL/dh_t|| of layer {profile['layer']} (t = 0 is the first input)",
+    what = "||dL/dh_t|| (rows c: the cell state's ||dL/dc_t||)" if cell else "||dL/dh_t||"
+    t = Table(title=f"gradient through time, {what} of layer {profile['layer']} (t = 0 is the first input)",
               title_justify="left", show_edge=False, pad_edge=False)
     t.add_column("step", justify="right")
     for tt in pick:
@@ -192,7 +196,7 @@ def time_table(profile: dict, first_step, last_step) -> Table:
     for step, vals in series:
         by_t = dict(zip(ts, vals))
         every = max(1, math.ceil(len(vals) / 24))  # at most 24 characters
-        t.add_row(str(step), *[fmt(by_t[tt], 2) for tt in pick], sparkline(vals[::every], lo, hi))
+        t.add_row(step, *[fmt(by_t[tt], 2) for tt in pick], sparkline(vals[::every], lo, hi))
     return t
 
 

@@ -303,7 +303,8 @@ def _stream_panel(ax, run, steps, cmap):
 
 
 def gradient_through_time(run, path: Path) -> Path | None:
-    """t vs delta_norm on a log axis, one line per a few logged steps, one panel per layer."""
+    """t vs delta_norm on a log axis, one line per a few logged steps, one panel per layer; an LSTM's
+    cell-state gradient dashed in the same colour."""
     if not run.time:
         return None
     plt = pyplot()
@@ -313,20 +314,25 @@ def gradient_through_time(run, path: Path) -> Path | None:
     steps = pick_steps(sorted({r["step"] for r in run.time}))
     cmap = plt.get_cmap("viridis")
     for ax, layer in zip(axes[0], layers):
-        drawn = False
+        drawn = cells = False
         for i, step in enumerate(steps):
             rows = [r for r in run.time_rows(step) if r["layer"] == layer]
             y = positive(r.get("delta_norm") for r in rows)
+            color = cmap(i / max(1, len(steps) - 1))
             if has_values(y):
-                ax.plot([r["t"] for r in rows], y, lw=1.5, color=cmap(i / max(1, len(steps) - 1)), label=f"step {step}")
+                ax.plot([r["t"] for r in rows], y, lw=1.5, color=color, label=f"step {step}")
                 drawn = True
+            cell = positive(r.get("cell_grad_norm") for r in rows)  # an LSTM's cell state: its memory path
+            if has_values(cell):
+                ax.plot([r["t"] for r in rows], cell, lw=1.2, ls="--", color=color)
+                cells = drawn = True
         if drawn:
             ax.set_yscale("log")
         else:
             empty_note(ax, "no positive finite delta_norm values")
         ax.set_title(f"layer {layer}" if len(layers) > 1 else "gradient through time")
         ax.set_xlabel("time step t (0 = first input)")
-        ax.set_ylabel("delta_norm at t (log scale)")
+        ax.set_ylabel("||dL/dh_t|| solid, ||dL/dc_t|| dashed (log)" if cells else "delta_norm at t (log scale)")
     step_legend(fig, axes[0])
     fig.suptitle(run_title("gradient through time", run))
     return save(fig, path)

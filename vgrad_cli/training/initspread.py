@@ -14,7 +14,7 @@ import torch
 
 from ..analysis.spread import summarize
 from ..analysis.theory import measured_factor
-from ..analysis.verdict import first_last_ratio, time_ratio
+from ..analysis.verdict import cell_ratio, first_last_ratio, time_ratio
 from .loop import _Trainer, resolve_device
 
 SPREAD_COLUMNS = ["seed", "layer", "name", "grad_norm", "delta_norm", "act_std", "act_dead_frac"]
@@ -47,7 +47,8 @@ def init_spread(cfg, k: int) -> tuple[dict, list[dict]]:
                      "factor": measured_factor(rows, hidden) if hidden >= 2 else None,
                      "hidden_ratio": (d[0] / d[hidden - 1]) if hidden >= 2 and d[hidden - 1] else None}
             if time_rows:
-                entry.update(time_ratio=time_ratio(time_rows), across_layers=len(rows) > 2)
+                entry.update(time_ratio=time_ratio(time_rows), cell_ratio=cell_ratio(time_rows),
+                             across_layers=len(rows) > 2)
             per_seed.append(entry)
             table += [{"seed": seed, **{c: r.get(c) for c in SPREAD_COLUMNS[1:]}} for r in rows]
     finally:
