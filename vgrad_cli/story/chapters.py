@@ -1,5 +1,5 @@
 """The chapters of the story: the YAML files of a configs folder (01_deep_sigmoid.yaml ...
-17_rnn_exploding_clipped.yaml), found on disk and named on the command line by number or stem."""
+27_residual_scaled.yaml), found on disk and named on the command line by number or stem."""
 
 from __future__ import annotations
 
