@@ -262,3 +262,16 @@ def test_advice_does_not_blame_the_init_for_batch_norms_growth():
     cfg["model"]["norm"] = "batch"
     titles = [r["title"] for r in recommend(cfg, "exploding", {}, False)]
     assert "a critical init" not in titles and "gradient clipping" in titles
+
+
+def test_a_batch_norm_cnn_gets_the_prediction_with_its_caveat():
+    """BatchNorm2d's statistics run over correlated pixels: the prediction stands, with a note saying
+    how far a CNN was measured from it (the MLP's has no such note)."""
+    from vgrad_cli.analysis.theory import for_model
+
+    cnn = for_model({"kind": "cnn", "depth": 12, "width": 64, "activation": "sigmoid", "norm": "batch"},
+                    {"batch_size": 128})
+    mlp = for_model({"kind": "mlp", "depth": 12, "width": 64, "activation": "sigmoid", "norm": "batch"},
+                    {"batch_size": 128})
+    assert cnn["applicable"] and cnn["factor"] == mlp["factor"]
+    assert "pixels are correlated" in cnn["note"] and not mlp.get("note")
