@@ -185,8 +185,8 @@ def test_cnn_defaults_and_bad_input_through_the_cli(cli, write_config, tmp_path)
 
 def test_run_compare_diagnose_and_plots_read_a_cnn_run(cli, write_config, tmp_path):
     out = tmp_path / "runs"
-    plain = write_config(cnn(depth=4, activation="sigmoid", init="xavier_normal"), "plain.yaml")
-    resid = write_config(cnn(depth=4, activation="sigmoid", init="xavier_normal", residual=True, norm="batch"), "res.yaml")
+    plain = write_config(cnn(depth=6, activation="sigmoid", init="xavier_normal"), "plain.yaml")
+    resid = write_config(cnn(depth=6, activation="sigmoid", init="xavier_normal", residual=True, norm="batch"), "res.yaml")
     assert cli("run", plain, "--out", out, "--name", "plain", "--quiet").exit_code == 0
     assert cli("run", resid, "--out", out, "--name", "resid", "--quiet").exit_code == 0
     run_dir = next(out.glob("plain-*"))
@@ -194,19 +194,47 @@ def test_run_compare_diagnose_and_plots_read_a_cnn_run(cli, write_config, tmp_pa
     result = cli("compare", run_dir, next(out.glob("resid-*")), "--format", "json")
     assert result.exit_code == 0, result.output
     first = json.loads(result.stdout)["sections"][0]["layers"]
-    assert len(first) == 5 and all(set(r["runs"]) == {"A", "B"} for r in first)  # 4 blocks + head, both runs
+    assert len(first) == 7 and all(set(r["runs"]) == {"A", "B"} for r in first)  # 6 blocks + head, both runs
     result = cli("diagnose", run_dir, "--format", "json")
     assert result.exit_code == 0, result.output
     diagnosis = json.loads((run_dir / "diagnosis.json").read_text())
     theory = diagnosis["theory"]
     # a plain CNN is the MLP theory with fan_in = 9 x channels: sigmoid + Xavier, sigma_w^2 = 1
     assert theory["applicable"] and theory["sigma_w2"] == pytest.approx(1.0) and theory["measured_factor"] > 0
-    assert diagnosis["verdict"] == "vanishing"  # 0.236 per block, and the pooling's 1/8 at 8x8
+    assert diagnosis["verdict"] == "vanishing"  # 0.236 per block: conv0/conv5 ~7e-4
+    assert "delta_norm conv0/conv5" in json.loads((run_dir / "summary.json").read_text())["verdict_reason"]
     assert diagnosis["recommendations"][0]["set"]["model.activation"] == "relu"  # the MLP's advice applies
     resid_dir = next(out.glob("resid-*"))
     assert cli("diagnose", resid_dir, "--format", "json").exit_code == 0
     theory = json.loads((resid_dir / "diagnosis.json").read_text())["theory"]
     assert not theory["applicable"] and "residual" in theory["reason"]  # said, not predicted
+
+
+def test_a_cnns_ratio_compares_its_first_and_last_conv_blocks(tmp_path):
+    """The head reads the last block's global average, which alone puts that block's delta ~1/sqrt(H·W)
+    below the output layer's: summary ratios, verdict and text compare conv0 with the last block.
+    A 2-block sigmoid CNN on 8x8: conv0/conv1 ~0.24 (one sigmoid block), healthy; against the
+    output layer it is ~1/8 of that, below the verdict's 1e-2."""
+    cfg = validate(cnn(depth=2, activation="sigmoid", init="xavier_normal"))
+    run_dir, summary = run_experiment(cfg, tmp_path)
+    rows = [r for r in read_table(run_dir, "layers.csv") if r["step"] == 0]
+    assert [r["name"] for r in rows] == ["conv0", "conv1", "output"]
+    for col in ("delta_norm", "grad_norm"):
+        assert summary[f"{col}_ratio_first_step"] == pytest.approx(rows[0][col] / rows[1][col], rel=1e-6)
+    assert 0.05 < summary["delta_norm_ratio_first_step"] < 1 and rows[0]["delta_norm"] / rows[2]["delta_norm"] < 1e-2
+    assert summary["verdict"] != "vanishing"
+    one = validate(cnn(depth=1))  # one block: nothing to compare it with but the output layer
+    run_dir, summary = run_experiment(one, tmp_path)
+    rows = [r for r in read_table(run_dir, "layers.csv") if r["step"] == 0]
+    assert summary["delta_norm_ratio_first_step"] == pytest.approx(rows[0]["delta_norm"] / rows[1]["delta_norm"], rel=1e-6)
+
+
+def test_cnn_ratio_label_in_the_verdict_and_the_progress_line():
+    from vgrad_cli.analysis.verdict import ends_label
+
+    rows = [{"layer": i, "name": n} for i, n in enumerate(["conv0", "conv1", "conv2", "output"])]
+    assert ends_label(rows, "cnn") == "conv0/conv2" and ends_label(rows, "mlp") == "layer 0/output"
+    assert ends_label(rows[2:], "cnn") == "layer 0/output"  # one block and the head
 
 
 def test_sweep_depth_over_a_cnn_config(cli, write_config, tmp_path):
