@@ -73,6 +73,21 @@ def test_residual_blocks_after_the_first_add_their_input():
     assert torch.allclose(net(x), net.head(h2.mean((2, 3))), atol=1e-6)
 
 
+def test_residual_scale_scales_the_cnn_branches():
+    net, task = build(depth=3, residual=True, residual_scale="1/sqrt(depth)")
+    assert net.scale == pytest.approx(1 / math.sqrt(3))
+    x = task.x_train[:4]
+    h = net.blocks[0].act(net.blocks[0].conv(x))  # the first block has no shortcut, so no scale
+    for b in net.blocks[1:]:
+        h = h + net.scale * b.act(b.conv(h))
+    assert torch.allclose(net(x), net.head(h.mean((2, 3))), atol=1e-6)
+    unscaled, _ = build(depth=3, residual=True)
+    assert not torch.allclose(net(x), unscaled(x), atol=1e-3)  # same seed, same weights: the scale changes it
+    with pytest.raises(UsageError, match="it needs model.residual: true and model.kind mlp or cnn "
+                                         r"\(got residual false, kind cnn\)"):
+        validate(cnn(residual_scale=0.5))
+
+
 def test_init_uses_fan_in_channels_times_9_and_bias_init():
     net, _ = build(depth=2, width=64, init="kaiming_normal", bias_init=0.1)
     w = net.blocks[1].conv.weight.detach()
