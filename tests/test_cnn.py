@@ -219,6 +219,7 @@ def test_run_compare_diagnose_and_plots_read_a_cnn_run(cli, write_config, tmp_pa
     assert diagnosis["verdict"] == "vanishing"  # 0.236 per block: conv0/conv5 ~7e-4
     assert "delta_norm conv0/conv5" in json.loads((run_dir / "summary.json").read_text())["verdict_reason"]
     assert diagnosis["recommendations"][0]["set"]["model.activation"] == "relu"  # the MLP's advice applies
+    assert "plain CNN, fan_in 9 x channels" in theory["theory"]
     resid_dir = next(out.glob("resid-*"))
     assert cli("diagnose", resid_dir, "--format", "json").exit_code == 0
     theory = json.loads((resid_dir / "diagnosis.json").read_text())["theory"]
@@ -250,6 +251,13 @@ def test_cnn_ratio_label_in_the_verdict_and_the_progress_line():
     rows = [{"layer": i, "name": n} for i, n in enumerate(["conv0", "conv1", "conv2", "output"])]
     assert ends_label(rows, "cnn") == "conv0/conv2" and ends_label(rows, "mlp") == "layer 0/output"
     assert ends_label(rows[2:], "cnn") == "layer 0/output"  # one block and the head
+
+
+def test_isometry_says_why_a_cnn_has_no_jacobian_spectrum():
+    from vgrad_cli.analysis.isometry import not_applicable
+
+    reason = not_applicable(validate(cnn()))
+    assert reason.startswith("model.kind cnn:") and "feature map" in reason and "recurrent" not in reason
 
 
 def test_sweep_depth_over_a_cnn_config(cli, write_config, tmp_path):
