@@ -97,7 +97,7 @@ class ModelConfig(Section):
     )
     residual: bool = Field(False, description="identity skip around each hidden block (or stacked layer) after the first")
     residual_scale: Annotated[Union[float, str], BeforeValidator(_check_residual_scale)] = Field(
-        1.0, description="mlp with residual: the branch multiplier s in h + s*F(h), a number > 0 or "
+        1.0, description="mlp or cnn with residual: the branch multiplier s in h + s*F(h), a number > 0 or "
         f"'{SQRT_DEPTH}' (1/sqrt(model.depth): keeps a deep unnormalised residual stream from exploding)"
     )
     recurrent_init: Annotated[str, one_of(tuple(INITS), "recurrent_init")] = Field(
@@ -131,7 +131,7 @@ class ModelConfig(Section):
 # model keys that mean something only for some kinds (the others accept their default)
 KIND_ONLY = {"activation": ("mlp", "cnn", "rnn", "transformer"), "recurrent_init": RECURRENT_KINDS,
              "recurrent_std": RECURRENT_KINDS, "forget_bias": ("lstm",), "chrono_init": ("lstm",),
-             "residual_scale": ("mlp",),
+             "residual_scale": ("mlp", "cnn"),
              "heads": ("transformer",), "norm_position": ("transformer",),
              # a transformer always has LayerNorm (placed by norm_position) and residual branches
              "norm": tuple(k for k in MODEL_KINDS if k != "transformer"),

@@ -169,7 +169,7 @@ def gradient_decay(run, model: dict | None = None) -> dict:
     name = "early-layer gradients orders of magnitude below later layers"
     thr = (f"delta_norm ratio layer 0 / output (or ||dL/dh_0|| / ||dL/dh_T||, for an lstm with its cell state's "
            f"||dL/dc_0|| / ||dL/dc_T|| too; residual nets without norm: ||dL/dW||/||W|| layer 0 / last hidden; "
-           f"a transformer: first / last block) < {T['vanishing_ratio']:g} at the first or last logged step")
+           f"a transformer or CNN: first / last block) < {T['vanishing_ratio']:g} at the first or last logged step")
     invariant = residual.applies(model or {})
     steps, kind = run.steps, _kind(run)
     ev, found, parts = {}, [], []
@@ -190,10 +190,11 @@ def gradient_decay(run, model: dict | None = None) -> dict:
         if underflow:  # float64 (if measured) has the value
             f64 = run.float64 if step == 0 and run.float64 else None
             if f64:
-                per["delta_float64"] = _decay(f64[0].get("delta_norm"), f64[-1].get("delta_norm"), n)
+                a, b = ends(f64, kind)
+                per["delta_float64"] = _decay(a.get("delta_norm"), b.get("delta_norm"), n)
                 r = per["delta_float64"]["ratio"] if r is not None else None
             in64 = per.get("delta_float64", {})
-            parts.append(f"step {step}: delta_norm layer 0/output {BELOW_FLOAT32}" + (
+            parts.append(f"step {step}: delta_norm {ends_label(rows, kind)} {BELOW_FLOAT32}" + (
                 f"; measured in float64: {in64['ratio']:.2g} ({in64['db_per_step']:+.1f} dB/layer)"
                 if "db_per_step" in in64 else ""))
         if invariant:

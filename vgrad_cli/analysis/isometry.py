@@ -10,7 +10,8 @@ seed: the weights model.pt["init"] holds), on the first few training inputs.
 J = d h_{depth-1} / d h_0: from the first hidden block's output to the last hidden block's output,
 L = depth - 1 square (width x width) layer maps, as in Pennington et al.; the input layer
 (input_dim -> width) and the head are not square and are left out. MLPs only: a recurrent net's
-Jacobian through time is another object (its through-time ratio is in time.csv), and batch norm
+Jacobian through time is another object (its through-time ratio is in time.csv), a CNN's block maps
+act on whole width x H x W feature maps (not built here), and batch norm
 in training mode couples the examples of a batch, so a per-example Jacobian is not the map
 training differentiates.
 """
@@ -25,6 +26,9 @@ ISOMETRY_BAND = 10.0  # "near isometry": every singular value within a factor 10
 def not_applicable(cfg) -> str | None:
     """Why the spectrum is not computed for this (validated) config, or None."""
     m = cfg.model
+    if m.kind == "cnn":
+        return ("model.kind cnn: the Jacobian here is a product of an MLP's width x width layer maps; a conv block "
+                "maps a whole width x H x W feature map (a width·H·W-square matrix per example), not built here")
     if m.kind != "mlp":
         return (f"model.kind {m.kind}: the input-output Jacobian here is an MLP's; a recurrent net's gradient "
                 "through time is in time.csv")

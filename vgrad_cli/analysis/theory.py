@@ -200,7 +200,8 @@ def for_model(model: dict, data: dict | None = None) -> dict:
     kernel = 9 if model.get("kind") == "cnn" else 1  # a conv weight's fan counts its 3x3 kernel
     sw2 = sigma_w2(init, act, model.get("init_std"), kernel * width, kernel * width)
     bias = float(model.get("bias_init") or 0.0)
-    out = {**head, "theory": "mean field, plain MLP (Poole et al. 2016; Schoenholz et al. 2017)",
+    net = "plain CNN, fan_in 9 x channels" if kernel == 9 else "plain MLP"
+    out = {**head, "theory": f"mean field, {net} (Poole et al. 2016; Schoenholz et al. 2017)",
            **predict(act, sw2, 0.0, depth, bias)}
     m_x, n_in = data.get("input_second_moment"), data.get("input_dim")
     if m_x is None or n_in is None:

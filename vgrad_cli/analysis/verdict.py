@@ -3,7 +3,7 @@
   ratio = (value at layer 0, the input side) / (value at the output layer), for grad_norm and
   delta_norm, at the first and at the last logged step (all four go into summary.json).
   A transformer compares its first and last blocks instead (ends()): the residual stream at both
-  ends of the stack.
+  ends of the stack; a CNN its first and last conv blocks (the head reads their global average).
   Recurrent runs add the through-time ratios ||dL/dh_0|| / ||dL/dh_T-1|| of the top stacked
   layer (time_ratio_first_step, time_ratio_last_step).
 The thresholds below are the verdict's: a delta_norm or time ratio below VANISHING_RATIO (two
@@ -43,22 +43,28 @@ def ends(rows: list[dict], kind: str | None = None) -> tuple[dict, dict]:
     last blocks: δ there is the gradient at the residual stream, the same (batch, time, width)
     tensor at both ends, so the ratio says what the blocks do to it. Its embedding's δ also carries
     the first LayerNorm's 1/std of the small embedding (a scale, not a gradient path), and the
-    output row's δ is at the logits, another tensor."""
-    if kind == "transformer" and len(rows) >= 3:
-        return rows[1], rows[-2]
+    output row's δ is at the logits, another tensor.
+    For a CNN, its first and last conv blocks: the head reads the last block's global average, so
+    that block's δ is the output's spread over H·W pixels (~1/sqrt(H·W) of it), a bias unrelated to
+    depth; conv0's and the last block's δ are the same (batch, width, H, W) tensor."""
+    if len(rows) >= 3:
+        if kind == "transformer":
+            return rows[1], rows[-2]
+        if kind == "cnn":
+            return rows[0], rows[-2]
     return rows[0], rows[-1]
 
 
 def ends_label(rows: list[dict], kind: str | None = None) -> str:
-    """How the text names the ratio of ends(): 'layer 0/output', or e.g. 'block0/block5'."""
-    if kind == "transformer" and len(rows) >= 3:
-        first, last = ends(rows, kind)
+    """How the text names the ratio of ends(): 'layer 0/output', or e.g. 'block0/block5', 'conv0/conv11'."""
+    first, last = ends(rows, kind)
+    if last is not rows[-1]:
         return f"{first.get('name')}/{last.get('name')}"
     return "layer 0/output"
 
 
 def first_last_ratio(rows: list[dict], column: str, kind: str | None = None) -> float | None:
-    """Layer 0 over the last layer (a transformer: first over last block) for one logged step's
+    """Layer 0 over the last layer (a transformer or CNN: first over last block) for one logged step's
     rows (sorted by layer)."""
     if not rows:
         return None

@@ -4,7 +4,7 @@ its size -> norm -> activation), then global average pooling and a linear head.
 The same rows as the MLP (models/mlp.py): one per block, δ at the norm's output (the input of the
 nonlinearity), then the head. With `residual`, blocks after the first add their output to their
 input (the first changes the channels from the image's to `width`, so it has no skip: He et al.
-2016's identity shortcuts). `norm: layer` is GroupNorm(1, width): each example's (C, H, W)
+2016's identity shortcuts), scaled by `residual_scale` s as in the MLP: h <- h + s * F(h). `norm: layer` is GroupNorm(1, width): each example's (C, H, W)
 normalised together, as LayerNorm over a block's whole output, with one scale and shift per channel
 (not per pixel), so it does not fix the image size.
 """
@@ -39,13 +39,14 @@ class CNN(nn.Module):
             for i in range(cfg.depth)
         )
         self.head = nn.Linear(cfg.width, output_dim)
+        self.scale = cfg.branch_scale()  # residual_scale: 1.0 unless set (only with residual)
         init_weights([b.conv for b in self.blocks], self.head, cfg)  # a conv's fan_in: channels_in x 9
 
     def forward(self, x):  # x: (batch, channels, height, width)
         h = x
         for block in self.blocks:
             a = block.act(block.norm(block.conv(h)))
-            h = h + a if block.skip else a
+            h = h + self.scale * a if block.skip else a
         return self.head(h.mean((2, 3)))
 
     def probe_layers(self) -> list[ProbeLayer]:

@@ -216,7 +216,8 @@ def compact_blocks(data: dict) -> list[Block]:
                                                                      f"\n({r.get('status')})")]
             + [_run_cell(r, k, short=True) for k, _ in fields] for r in data["runs"]]
     out.append(Block("runs", ["", "run", "verdict"] + [t for _, t in fields], rows, left=(0, 1, 2),
-                     caption="ratio = layer-0/output delta_norm at the first and last logged step"))
+                     caption="ratio = layer-0/output delta_norm (a CNN or transformer: first/last "
+                     "block) at the first and last logged step"))
     return out
 
 

@@ -136,16 +136,17 @@ def runs_cell(g: dict) -> str:
 
 
 def tables(groups: list[dict]) -> list[dict]:
-    """The chapters split into tables that share their columns: layered chapters (MLP, CNN,
-    Transformer: layer ratio) and recurrent ones (through-time ratio), and within each by task
-    (eval accuracy or eval loss).
+    """The chapters split into tables that share their columns: layered chapters (MLP; CNN and
+    Transformer apart, their ratio compares first and last blocks) and recurrent ones (through-time
+    ratio), and within each by task (eval accuracy or eval loss).
     Each: title, note, headers, rows of plain-text cells; markdown.py and the console render them."""
     split: dict[tuple, list[dict]] = {}
     for g in groups:
         classify = g["task_loss"] == "cross_entropy" or (g["task_loss"] is None and not g["_chapter"].recurrent)
-        split.setdefault((g["_chapter"].recurrent, classify, g["_chapter"].kind == "transformer"), []).append(g)
+        blocks = g["_chapter"].kind if g["_chapter"].kind in ("transformer", "cnn") else None  # ratio: first/last block
+        split.setdefault((g["_chapter"].recurrent, classify, blocks), []).append(g)
     out = []
-    for (recurrent, classify, transformer), members in split.items():
+    for (recurrent, classify, blocks), members in split.items():
         ratio = "time_ratio" if recurrent else "delta_norm_ratio"
         what = "through-time ratio" if recurrent else "delta ratio"
         end, base = ("final_eval_accuracy", "chance_accuracy") if classify else ("final_eval_loss", "baseline_loss")
@@ -161,11 +162,15 @@ def tables(groups: list[dict]) -> list[dict]:
                          g["verdicts"] or "—", cell, runs_cell(g)])
         note = ("through-time ratio = ||dL/dh_0|| / ||dL/dh_T-1|| of the top recurrent layer (time.csv)" if recurrent
                 else "delta ratio = layer-0 / output-layer delta_norm, the back-propagated error")
-        if transformer:
+        if blocks == "transformer":
             note = "delta ratio = block0 / last-block delta_norm, the gradient at the residual stream"
+        elif blocks == "cnn":
+            note = ("delta ratio = conv0 / last-conv-block delta_norm (the head reads the last block's global "
+                    "average, which alone puts it at ~1/sqrt(H·W) of the output layer's)")
         note += ("; chance = always predicting the eval set's majority class" if classify
                  else "; baseline = the best input-blind prediction's eval loss")
-        title = "Recurrent chapters" if recurrent else ("Transformer chapters" if transformer else "Layered chapters (MLP, CNN)")
+        title = "Recurrent chapters" if recurrent else {"transformer": "Transformer chapters", "cnn": "CNN chapters",
+                                                         None: "Layered chapters (MLP)"}[blocks]
         if classify == recurrent:  # not the usual task of its kind: say which, the other table has the usual
             title += f", eval {loss}"
         out.append({"title": title, "note": note,

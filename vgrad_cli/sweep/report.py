@@ -205,7 +205,9 @@ def _ratio(g: dict, when: str) -> str:
 def summary_table(plan, groups: list[dict]) -> Table:
     several = len(plan.seeds) > 1
     show_status = several or any(g["n_completed"] != g["n_runs"] for g in groups)
-    title = "sweep: layer-0/output delta_norm ratio at the first and last logged step"
+    kind = (plan.base.get("model") or {}).get("kind", "mlp")
+    which = "first/last block" if kind in ("cnn", "transformer") else "layer-0/output"  # verdict.ends()
+    title = f"sweep: {which} delta_norm ratio at the first and last logged step"
     if several:
         title += f"; {len(plan.seeds)} seeds: ratios as geometric mean, loss as mean ± std"
     title += "; last-step ratio, final loss and accuracy: completed runs only"

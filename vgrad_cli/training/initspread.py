@@ -42,8 +42,8 @@ def init_spread(cfg, k: int) -> tuple[dict, list[dict]]:
         for seed in range(cfg.seed, cfg.seed + k):
             rows, time_rows = measure_seed(cfg, seed, device)
             d = [r.get("delta_norm") for r in rows]
-            entry = {"seed": seed, "delta_ratio": first_last_ratio(rows, "delta_norm"),
-                     "grad_ratio": first_last_ratio(rows, "grad_norm"),
+            entry = {"seed": seed, "delta_ratio": first_last_ratio(rows, "delta_norm", cfg.model.kind),
+                     "grad_ratio": first_last_ratio(rows, "grad_norm", cfg.model.kind),
                      "factor": measured_factor(rows, hidden) if hidden >= 2 else None,
                      "hidden_ratio": (d[0] / d[hidden - 1]) if hidden >= 2 and d[hidden - 1] else None}
             if time_rows:

@@ -117,8 +117,8 @@ def summarize(result, wall_time: float, kind: str | None = None) -> dict:
     }
     out.update(r)
     if result.first_float64:
-        out["float64_init"] = {"delta_norm_ratio": first_last_ratio(result.first_float64, "delta_norm"),
-                               "grad_norm_ratio": first_last_ratio(result.first_float64, "grad_norm")}
+        out["float64_init"] = {"delta_norm_ratio": first_last_ratio(result.first_float64, "delta_norm", kind),
+                               "grad_norm_ratio": first_last_ratio(result.first_float64, "grad_norm", kind)}
     if result.first_time:
         out["time_profile"] = sample_profile(result.first_time, result.last_time)
     out["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
