@@ -99,16 +99,13 @@ class RunProgress:
         self.total, self.kind = cfg.train.steps, cfg.model.kind
         if self.quiet:
             return
-        m = cfg.model
-        recurrent = f" recurrent_init {m.recurrent_init}" if m.kind in ("rnn", "lstm", "gru") else ""
-        norm = f"norm {m.norm}{' residual' if m.residual else ''}"
-        if m.kind == "transformer":
-            norm = f"heads {m.heads} {m.norm_position}-LN"
-        self.console.print(
-            f"[bold]vgrad run[/] {cfg.run_name()}: {m.kind} depth {m.depth} width {m.width} {m.activation or ''} "
-            f"init {m.init}{recurrent} {norm}\n"
-            f"  task {cfg.task.name} | {cfg.train.optimizer} lr {cfg.train.lr:g} | {cfg.train.steps} steps"
-        )
+        from ..rundir.store import model_phrases, train_phrases
+
+        # The same phrases as compare's "model" and "training" rows, wrapped between phrases.
+        model = [escape(p) for p in model_phrases(cfg.model.model_dump(mode="json"))]
+        print_phrases(self.console, model, sep=" ", head=f"[bold]vgrad run[/] {escape(cfg.run_name())}:")
+        train = [escape(" ".join(train_phrases(cfg.train.model_dump(mode="json")))), f"{cfg.train.steps} steps"]
+        print_phrases(self.console, train, sep=" | ", head=f"  task {escape(cfg.task.name)} |")
         if self.console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

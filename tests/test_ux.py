@@ -1,0 +1,49 @@
+"""What a user sees at 80 columns and in a pipe: the header, compare's rows and the plot titles name
+what tells two chapters apart; prose wraps; the wording is right."""
+
+import pytest
+
+from conftest import CONFIGS, small
+from vgrad_cli.config import load_config
+from vgrad_cli.rundir.store import model_text, train_text
+
+
+def _texts(stem: str) -> tuple[str, str]:
+    cfg = load_config(next(CONFIGS.glob(f"{stem}_*.yaml")))
+    return model_text(cfg.model.model_dump(mode="json")), train_text(cfg.train.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize("a, b, shows", [
+    ("26", "27", "residual x1/sqrt(depth)"),   # they differ only in model.residual_scale
+    ("22", "24", "warm-up 150 steps"),         # ... only in train.warmup_steps
+    ("12", "25", "chrono_init 50"),            # ... only in model.chrono_init
+    ("12", "14", "forget_bias 1"),             # ... only in model.forget_bias
+    ("09", "10", "clip_norm"),                 # ... only in train.clip_norm
+])
+def test_chapters_that_differ_in_one_key_read_differently(a, b, shows):
+    ta, tb = " | ".join(_texts(a)), " | ".join(_texts(b))
+    assert ta != tb and shows in tb and shows not in ta, (ta, tb)
+
+
+def test_defaults_are_not_shown_and_no_double_spaces():
+    model, train = _texts("12")
+    assert model == "lstm depth 1 width 64 default init", model  # no activation, residual, chrono, forget bias
+    assert "warm-up" not in train and "momentum" not in train and train.startswith("adam lr ")
+
+
+def test_run_header_at_80_columns(cli, write_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    cfg = small(name="a-rather-long-run-name-for-the-header",
+                model={"kind": "lstm", "depth": 2, "width": 8, "activation": None, "forget_bias": 1.0,
+                       "recurrent_init": "orthogonal", "init": "xavier_uniform"},
+                task={"name": "adding", "seq_len": 6, "train_size": 64, "eval_size": 32},
+                train={"steps": 2, "optimizer": "adam", "lr": 0.01, "warmup_steps": 5})
+    r = cli("run", write_config(cfg), "--out", tmp_path / "runs", "--no-plots")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    head = lines[:next(i for i, line in enumerate(lines) if line.startswith("  step "))]
+    text = " ".join(line.strip() for line in head)
+    for phrase in ("lstm depth 2 width 8", "forget_bias 1", "recurrent orthogonal", "adam lr 0.01",
+                   "warm-up 5 steps", "task adding"):
+        assert phrase in text, head
+    assert all(len(line) <= 80 and line == line.rstrip() and "  " not in line.strip() for line in head), head
