@@ -47,3 +47,46 @@ def test_run_header_at_80_columns(cli, write_config, tmp_path, monkeypatch):
                    "warm-up 5 steps", "task adding"):
         assert phrase in text, head
     assert all(len(line) <= 80 and line == line.rstrip() and "  " not in line.strip() for line in head), head
+
+
+def _narrow(text: str, width: int = 80) -> list[str]:
+    """Every line within the width (rich pads a table's lines with spaces: prose is checked apart)."""
+    lines = text.splitlines()
+    assert all(len(line) <= width for line in lines), [line for line in lines if len(line) > width]
+    return lines
+
+
+def test_run_and_diagnose_keep_to_80_columns_in_a_pipe(cli, write_config, tmp_path, monkeypatch):
+    """Deep sigmoid: a long verdict, theory lines, recommendations with commands, all wrapped."""
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.chdir(tmp_path)
+    cfg = small(name="deep-sigmoid-at-eighty-columns", model={"depth": 12, "activation": "sigmoid"},
+                train={"steps": 10})
+    r = cli("run", write_config(cfg), "--out", "runs", "--no-plots")
+    assert r.exit_code == 0, r.output
+    assert not any(line.rstrip().endswith("--set") for line in _narrow(r.stdout))  # "try: ... --set KEY=VALUE"
+    r = cli("diagnose", "deep-sigmoid", "--runs-dir", "runs")
+    assert r.exit_code == 0, r.output
+    lines = _narrow(r.stdout)
+    theory = next(i for i, line in enumerate(lines) if line.startswith("theory"))
+    assert all(line == line.rstrip() for line in lines[theory:]), lines[theory:]  # the prose after the table
+    verdict = next(i for i, line in enumerate(lines) if line.startswith("verdict: "))
+    assert lines[verdict + 1].startswith("  ") and len(lines[verdict]) > 40  # wrapped, not cut after the head
+    commands = [i for i, line in enumerate(lines) if line.startswith("   vgrad run ")]
+    assert commands, lines
+    for i in commands:  # pasteable: a broken command continues after a backslash
+        j, words = i, lines[i].split()
+        while lines[j].endswith(" \\"):
+            j += 1
+            assert lines[j].startswith("       "), lines[j]
+            words = words[:-1] + lines[j].split()
+        assert words[:2] == ["vgrad", "run"] and words[2].endswith("config.yaml") and words[3] == "--set", words
+
+def test_sweep_keeps_to_80_columns(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.chdir(tmp_path)
+    r = cli("sweep", "depth", "--values", "1,2", "--set", "train.steps=3", "--workers", "1",
+            "--out", "a-long-folder-name-so-results-wraps")
+    assert r.exit_code == 0, r.output
+    lines = _narrow(r.stdout)
+    assert any(line.startswith("results:") for line in lines) and any(line.startswith("[2/2] depth=") for line in lines)

@@ -179,16 +179,22 @@ def tables(groups: list[dict]) -> list[dict]:
 
 def print_tables(console, parts: list[dict]):
     """The tables without "what it shows". A terminal too narrow for `median [min–max]` gets the
-    medians alone (story.md has the ranges); a pipe or a log gets whole lines, however wide."""
+    medians alone (story.md has the ranges), and so does COLUMNS; a pipe or a log gets whole lines,
+    however wide."""
     from rich.markup import escape
+
+    from ..report.console import print_lines, width_chosen
 
     for part in parts:
         t = _console_table(part, compact=False)
-        if console.is_terminal and _width(console, t) > console.width:
+        if width_chosen(console) and _width(console, t) > console.width:
             t = _console_table(part, compact=True)
         print_table(console, t)
-        console.print(escape(part["note"] + (f"; {part['common']} for every chapter here" if part["common"] else "")),
-                      soft_wrap=True)
+        note = part["note"] + (f"; {part['common']} for every chapter here" if part["common"] else "")
+        if width_chosen(console):
+            print_lines(console, [note])
+        else:
+            console.print(escape(note), soft_wrap=True)
 
 
 def _width(console, table) -> int:
