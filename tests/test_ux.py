@@ -90,3 +90,37 @@ def test_sweep_keeps_to_80_columns(cli, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     lines = _narrow(r.stdout)
     assert any(line.startswith("results:") for line in lines) and any(line.startswith("[2/2] depth=") for line in lines)
+
+
+# ----------------------------------------------------------------------------- wording
+
+
+def _run_with_losses(losses: list[float], status: str = "completed"):
+    from pathlib import Path
+
+    from vgrad_cli.rundir.store import Run
+
+    metrics = [{"step": 10 * i, "loss": v} for i, v in enumerate(losses)]
+    return Run(Path("r"), {"status": status}, {}, [], metrics)
+
+
+def test_loss_wording_counts_and_signs():
+    from vgrad_cli.analysis.indicators import poor_performance, slow_training
+
+    few = poor_performance(_run_with_losses([1.4, 1.3, 1.2, 1.1, 1.0]), 1.4, None)["summary"]
+    assert "(mean of the last logged step)" in few, few
+    many = poor_performance(_run_with_losses([1.4] * 18 + [1.0, 1.0]), 1.4, None)["summary"]
+    assert "(mean of the last 2 logged steps)" in many, many
+    # the loss fell, in the last half too: the change reads as a fall, with the losses it compares
+    s = slow_training(_run_with_losses([2.0, 1.8, 1.6, 1.4, 1.2, 1.0, 0.8, 0.6, 0.4, 0.2]), 2.0)["summary"]
+    assert "over the last half 1 -> 0.2 (-80%)" in s and "+" not in s, s
+
+
+def test_story_diverged_step_is_a_whole_number():
+    from vgrad_cli.story.report import runs_cell
+
+    g = {"seeds": 2, "completed": 0, "diverged": 2, "failed": 0, "interrupted": 0, "diverged_step_n": 2,
+         "diverged_step_median": 1.5, "diverged_step_min": 1, "diverged_step_max": 2}
+    assert runs_cell(g) == "2 diverged at step 2 [1–2]"
+    g.update(diverged_step_median=3.0, diverged_step_min=3, diverged_step_max=3)
+    assert runs_cell(g) == "2 diverged at step 3"

@@ -86,7 +86,7 @@ def ablation(run_dir: Path, cfg, baseline: float | None, k: int | None = None) -
           "loss_all_at_init": at_init, "baseline_loss": baseline, "damage": damage,
           "restored_loss_matches": abs(restored - final) <= 1e-6 * max(1.0, abs(final))}
     undone = f"{damage:.0%} of the improvement undone" if damage < 1 else "all of the improvement undone"
-    summary = f"resetting {span(k)} to their initial weights: loss {final:.3g} -> {reset:.3g} ({undone})"
+    summary = f"resetting {span(k)} to {'its' if k == 1 else 'their'} initial weights: loss {final:.3g} -> {reset:.3g} ({undone})"
     if ref - final < 0.05 * ref:
         summary += f"; the model learned little (baseline {ref:.3g}), and its early layers none of it"
     # "hardly moves": relative to the final loss (a well-fitted model whose loss jumps 25x relies

@@ -126,7 +126,10 @@ def runs_cell(g: dict) -> str:
     if g["completed"]:
         parts.append(f"{g['completed']} completed")
     if g["diverged"]:
-        step = span(g, "diverged_step").replace(f" (n={g['diverged']})", "")
+        # a step is a whole number: the median of an even count (1.5) is shown rounded half up
+        mid, lo, hi = (g[f"diverged_step_{s}"] for s in STATS)
+        mid = math.floor(mid + 0.5)
+        step = f"{mid}" if lo == hi else f"{mid} [{int(lo)}–{int(hi)}]"
         parts.append(f"{g['diverged']} diverged at step {step}")
     parts += [f"{g[s]} {s}" for s in ("failed", "interrupted") if g[s]]
     missing = g["seeds"] - sum(g[s] for s in COUNTS)
