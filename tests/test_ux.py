@@ -124,3 +124,13 @@ def test_story_diverged_step_is_a_whole_number():
     assert runs_cell(g) == "2 diverged at step 2 [1–2]"
     g.update(diverged_step_median=3.0, diverged_step_min=3, diverged_step_max=3)
     assert runs_cell(g) == "2 diverged at step 3"
+
+
+def test_set_task_name_switches_to_the_new_tasks_keys():
+    """The old task's own keys go; shared ones (train_size, and seq_len between sequence tasks) stay."""
+    from vgrad_cli.config import load_config
+
+    cfg = load_config(CONFIGS / "11_rnn_adding.yaml", ["task.name=temporal_order"])
+    assert cfg.task.name == "temporal_order" and cfg.task.seq_len == load_config(CONFIGS / "11_rnn_adding.yaml").task.seq_len
+    cfg = load_config(CONFIGS / "18_cnn_deep_sigmoid.yaml", ["model.kind=mlp", "model.activation=relu", "task.name=blobs"])
+    assert cfg.task.name == "blobs" and not hasattr(cfg.task, "image_size")
