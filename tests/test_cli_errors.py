@@ -54,6 +54,13 @@ CASES = [
     ("norm on a transformer", small(model={"kind": "transformer", "activation": None, "norm": "batch"},
                                     task={"name": "adding"}), [], "model.norm and model.residual do not apply to a transformer"),
     ("negative warmup", small(train={"warmup_steps": -1}), [], "train.warmup_steps: must be >= 0"),
+    # switching the task drops the old task's own keys (seq_len): what is left is the kind mismatch
+    ("image task on an rnn via --set", small(model={"kind": "rnn", "activation": "tanh"}, task={"name": "adding", "seq_len": 9}),
+     ["--set", "task.name=shapes"], "--set task.name=shapes: task.name 'shapes' does not fit model.kind 'rnn'; it takes model.kind: cnn"),
+    ("sequence task on a cnn via --set", small(model={"kind": "cnn", "activation": "relu"}, task={"name": "shapes", "image_size": 8}),
+     ["--set", "task.name=adding"], "--set task.name=adding: task.name 'adding' does not fit model.kind 'cnn'"),
+    ("a key set for a task that does not take it", small(model={"kind": "rnn", "activation": "tanh"}, task={"name": "adding"}),
+     ["--set", "task.name=shapes", "--set", "task.seq_len=30"], "--set task.seq_len=30: unknown key 'task.seq_len'"),
 ]
 
 

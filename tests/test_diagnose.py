@@ -66,7 +66,6 @@ SHOWN = [
     ("gradient_decay", "rnn", "irnn"),
     ("unresponsive_units", "sigmoid", "healthy"),
     ("unresponsive_units", "dying", "underfit"),
-    ("reliance_on_upper_layers", "sigmoid", "healthy"),
     ("weights_barely_moving", "sigmoid", "healthy"),
     ("weights_barely_moving", "underfit", "rnn"),
     ("dying_relu", "dying", "healthy"),
@@ -118,6 +117,13 @@ def test_ablation_resets_early_layers_and_leaves_the_run_alone(runs, tmp_path):
     assert ev["k"] == 2 and ev["layers_reset"] == [0, 1] and ev["restored_loss_matches"]
     assert ev["loss_ablated"] > 2 * ev["loss_final"]
     assert json.loads((run_dir / "diagnosis.json").read_text())["indicators"][4]["evidence"]["k"] == 2
+    # a model that learned: a percentage of what it learned ("layer 0": its, not their, weights)
+    healthy = status(runs, "healthy", "reliance_on_upper_layers")
+    assert healthy["summary"].startswith("resetting layer 0 to its initial weights: loss ") and "% of the" in healthy["summary"]
+    # one that learned nothing (lr 1e-5) has nothing to undo: not informative, no percentage, not present
+    flat = status(runs, "underfit", "reliance_on_upper_layers")
+    assert flat["status"] == "not measurable" and flat["evidence"]["informative"] is False, flat
+    assert flat["summary"].startswith("not informative: the model did not beat ") and "%" not in flat["summary"]
     # not measurable: no layer left above, or no model.pt (a diverged run)
     assert status(runs, "rnn", "reliance_on_upper_layers")["status"] == "not measurable"
     assert status(runs, "exploding", "reliance_on_upper_layers")["status"] == "not measurable"

@@ -106,8 +106,10 @@ def test_story_md_and_console_show_the_tables(story):
         assert f"](figures/{stem}.png)" in md
     assert "2 diverged at step" in md and "exploding (2/2)" in md
     assert "[6/6]" in output and "story.md" in output
+    # COLUMNS=80 is kept to, in a pipe too: the medians alone (ranges: story.md), prose wrapped
+    assert all(len(line) <= 80 for line in output.splitlines()), output
     table_lines = [line for line in output.splitlines() if line.startswith(("01_tiny_mlp", "02_tiny_rnn"))]
-    assert len(table_lines) == 2 and all("[" in line for line in table_lines)  # a pipe: whole cells, one line each
+    assert len(table_lines) == 2 and not any("[" in line for line in table_lines) and "(ranges: story.md)" in output
 
 
 def test_bundled_chapters_by_number_and_stem_from_anywhere(cli, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ Errors become one-line UsageErrors that name the key path, the value, and what i
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
@@ -332,7 +333,12 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def apply_overrides(data: dict, sets: list[str]) -> dict:
-    """Apply `--set a.b=value` overrides (value parsed as a YAML scalar) to a nested dict, in place."""
+    """Apply `--set a.b=value` overrides (value parsed as a YAML scalar) to a nested dict, in place.
+    `--set task.name=X` switching to another task first drops the old task's own keys (seq_len,
+    image_size, ...) that X does not take: a user switching tasks means the new task with its
+    defaults, not an "unknown key" for a key they never typed. Keys set with --set stay, and are
+    checked."""
+    _switch_task(data, sets)
     for item in sets:
         key, eq, raw = item.partition("=")
         key = key.strip()
@@ -353,6 +359,21 @@ def apply_overrides(data: dict, sets: list[str]) -> dict:
     return data
 
 
+def _switch_task(data: dict, sets: list[str]) -> None:
+    names = [raw for key, _, raw in (item.partition("=") for item in sets) if key.strip() == "task.name"]
+    task = data.get("task")
+    if not names or not isinstance(task, dict):
+        return
+    try:
+        new = yaml.safe_load(names[-1])
+    except yaml.YAMLError:
+        return
+    if new == task.get("name") or new not in TASK_NAMES:  # an unknown name: the validator names it
+        return
+    takes = TASK_TYPES[TASK_NAMES.index(new)].model_fields
+    data["task"] = {k: v for k, v in task.items() if k in takes}
+
+
 def validate(data: dict, source: str = "config", overrides: dict | None = None) -> Config:
     """Validate a config dict. `overrides` maps dotted keys set on the command line to the
     flag that set them (e.g. "--set train.lr=0"), so an error about one of them blames the flag."""
@@ -364,6 +385,9 @@ def validate(data: dict, source: str = "config", overrides: dict | None = None) 
         path, _ = _fields_at(tuple(errors[0]["loc"]))
         if overrides and path in overrides:
             source = overrides[path]
+        elif overrides and not path:  # a rule across keys ("task.name 'shapes' does not fit ..."): blame the flag it names
+            named = [k for k in overrides if re.search(rf"(^|\W){re.escape(k)}(\W|$)", errors[0]["msg"])]
+            source = overrides[named[0]] if named else source
         raise UsageError(f"{source}: {_describe(errors[0])}{more}") from None
 
 

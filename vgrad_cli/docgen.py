@@ -23,6 +23,8 @@ task: {name: blobs}
 ```
 
 Override any key from the command line with `--set section.key=value` (value parsed as YAML).
+`--set task.name=X` switches the task: the config's keys of the old task that X does not take
+(`seq_len`, `image_size`, ...) are dropped, so X starts from its own defaults.
 Unknown keys, wrong types and out-of-range values are errors that name the key (exit code 2).
 """
 

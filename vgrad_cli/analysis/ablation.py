@@ -78,17 +78,24 @@ def ablation(run_dir: Path, cfg, baseline: float | None, k: int | None = None) -
         torch.set_num_threads(threads)
     if not (math.isfinite(final) and math.isfinite(reset)):
         return _not(f"non-finite loss (final {final}, ablated {reset})")
+    # The probe asks what training the early layers added to what the model learned. A model that
+    # did not beat both its initial loss and the baseline (by 5 %) learned nothing to take away: any
+    # percentage would be of a floor, not of an improvement, so the probe says nothing either way.
+    beat_init, beat_baseline = final <= 0.95 * at_init, baseline is None or final <= 0.95 * baseline
     ref = baseline if baseline is not None else at_init
-    learned = max(ref - final, 0.05 * ref)
-    damage = (reset - final) / learned
+    damage = (reset - final) / (ref - final) if beat_init and beat_baseline else None
     ev = {"k": k, "layers_reset": list(range(k)), "reset_to": "initial weights (model.pt['init'])",
           "examples": sum(len(x) for x, _ in batches), "loss_final": final, "loss_ablated": reset,
           "loss_all_at_init": at_init, "baseline_loss": baseline, "damage": damage,
           "restored_loss_matches": abs(restored - final) <= 1e-6 * max(1.0, abs(final))}
+    ev["informative"] = damage is not None
+    reset_what = f"resetting {span(k)} to {'its' if k == 1 else 'their'} initial weights"
+    if damage is None:
+        than = f"the baseline {baseline:.3g}" if not beat_baseline else f"its initial loss {at_init:.3g}"
+        return _not(f"not informative: the model did not beat {than} (final loss {final:.3g}), so "
+                    f"{reset_what} has no improvement to undo (loss {final:.3g} -> {reset:.3g})", ev)
     undone = f"{damage:.0%} of the improvement undone" if damage < 1 else "all of the improvement undone"
-    summary = f"resetting {span(k)} to their initial weights: loss {final:.3g} -> {reset:.3g} ({undone})"
-    if ref - final < 0.05 * ref:
-        summary += f"; the model learned little (baseline {ref:.3g}), and its early layers none of it"
+    summary = f"{reset_what}: loss {final:.3g} -> {reset:.3g} ({undone})"
     # "hardly moves": relative to the final loss (a well-fitted model whose loss jumps 25x relies
     # on its early layers, even if that jump is small next to the baseline)
     rise = (reset - final) / max(final, 1e-12)

@@ -270,7 +270,7 @@ def short_report(diagnosis: dict, headline: bool = True, ref: str | None = None)
     if headline:
         lines = [f"diagnosis: {diagnosis['verdict']} — {diagnosis['verdict_detail']}"]
     else:
-        lines = [f"symptoms present (`vgrad diagnose {ref}` explains each):"] if present else []
+        lines = [f"symptoms present (explained by `vgrad diagnose {ref}`):"] if present else []
     for i in present[:3]:
         lines.append(f"  ({i['id']}) {i['name']}: {i['summary']}")
     if len(present) > 3:

@@ -96,7 +96,8 @@ def slow_training(run, baseline: float | None) -> dict:
         summary = (f"loss {trend} over steps {steps[half]}-{steps[-1]} ({mid:.3g} -> {end:.3g}) "
                    f"and ends at {end / baseline:.3g}x the baseline")
     else:
-        summary = f"loss {start:.3g} -> {end:.3g} ({drop:.0%} drop); last half {improvement:+.0%}"
+        # the change over the last half, signed as the loss moved: "-69%" is a loss that fell
+        summary = f"loss {start:.3g} -> {end:.3g} ({drop:.0%} drop); over the last half {mid:.3g} -> {end:.3g} ({-improvement:+.0%})"
     if present and min(losses) < T["high_loss"] * end:
         summary += f"; it had reached {min(losses):.3g} at step {ev['min_loss_step']} and got worse"
     return indicator(1, "slow_training", name, "present" if present else "absent", summary, ev, thr)
@@ -114,7 +115,7 @@ def poor_performance(run, baseline: float | None, chance: float | None) -> dict:
     end = smoothed_end_loss(losses)
     ev = {"loss_end": end, "baseline_loss": baseline, "loss_over_baseline": end / baseline if baseline else None}
     n = max(1, len(losses) // 10)
-    summary = (f"training loss {end:.3g} (mean of the last {n} logged steps) = {end / baseline:.3g}x the "
+    summary = (f"training loss {end:.3g} (mean of the last {f'{n} logged steps' if n > 1 else 'logged step'}) = {end / baseline:.3g}x the "
                f"input-blind baseline {baseline:.3g}")
     if chance is not None:
         # Classification: accuracy decides; the loss can be dominated by a few confident mistakes.

@@ -104,10 +104,11 @@ def render(d: dict, path: Path) -> None:
     from ..analysis.diagnose import theory_line
     from ..analysis.isometry import jacobian_line
     from ..analysis.spread import line as spread_line
-    from ..report.console import VERDICT_STYLE, make_console
+    from ..report.console import VERDICT_STYLE, make_console, print_command, print_lines, print_phrases
 
     console = make_console()
-    console.print(f"[bold]vgrad diagnose[/] {escape(d['run'])}: {escape(d['model'])} | status {d['status']}", soft_wrap=True)
+    print_phrases(console, [escape(d["model"]), f"status {d['status']}"], sep=" | ",
+                  head=f"[bold]vgrad diagnose[/] {escape(d['run'])}:")
     t = Table(show_edge=False, pad_edge=False, expand=False)
     t.add_column("#", justify="right")
     t.add_column("indicator", max_width=26)
@@ -118,17 +119,29 @@ def render(d: dict, path: Path) -> None:
         t.add_row(str(i["id"]), escape(i["name"]), f"[{style}]{i['status']}[/]",
                   f"{escape(i['summary'])}\n[dim]{escape(i['threshold'])}[/]")
     console.print(t)
-    console.print(escape(theory_line(d["theory"])), soft_wrap=True)
-    for text in (spread_line(d.get("init_spread")), jacobian_line(d.get("jacobian"))):
-        if text:
-            console.print(escape(text), soft_wrap=True)
+    # Prose wraps like `vgrad run`'s: between "; "-phrases first, between words only inside one.
+    texts = (theory_line(d["theory"]), spread_line(d.get("init_spread")), jacobian_line(d.get("jacobian")))
+    print_lines(console, [line for text in texts if text for line in text.split("\n")])
     style = VERDICT_STYLE.get(d["verdict"], "bold magenta")
-    console.print(f"verdict: [{style}]{d['verdict']}[/] — {escape(d['verdict_detail'])}", soft_wrap=True)
+    print_phrases(console, escape(d["verdict_detail"]).split("; "), head=f"verdict: [{style}]{d['verdict']}[/] —")
     for n, r in enumerate(d["recommendations"], 1):
         after = f" (theory after: per-layer factor {r['theory_factor_after']:.3f})" if r.get("theory_factor_after") else ""
         opt = " [optional: training recovered]" if r.get("optional") else ""
-        run = f"\n   vgrad run {escape(str(path / 'config.yaml'))} {escape(r['command'])}" if r.get("command") else ""
-        console.print(f"{n}. {escape(r['title'])}{escape(opt)}: {escape(r['why'])}{after}{run}", soft_wrap=True)
+        print_lines(console, [f"{n}. {r['title']}{opt}: {r['why']}{after}"])
+        if r.get("command"):
+            print_command(console, ["vgrad run", str(path / "config.yaml"), *_arguments(r["command"])], "   ")
     if any(r.get("command") for r in d["recommendations"]):
-        console.print(f"[dim]`vgrad diagnose {escape(d['run'])} --try` prints recommendation 1 as a config file[/]", soft_wrap=True)
-    console.print(f"[dim]written: {escape(str(path / 'diagnosis.json'))}[/]", soft_wrap=True)
+        print_lines(console, [f"`vgrad diagnose {d['run']} --try` prints recommendation 1 as a config file"], style="dim")
+    print_lines(console, [f"written: {path / 'diagnosis.json'}"], style="dim")
+
+
+def _arguments(command: str) -> list[str]:
+    """'--set a=1 --set b=2' -> ['--set a=1', '--set b=2']: an option and its value stay on one line."""
+    words = command.split(" ")
+    out: list[str] = []
+    for w in words:
+        if out and not w.startswith("-") and out[-1].startswith("-") and " " not in out[-1]:
+            out[-1] += " " + w
+        else:
+            out.append(w)
+    return out

@@ -45,14 +45,16 @@ def story(
     runner = LocalExecutor(workers or cpu_count())
 
     # ---- run ------------------------------------------------------------------------------------
-    from ..report.console import make_console
+    from rich.markup import escape
+
+    from ..report.console import make_console, print_phrases
     from ..story.markdown import machine
 
     console = make_console()
     story_dir = create_story_dir(out)
     console.print(f"[bold]vgrad story[/] {len(chosen)} chapter{'s' if len(chosen) != 1 else ''} x {seeds} "
                   f"seed{'s' if seeds != 1 else ''}: {len(plan.points)} runs, {runner.describe()}", soft_wrap=True)
-    console.print(f"story directory: {story_dir}", soft_wrap=True)
+    print_phrases(console, [escape(str(story_dir))], head="story directory:")
     command = ["vgrad", "story", *(chapters or []), "--seeds", str(seeds)]
     for flag, value in (("--workers", workers), ("--steps", steps), ("--configs", configs)):
         if value is not None:
@@ -61,7 +63,8 @@ def story(
              "plots": not no_plots}
     rows, interrupted = run_story(plan, chosen, story_dir, runner, console, about)
 
-    console.print(f"results: {story_dir / 'story.md'}, story.csv (per run: sweep.csv)", soft_wrap=True)
+    print_phrases(console, [escape(str(story_dir / "story.md")), "story.csv (per run: sweep.csv)"], sep=", ",
+                  head="results:")
     if interrupted:
         finished = sum(r["status"] in ("completed", "diverged") for r in rows)
         console.print(f"[yellow]interrupted[/]: {finished} of {len(plan.points)} runs finished; the story "

@@ -76,7 +76,9 @@ def sweep(
         runner = LocalExecutor(workers or cpu_count())
 
     # ---- run ------------------------------------------------------------------------------------
-    from ..report.console import make_console
+    from rich.markup import escape
+
+    from ..report.console import make_console, print_phrases
 
     console = make_console()
     sweep_dir = Path(resume) if resume is not None else create_sweep_dir(out, plan)
@@ -87,10 +89,11 @@ def sweep(
         f"[bold]vgrad sweep[/] {' x '.join(f'{p.name} ({len(p.values)})' for p in plan.params)}"
         f"{f' x {len(plan.seeds)} seeds' if len(plan.seeds) > 1 else ''}: {len(plan.points)} runs "
         f"({n_points} points), {runner.describe()}", soft_wrap=True)
-    console.print(f"sweep directory: {sweep_dir}", soft_wrap=True)
+    print_phrases(console, [escape(str(sweep_dir))], head="sweep directory:")
     rows, interrupted = run_sweep(plan, sweep_dir, runner, console, resume=resume is not None)
 
-    console.print(f"results: {sweep_dir / 'sweep.csv'}, sweep_summary.csv, sweep.png", soft_wrap=True)
+    print_phrases(console, [escape(str(sweep_dir / "sweep.csv")), "sweep_summary.csv", "sweep.png"], sep=", ",
+                  head="results:")
     if interrupted:
         finished = sum(r["status"] in ("completed", "diverged") for r in rows)
         console.print(f"[yellow]interrupted[/]: {finished} of {len(plan.points)} runs finished; "

@@ -65,4 +65,14 @@ class Watch:
             if self.on_problem == "raise":
                 raise GradientProblem(kind, step, message)
             if self.on_problem == "warn":
-                print(message, file=sys.stderr, flush=True)
+                _warn(message)
+
+
+def _warn(message: str) -> None:
+    """The warning on stderr, wrapped to the terminal (or COLUMNS) between words like vgrad's own
+    lines: a training log stays readable at 80 columns. The exception keeps it on one line."""
+    from ..report.console import make_console, print_lines
+
+    console = make_console(stderr=True)
+    print_lines(console, [message])
+    sys.stderr.flush()

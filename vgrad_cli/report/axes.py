@@ -76,9 +76,11 @@ def empty_note(ax, text: str):
 
 
 def run_title(what: str, run) -> str:
-    """Two lines: what the figure shows and which run; then the run's model, status and verdict."""
+    """Three lines: what the figure shows and which run; the run's model and optimiser (what tells two
+    chapters apart); its status and verdict."""
     verdict = run.summary.get("verdict") or "no verdict yet"
-    return f"{what}: {run.name}\n{run.model_text()} | {run.status}, verdict {verdict}"
+    setup = " | ".join(t for t in (run.model_text(), run.train_text()) if t)
+    return f"{what}: {run.name}\n{setup}\n{run.status}, verdict {verdict}"
 
 
 def integer_x(ax):

@@ -48,7 +48,7 @@ def log10_ratio(a, b) -> float | None:
 
 
 RUN_FIELDS = [  # (key in the run's stats, label in the table)
-    ("model", "model"), ("task", "task"), ("status", "status"), ("verdict", "verdict"),
+    ("model", "model"), ("training", "training"), ("task", "task"), ("status", "status"), ("verdict", "verdict"),
     ("verdict_reason", "verdict reason"), ("final_loss", "final loss"), ("baseline_loss", "baseline loss"),
     ("final_accuracy", "final accuracy"), ("final_eval_loss", "final eval loss"),
     ("final_eval_accuracy", "final eval accuracy"), ("chance_accuracy", "chance accuracy"),
@@ -71,6 +71,7 @@ RUN_FIELDS = [  # (key in the run's stats, label in the table)
 def run_info(run: Run, lab: str) -> dict:
     s = run_stats(run)
     info = {"label": lab, "name": run.name, "dir": str(run.path), "model": run.model_text(),
+            "training": run.train_text() or None,
             "task": (run.config.get("task") or {}).get("name"), "notes": "; ".join(run.notes) or None,
             "diverged_step": s.get("diverged_step")}
     for key, _ in RUN_FIELDS:

@@ -27,10 +27,17 @@ def make_console(stderr: bool = False) -> Console:
     return console
 
 
+def width_chosen(console: Console) -> bool:
+    """A terminal's window, or COLUMNS set by the user: a width to keep to. Otherwise (a log, a pipe)
+    rich's 80 columns are only a guess."""
+    return console.is_terminal or "COLUMNS" in os.environ
+
+
 def print_table(console: Console, table: Table):
-    """A table as wide as it needs to be: on a terminal rich fits it to the window (cells wrap at
-    their spaces); in a log or a file (80 columns by default) wide lines beat cells cut in the middle."""
-    if console.is_terminal:
+    """A table as wide as it needs to be: where the width was chosen (a terminal, COLUMNS) rich fits
+    it to that width (cells wrap at their spaces); in a log or a file (80 columns by default) wide
+    lines beat cells cut in the middle."""
+    if width_chosen(console):
         console.print(table)
         return
     width = console.width
@@ -55,22 +62,29 @@ def fmt(v, digits: int = 3) -> str:
 def print_phrases(console: Console, parts: list[str], sep: str = "; ", head: str = "", indent: str = "  "):
     """Print `head` and `parts` joined by `sep` (rich markup allowed), breaking lines only between
     parts, continuation lines indented: a number never loses its unit ("2.86 s") and a reason never
-    breaks mid-phrase. A part too wide for a line of its own breaks before its parentheses, if it has
-    any ("... [0.01, 100]" / "(lowest: ...)"), and is otherwise left whole."""
+    breaks mid-phrase. A part too wide for a line of its own breaks before its parentheses
+    ("... [0.01, 100]" / "(lowest: ...)"), then between list items ("with: a, b, c"), and only as a
+    last resort between words: no line is wider than the console (a single word may be)."""
     from rich.text import Text
 
     def width(markup: str) -> int:
         return Text.from_markup(markup).cell_len
 
+    def pieces(before: str, part: str, splits=(" (", ", ", " ")) -> list[tuple[str, str]]:
+        if width(indent + part) <= console.width or not splits:
+            return [(before, part)]
+        at, rest = splits[0], splits[1:]
+        if at not in part:
+            return pieces(before, part, rest)
+        subs = part.split(at)
+        if at == " (":
+            subs = [subs[0]] + ["(" + p for p in subs[1:]]
+            at = " "
+        return [t for j, p in enumerate(subs) for t in pieces(before if j == 0 else at, p, rest)]
+
     tokens = [("", head)] if head else []  # (separator before it, text)
     for i, part in enumerate(parts):
-        before = (" " if i == 0 else sep) if tokens else ""
-        if width(indent + part) <= console.width:
-            tokens.append((before, part))
-        elif " (" in part:
-            tokens += [(before if j == 0 else " ", p if j == 0 else "(" + p) for j, p in enumerate(part.split(" ("))]
-        else:  # a list ("with: a, b, c") breaks between its items
-            tokens += [(before if j == 0 else ", ", p) for j, p in enumerate(part.split(", "))]
+        tokens += pieces((" " if i == 0 else sep) if tokens else "", part)
     lines: list[str] = []
     for i, (before, text) in enumerate(tokens):
         tail = tokens[i + 1][0].rstrip() if i + 1 < len(tokens) else ""  # stays at the end of a broken line
@@ -99,16 +113,13 @@ class RunProgress:
         self.total, self.kind = cfg.train.steps, cfg.model.kind
         if self.quiet:
             return
-        m = cfg.model
-        recurrent = f" recurrent_init {m.recurrent_init}" if m.kind in ("rnn", "lstm", "gru") else ""
-        norm = f"norm {m.norm}{' residual' if m.residual else ''}"
-        if m.kind == "transformer":
-            norm = f"heads {m.heads} {m.norm_position}-LN"
-        self.console.print(
-            f"[bold]vgrad run[/] {cfg.run_name()}: {m.kind} depth {m.depth} width {m.width} {m.activation or ''} "
-            f"init {m.init}{recurrent} {norm}\n"
-            f"  task {cfg.task.name} | {cfg.train.optimizer} lr {cfg.train.lr:g} | {cfg.train.steps} steps"
-        )
+        from ..rundir.store import model_phrases, train_phrases
+
+        # The same phrases as compare's "model" and "training" rows, wrapped between phrases.
+        model = [escape(p) for p in model_phrases(cfg.model.model_dump(mode="json"))]
+        print_phrases(self.console, model, sep=" ", head=f"[bold]vgrad run[/] {escape(cfg.run_name())}:")
+        train = [escape(" ".join(train_phrases(cfg.train.model_dump(mode="json")))), f"{cfg.train.steps} steps"]
+        print_phrases(self.console, train, sep=" | ", head=f"  task {escape(cfg.task.name)} |")
         if self.console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -243,7 +254,7 @@ def error(message: str) -> None:
     sys.stderr.flush()
 
 
-def print_lines(console: Console, lines: list[str]):
+def print_lines(console: Console, lines: list[str], style: str | None = None):
     """Plain-text lines (no markup), broken between their "; "-separated phrases; a phrase longer
     than a line of its own breaks between words."""
     import textwrap
@@ -261,7 +272,23 @@ def print_lines(console: Console, lines: list[str]):
             if out:
                 out[-1] += ";"
             first = (lead if not out else more)
-            out += textwrap.wrap(phrase, width, initial_indent=first, subsequent_indent=more, break_long_words=False,
-                                 break_on_hyphens=False) or [first]
+            # "--set KEY=VALUE" is one word to the wrapper (a no-break space): an option keeps its value
+            out += [w.replace("\xa0", " ") for w in textwrap.wrap(
+                phrase.replace("--set ", "--set\xa0"), width, initial_indent=first, subsequent_indent=more,
+                break_long_words=False, break_on_hyphens=False)] or [first]
         for text in out:
-            console.print(text, soft_wrap=True, markup=False, highlight=False)
+            console.print(text, soft_wrap=True, markup=False, highlight=False, style=style)
+
+
+def print_command(console: Console, words: list[str], indent: str = ""):
+    """A shell command that can be pasted as printed: too wide for the console, it continues on the
+    next line after a backslash, breaking only between `words` (an option stays with its value)."""
+    lines = [indent + words[0]]
+    for w in words[1:]:
+        if len(lines[-1]) + 1 + len(w) + 2 <= console.width:
+            lines[-1] += " " + w
+        else:
+            lines[-1] += " \\"
+            lines.append(indent + "    " + w)
+    for text in lines:
+        console.print(text, soft_wrap=True, markup=False, highlight=False)

@@ -83,28 +83,10 @@ class Run:
         raise UsageError(f"run '{self.name}' has no logged step {which} ({hint})")
 
     def model_text(self) -> str:
-        m = self.config.get("model") or {}
-        if m.get("kind") == "custom":  # a Monitor run: the user's own model
-            return f"{m.get('class', 'model')} ({len(m.get('layers') or [])} layers, {m.get('parameters', 0):,} parameters)"
-        parts = [str(m.get("kind", "?"))]
-        for key in ("depth", "width"):
-            if m.get(key) is not None:
-                parts.append(f"{key} {m[key]}")
-        parts += [str(m[k]) for k in ("activation", "init") if m.get(k)]
-        if m.get("init_std") is not None:
-            parts.append(f"(std/gain {m['init_std']:g})")
-        if m.get("recurrent_init") not in (None, "default") or m.get("recurrent_std") is not None:
-            std = f" x{m['recurrent_std']:g}" if m.get("recurrent_std") is not None else ""
-            parts.append(f"recurrent {m.get('recurrent_init', 'default')}{std}")
-        if m.get("forget_bias") is not None:
-            parts.append(f"forget_bias {m['forget_bias']:g}")
-        if m.get("norm") not in (None, "none"):
-            parts.append(f"{m['norm']}norm")
-        if m.get("residual"):
-            parts.append("residual")
-        if m.get("norm_position") is not None:  # a transformer
-            parts.append(f"{m.get('heads')} heads {m['norm_position']}-LN")
-        return " ".join(parts)
+        return model_text(self.config.get("model") or {})
+
+    def train_text(self) -> str:
+        return train_text(self.config.get("train") or {})
 
     def date_text(self) -> str:
         started = self.summary.get("started_at")
@@ -112,6 +94,68 @@ class Run:
             return started[:16].replace("T", " ")
         m = _STAMP.search(self.name)
         return f"{m[1]}-{m[2]}-{m[3]} {m[4]}:{m[5]}" if m else ""
+
+
+def model_text(m: dict) -> str:
+    return " ".join(model_phrases(m))
+
+
+def model_phrases(m: dict) -> list[str]:
+    """A model config (as in config.json) in one line: kind, depth, width, activation, init, then every
+    other key that tells two chapters apart, each only when it is not its default (chapters 26 and 27
+    differ only in residual_scale, 12 and 25 only in chrono_init). The run header, compare and the plot
+    titles all print it; a phrase ("depth 20") is what a wrapped line never breaks."""
+    if m.get("kind") == "custom":  # a Monitor run: the user's own model
+        return [f"{m.get('class', 'model')} ({len(m.get('layers') or [])} layers, {m.get('parameters', 0):,} parameters)"]
+    parts = [str(m.get("kind", "?"))]
+    for key in ("depth", "width"):
+        if m.get(key) is not None:
+            parts.append(f"{key} {m[key]}")
+    parts += [str(m["activation"])] if m.get("activation") else []
+    if m.get("init"):  # "default" alone would not say what is default
+        parts.append("default init" if m["init"] == "default" else str(m["init"]))
+    if m.get("init_std") is not None:
+        parts.append(f"(std/gain {m['init_std']:g})")
+    if m.get("bias_init"):
+        parts.append(f"bias {m['bias_init']:g}")
+    if m.get("recurrent_init") not in (None, "default") or m.get("recurrent_std") is not None:
+        std = f" x{m['recurrent_std']:g}" if m.get("recurrent_std") is not None else ""
+        parts.append(f"recurrent {m.get('recurrent_init', 'default')}{std}")
+    if m.get("forget_bias") is not None:
+        parts.append(f"forget_bias {m['forget_bias']:g}")
+    if m.get("chrono_init") is not None:
+        parts.append(f"chrono_init {m['chrono_init']}")
+    if m.get("norm") not in (None, "none"):
+        parts.append(f"{m['norm']}norm")
+    if m.get("residual"):
+        scale = m.get("residual_scale", 1.0)
+        parts.append("residual" + ("" if scale in (1, 1.0, None) else f" x{scale:g}" if isinstance(scale, (int, float))
+                                   else f" x{scale}"))
+    if m.get("norm_position") is not None:  # a transformer
+        parts.append(f"{m.get('heads')} heads {m['norm_position']}-LN")
+    return parts
+
+
+def train_text(t: dict) -> str:
+    return " ".join(train_phrases(t))
+
+
+def train_phrases(t: dict) -> list[str]:
+    """The optimiser in one line: optimizer and lr always, then momentum, weight decay, warm-up and
+    clipping only when set (chapters 22 and 24 differ only in warm-up, 09 and 10 only in clipping)."""
+    if not t:
+        return []
+    parts = [f"{t.get('optimizer', '?')} lr {t['lr']:g}" if t.get("lr") is not None else str(t.get("optimizer", "?"))]
+    if t.get("momentum"):
+        parts.append(f"momentum {t['momentum']:g}")
+    if t.get("weight_decay"):
+        parts.append(f"weight_decay {t['weight_decay']:g}")
+    if t.get("warmup_steps"):
+        parts.append(f"warm-up {t['warmup_steps']} steps")
+    for key in ("clip_norm", "clip_value"):
+        if t.get(key) is not None:
+            parts.append(f"{key} {t[key]:g}")
+    return parts
 
 
 def _checked_table(run: Path, name: str, incomplete: bool, notes: list[str]) -> list[dict]:

@@ -126,7 +126,10 @@ def runs_cell(g: dict) -> str:
     if g["completed"]:
         parts.append(f"{g['completed']} completed")
     if g["diverged"]:
-        step = span(g, "diverged_step").replace(f" (n={g['diverged']})", "")
+        # a step is a whole number: the median of an even count (1.5) is shown rounded half up
+        mid, lo, hi = (g[f"diverged_step_{s}"] for s in STATS)
+        mid = math.floor(mid + 0.5)
+        step = f"{mid}" if lo == hi else f"{mid} [{int(lo)}–{int(hi)}]"
         parts.append(f"{g['diverged']} diverged at step {step}")
     parts += [f"{g[s]} {s}" for s in ("failed", "interrupted") if g[s]]
     missing = g["seeds"] - sum(g[s] for s in COUNTS)
@@ -184,16 +187,22 @@ def tables(groups: list[dict]) -> list[dict]:
 
 def print_tables(console, parts: list[dict]):
     """The tables without "what it shows". A terminal too narrow for `median [min–max]` gets the
-    medians alone (story.md has the ranges); a pipe or a log gets whole lines, however wide."""
+    medians alone (story.md has the ranges), and so does COLUMNS; a pipe or a log gets whole lines,
+    however wide."""
     from rich.markup import escape
+
+    from ..report.console import print_lines, width_chosen
 
     for part in parts:
         t = _console_table(part, compact=False)
-        if console.is_terminal and _width(console, t) > console.width:
+        if width_chosen(console) and _width(console, t) > console.width:
             t = _console_table(part, compact=True)
         print_table(console, t)
-        console.print(escape(part["note"] + (f"; {part['common']} for every chapter here" if part["common"] else "")),
-                      soft_wrap=True)
+        note = part["note"] + (f"; {part['common']} for every chapter here" if part["common"] else "")
+        if width_chosen(console):
+            print_lines(console, [note])
+        else:
+            console.print(escape(note), soft_wrap=True)
 
 
 def _width(console, table) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..report.console import VERDICT_STYLE, fmt, print_table
+from ..report.console import VERDICT_STYLE, fmt, print_phrases, print_table
 from ..rundir.files import write_text_atomic
 from .plan import cell
 
@@ -62,16 +62,17 @@ class SweepProgress:
 
     def advance(self, label: str, row: dict):
         self.done += 1
-        v = row.get("verdict")
-        what = f"{row['status']}" + (f", [{VERDICT_STYLE.get(v, 'bold')}]{v}[/]" if v else "")
-        if row.get("final_loss") is not None:
-            what += f", loss {fmt(row['final_loss'])}"
-        if row.get("error"):
-            from rich.markup import escape
+        from rich.markup import escape
 
-            what += f" - {escape(str(row['error']))}"
-        line = f"[{self.done}/{self.total}] {label}: {what} ({fmt(row.get('wall_time_s'))} s)"
-        self.console.print(line, soft_wrap=True)  # above the bar on a terminal
+        v = row.get("verdict")
+        what = [str(row["status"])] + ([f"[{VERDICT_STYLE.get(v, 'bold')}]{v}[/]"] if v else [])
+        if row.get("final_loss") is not None:
+            what.append(f"loss {fmt(row['final_loss'])}")
+        if row.get("error"):
+            what.append(escape(str(row["error"])))
+        what.append(f"{fmt(row.get('wall_time_s'))} s")
+        # above the bar on a terminal; wrapped between phrases like every other line
+        print_phrases(self.console, what, sep=", ", head=f"[{self.done}/{self.total}] {escape(label)}:")
         if self.progress is not None:
             self.progress.update(self.task, completed=self.done)
 
