@@ -129,6 +129,27 @@ def test_ablation_resets_early_layers_and_leaves_the_run_alone(runs, tmp_path):
     assert status(runs, "exploding", "reliance_on_upper_layers")["status"] == "not measurable"
 
 
+def test_ablation_finds_reliance_on_upper_layers_when_the_first_layers_never_moved(runs, tmp_path):
+    """The indicator's 'present' path on real files: a copy of the healthy run whose final weights
+    keep layers 0-1 at their initial values (as if those layers had never learned). The model still
+    beat the baseline (its upper layers learned), and resetting layers 0-1 changes nothing."""
+    import torch
+
+    run_dir = tmp_path / "frozen"
+    shutil.copytree(runs["healthy"][0], run_dir)
+    saved = torch.load(run_dir / "model.pt", weights_only=True)
+    for key in saved["final"]:
+        if key.startswith(("blocks.0.", "blocks.1.")):
+            saved["final"][key] = saved["init"][key].clone()
+    torch.save(saved, run_dir / "model.pt")
+    d = diagnose(run_dir, k=2, jacobian=False)
+    item = status({"x": (run_dir, d)}, "x", "reliance_on_upper_layers")
+    ev = item["evidence"]
+    assert ev["informative"] and ev["loss_final"] < 0.95 * ev["baseline_loss"], ev
+    assert ev["loss_ablated"] == pytest.approx(ev["loss_final"], rel=1e-6) and ev["relative_rise"] < 1e-6
+    assert item["status"] == "present" and "reliance_on_upper_layers" in d["present"]
+
+
 def test_dying_relu_trend_and_exploding_supporting_evidence(runs):
     ev = status(runs, "dying", "dying_relu")["evidence"]
     assert ev["mean_last"] > ev["mean_first"] + 0.2 and ev["trend"][0]["step"] == 0
