@@ -145,8 +145,12 @@ def _at_init(run, cfg, init_spread, jacobian: bool) -> tuple[dict, str | None]:
     if jacobian:
         from .isometry import jacobian_at_init
 
-        out["jacobian"] = jacobian_at_init(cfg) if cfg is not None else {
-            "applicable": False, "reason": "a model of your own (a Monitor run): vgrad cannot rebuild it at init"}
+        try:
+            out["jacobian"] = jacobian_at_init(cfg) if cfg is not None else {
+                "applicable": False, "reason": "a model of your own (a Monitor run): vgrad cannot rebuild it at init"}
+        except Exception as e:  # noqa: BLE001 - an optional analysis must not fail a finished run: say why
+            out["jacobian"] = {"applicable": False, "computed": False,
+                               "reason": f"not computed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     model = (run.config or {}).get("model") or {}
     return out, note(spread, model.get("width"), model.get("depth"))
 

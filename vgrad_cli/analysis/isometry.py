@@ -82,10 +82,13 @@ def jacobian_line(j: dict | None) -> str | None:
     if j.get("isometric"):
         verdict = (f"near isometry: every input direction passes with a gain within a factor "
                    f"{ISOMETRY_BAND:g} of 1 (s_max/s_min {cond_text})")
-    elif j["s_min"] == 0:
+    elif j.get("singular_examples", j["s_min"] == 0):
         verdict = ("not isometric: J is singular (a layer map has rank < width, e.g. ReLU units at 0), "
                    "some input directions do not pass at all")
     else:
         verdict = f"not isometric: the gains of input directions differ by a factor {cond_text} (s_max/s_min)"
+    s_min = f"{j['s_min']:.2g}"
+    if j.get("s_min_underflow") and not j.get("singular_examples"):  # below float64's range: its log is exact
+        s_min = f"1e{j['log10_s_min']:.0f} (below float64's range; computed as a log)"
     return (f"jacobian spectrum at init (L = {j['layers']} layer maps, {j['examples']} inputs, float64): "
-            f"mean s^2 {j['mean_s2']:.3g}, s_max {j['s_max']:.3g}, s_min {j['s_min']:.2g} — {verdict}")
+            f"mean s^2 {j['mean_s2']:.3g}, s_max {j['s_max']:.3g}, s_min {s_min} — {verdict}")
