@@ -111,13 +111,19 @@ def test_relu_layer_maps_are_singular():
     ({"kind": "rnn", "depth": 2, "activation": "tanh", "init": "default"}, "model.kind rnn"),
     ({"norm": "batch"}, "batch norm couples"),
     ({"depth": 1}, "model.depth 1"),
+    ({"kind": "cnn", "activation": "relu", "init": "kaiming_normal"}, "not implemented for conv blocks"),
+    ({"kind": "transformer", "activation": None, "init": "default"}, "attention mixes a sequence's positions"),
 ])
 def test_where_it_does_not_apply_it_says_why(model, reason):
     over = {"model": model}
-    if model.get("kind") == "rnn":
+    if model.get("kind") in ("rnn", "transformer"):
         over["task"] = {"name": "adding", "seq_len": 5, "train_size": 64, "eval_size": 32}
+    if model.get("kind") == "cnn":
+        over["task"] = {"name": "shapes", "train_size": 64, "eval_size": 32}
     j = jacobian_at_init(validate(small(**over)))
     assert j["applicable"] is False and reason in j["reason"]
+    # each kind's own reason: time.csv is the recurrent nets' alternative only
+    assert ("time.csv" in j["reason"]) == (model.get("kind") == "rnn")
     assert "not applicable" in jacobian_line(j)
 
 

@@ -82,7 +82,7 @@ class ModelConfig(Section):
     width: int = Field(64, ge=1, description="units per hidden layer (channels for cnn, the hidden size for rnn/lstm/gru, d_model for transformer)")
     activation: Optional[Annotated[str, one_of(tuple(ACTIVATIONS), "activation")]] = Field(
         None, description=f"mlp, cnn (default relu): one of {', '.join(ACTIVATIONS)}; rnn (default tanh): tanh or relu; "
-        "not for lstm/gru"
+        "transformer (default gelu): the blocks' MLP activation, any of the above; not for lstm/gru"
     )
     init: Annotated[str, one_of(tuple(INITS), "init")] = Field(
         "default", description=f"weight init: {', '.join(INITS)}"

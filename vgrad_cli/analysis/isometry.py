@@ -10,7 +10,8 @@ seed: the weights model.pt["init"] holds), on the first few training inputs.
 J = d h_{depth-1} / d h_0: from the first hidden block's output to the last hidden block's output,
 L = depth - 1 square (width x width) layer maps, as in Pennington et al.; the input layer
 (input_dim -> width) and the head are not square and are left out. MLPs only: a recurrent net's
-Jacobian through time is another object (its through-time ratio is in time.csv), and batch norm
+Jacobian through time is another object (its through-time ratio is in time.csv), a conv block's or
+a transformer block's map is (positions x width) square, not implemented here, and batch norm
 in training mode couples the examples of a batch, so a per-example Jacobian is not the map
 training differentiates.
 """
@@ -25,9 +26,17 @@ ISOMETRY_BAND = 10.0  # "near isometry": every singular value within a factor 10
 def not_applicable(cfg) -> str | None:
     """Why the spectrum is not computed for this (validated) config, or None."""
     m = cfg.model
-    if m.kind != "mlp":
+    if m.kind in ("rnn", "lstm", "gru"):
         return (f"model.kind {m.kind}: the input-output Jacobian here is an MLP's; a recurrent net's gradient "
                 "through time is in time.csv")
+    if m.kind == "cnn":
+        return ("model.kind cnn: not implemented for conv blocks, whose map per example is (width x H x W) square "
+                "(64 channels on 16x16 images: 16384), too large for layer-by-layer inverses")
+    if m.kind == "transformer":
+        return ("model.kind transformer: not implemented; attention mixes a sequence's positions, so a block's map "
+                "per example is (seq_len x width) square, not width x width")
+    if m.kind != "mlp":
+        return f"model.kind {m.kind}: the Jacobian here is an MLP's"
     if m.norm == "batch":
         return "model.norm batch: batch norm couples the examples of a batch, so there is no per-example Jacobian"
     if m.depth < 2:
