@@ -57,6 +57,19 @@ def ends_label(rows: list[dict], kind: str | None = None) -> str:
     return "layer 0/output"
 
 
+def factor_span(rows: list[dict], kind: str | None = None) -> tuple[list[dict], int]:
+    """The rows the per-layer factor runs over (sorted by layer): from ends()'s first row on, and
+    how many of them are hidden (all but the last, the output). An MLP: layer 0 .. output, depth
+    hidden; a transformer: block0 .. output, its blocks. theory's `measured` and the init spread
+    both use it, so their factors are one definition."""
+    rows = sorted(rows, key=lambda r: r["layer"])
+    if not rows:
+        return [], 0
+    first, _ = ends(rows, kind)
+    span = rows[next(i for i, r in enumerate(rows) if r is first):]
+    return span, len(span) - 1
+
+
 def first_last_ratio(rows: list[dict], column: str, kind: str | None = None) -> float | None:
     """Layer 0 over the last layer (a transformer: first over last block) for one logged step's
     rows (sorted by layer)."""
