@@ -24,6 +24,8 @@ GROWTH = 1e3
 # error at 6e-44) and below ~1.4e-45 exactly 0: a norm under this is "below float32 range", not 0.
 FLOAT32_TINY = 1.1754943508222875e-38
 BELOW_FLOAT32 = "below float32 range (< 1e-38)"
+# how ends_label names an MLP's (and a recurrent net's) ends; the captions keep it where every run has it
+MLP_ENDS = "layer 0/output"
 # A step-0 grad_norm or delta_norm below this is measured again in float64 (training/loop.py,
 # float64_step0): its elements are then within a few layers of float32's range, or past it.
 FLOAT64_INIT_BELOW = 1e-30

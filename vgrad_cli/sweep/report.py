@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from ..analysis.verdict import MLP_ENDS
 from ..report.console import VERDICT_STYLE, fmt, print_table
 from ..rundir.files import write_text_atomic
 from .plan import cell
@@ -96,12 +97,35 @@ def make_row(plan, point, sweep_dir: Path, run_dir: Path | None, error: str | No
         row["run_dir"] = Path(run_dir).name  # relative to the sweep directory: the sweep can move
         row["error"] = summary.get("error") or (error if summary.get("status") == "failed" else None)
         row["_baseline_loss"] = summary.get("baseline_loss")  # for the plot only, not a CSV column
+        row["_ends"] = _ends(Path(run_dir), point.config)  # what the ratios compare: for the captions only
         from ..analysis.theory import theory_columns
 
         row.update(theory_columns(Path(run_dir)))  # empty where theory does not apply (norm, residual, rnn)
     elif run_dir is not None:
         row["run_dir"] = Path(run_dir).name
     return row
+
+
+def _ends(run_dir: Path, config: dict) -> str:
+    """verdict.ends_label of the run's first logged step: 'layer 0/output', a transformer's e.g. 'block0/block5'."""
+    from ..analysis.verdict import ends_label
+    from ..rundir.files import read_table
+
+    try:
+        rows = read_table(run_dir, "layers.csv")
+    except Exception:  # noqa: BLE001 - no table, no rows to name: the ratio is blank anyway
+        return MLP_ENDS
+    first = [r for r in rows if r.get("step") == min((r.get("step") for r in rows), default=None)]
+    return ends_label(sorted(first, key=lambda r: r["layer"]), (config.get("model") or {}).get("kind"))
+
+
+def ends_text(groups: list[dict]) -> str:
+    """How the captions name the ratio: 'layer-0/output', or the ends the runs compare (a transformer
+    sweep over depth: block0/block3, block0/block7)."""
+    ends = sorted({e for g in groups for e in g.get("_ends", ())} - {None}) or [MLP_ENDS]
+    if ends == [MLP_ENDS]:
+        return "layer-0/output"
+    return ", ".join(ends)
 
 
 def csv_text(columns: list[str], rows: list[dict]) -> str:
@@ -169,6 +193,7 @@ def aggregate(plan, rows: list[dict]) -> list[dict]:
                 for stat, value in _stats([math.log10(v) for v in values if v > 0]).items():
                     g[f"{m}_log10_{stat}"] = value
         g["_baseline_loss"] = next((m.get("_baseline_loss") for m in members if m.get("_baseline_loss")), None)
+        g["_ends"] = [m.get("_ends") for m in members]
         out.append(g)
     return out
 
@@ -205,7 +230,7 @@ def _ratio(g: dict, when: str) -> str:
 def summary_table(plan, groups: list[dict]) -> Table:
     several = len(plan.seeds) > 1
     show_status = several or any(g["n_completed"] != g["n_runs"] for g in groups)
-    title = "sweep: layer-0/output delta_norm ratio at the first and last logged step"
+    title = f"sweep: {ends_text(groups)} delta_norm ratio at the first and last logged step"
     if several:
         title += f"; {len(plan.seeds)} seeds: ratios as geometric mean, loss as mean ± std"
     title += "; last-step ratio, final loss and accuracy: completed runs only"
@@ -280,8 +305,9 @@ def figure(plan, groups: list[dict]):
     for g in groups:
         lines.setdefault(tuple(repr(g[p.name]) for p in others), []).append(g)
 
-    panels = [("delta_norm_ratio_first_step", "log10 delta_norm ratio (layer 0 / output)\nat the first logged step"),
-              ("delta_norm_ratio_last_step", "log10 delta_norm ratio (layer 0 / output)\nat the last logged step"),
+    ends = ends_text(groups).replace("layer-0/output", "layer 0 / output")
+    panels = [("delta_norm_ratio_first_step", f"log10 delta_norm ratio ({ends})\nat the first logged step"),
+              ("delta_norm_ratio_last_step", f"log10 delta_norm ratio ({ends})\nat the last logged step"),
               ("final_loss", "final training loss")]
     fig, axes = plt.subplots(1, 3, figsize=(16.5 if others else 15, 4.6), layout="constrained")
     for i, members in enumerate(lines.values()):
