@@ -122,10 +122,10 @@ def _ends(run_dir: Path, config: dict) -> str:
 def ends_text(groups: list[dict]) -> str:
     """How the captions name the ratio: 'layer-0/output', or the ends the runs compare (a transformer
     sweep over depth: block0/block3, block0/block7)."""
-    ends = sorted({e for g in groups for e in g.get("_ends", ())} - {None}) or [MLP_ENDS]
+    ends = [e for e in dict.fromkeys(e for g in groups for e in g.get("_ends", ())) if e] or [MLP_ENDS]
     if ends == [MLP_ENDS]:
         return "layer-0/output"
-    return ", ".join(ends)
+    return ", ".join(ends) if len(ends) <= 3 else f"{ends[0]} … {ends[-1]}"  # in plan order: a depth sweep's ends
 
 
 def csv_text(columns: list[str], rows: list[dict]) -> str:
