@@ -269,12 +269,26 @@ def theory_for_run(run_dir) -> dict | None:
         return out
     steps = [r["step"] for r in rows if isinstance(r.get("step"), int)]
     first = [r for r in rows if r.get("step") == min(steps)] if steps else []
+    first = _float64_if_underflowed(run, sorted(first, key=lambda r: r["layer"]))
     m = measured_factor(first, int(model.get("depth", 1)))
     at = out.get("factor_at_depth")
     out.update(measured_step=min(steps) if steps else None, measured_factor=m,
                measured_over_predicted=(m / out["factor"]) if m is not None and out["factor"] > 0 else None,
                measured_over_at_depth=(m / at) if m is not None and at else None)
     return out
+
+
+def _float64_if_underflowed(run: Path, first: list[dict]) -> list[dict]:
+    """Step 0's rows, from layers_float64.csv where float32 lost layer 0's delta (as diagnose does)."""
+    from ..rundir.files import read_table
+    from .verdict import underflowed
+
+    if not first or first[0].get("step") != 0 or not underflowed(first, 0):
+        return first
+    try:
+        return sorted(read_table(run, "layers_float64.csv"), key=lambda r: r["layer"])
+    except Exception:  # noqa: BLE001 - not measured again (or unreadable): no factor, as before
+        return first
 
 
 def run_data(cfg: dict, summary: dict) -> dict:

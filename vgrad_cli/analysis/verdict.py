@@ -89,19 +89,32 @@ def _ratio(first, last) -> float | None:
     return first / last
 
 
+BELOW_KEY = "below_float32"  # summary.json: the ratios whose first end underflowed float32 (value null)
+BELOW_SHORT = "< 1e-38"       # how tables (sweep.csv, compare, the sweep table) show such a ratio
+
+
 def ratios(first_rows: list[dict], last_rows: list[dict], first_float64: list[dict] | None = None,
            kind: str | None = None) -> dict:
-    """The four ratios (ends() says which rows); where step 0 underflowed float32 and was measured in
-    float64 (first_float64), the first step's are the float64 ones."""
-    out = {
-        f"{col}_ratio_{when}_step": first_last_ratio(rows, col, kind)
-        for col in ("grad_norm", "delta_norm")
-        for when, rows in (("first", first_rows), ("last", last_rows))
-    }
+    """The four ratios (ends() says which rows). Where the first end's value underflowed float32,
+    the ratio is not the 0 float32 gives: the first step's is the float64 one (first_float64, when
+    step 0 was measured again), else None, and its key is listed under BELOW_KEY."""
+    out, below = {}, []
     for col in ("grad_norm", "delta_norm"):
-        if first_float64 and first_rows and underflowed(first_rows, 0, col):
-            out[f"{col}_ratio_first_step"] = first_last_ratio(first_float64, col, kind)
+        for when, rows in (("first", first_rows), ("last", last_rows)):
+            key = f"{col}_ratio_{when}_step"
+            out[key] = first_last_ratio(rows, col, kind)
+            if rows and underflowed(rows, _first_end(rows, kind), col):
+                out[key] = first_last_ratio(first_float64, col, kind) if when == "first" and first_float64 else None
+                if out[key] is None:
+                    below.append(key)
+    if below:
+        out[BELOW_KEY] = below
     return out
+
+
+def _first_end(rows: list[dict], kind: str | None) -> int:
+    first, _ = ends(rows, kind)
+    return next(i for i, r in enumerate(rows) if r is first)
 
 
 def time_profile(time_rows: list[dict]) -> tuple[int, list[float]]:
@@ -173,11 +186,13 @@ def run_stats(run) -> dict:
     if steps:
         s.setdefault("first_logged_step", steps[0])
         s.setdefault("last_logged_step", steps[-1])
-        first, last = run.layer_rows(steps[0]), run.layer_rows(steps[-1])
-        for col in ("grad_norm", "delta_norm"):
-            for when, rows in (("first", first), ("last", last)):
-                if s.get(f"{col}_ratio_{when}_step") is None:
-                    s[f"{col}_ratio_{when}_step"] = first_last_ratio(rows, col, kind)
+        measured = ratios(run.layer_rows(steps[0]), run.layer_rows(steps[-1]), run.float64, kind)
+        below = set(s.get(BELOW_KEY) or []) | set(measured.pop(BELOW_KEY, []))
+        for key, value in measured.items():
+            if s.get(key) is None and key not in s.get(BELOW_KEY, []):  # an older summary's 0 stays
+                s[key] = value
+        if below:
+            s[BELOW_KEY] = sorted(below)
     if run.time and steps:
         for when, step in (("first", steps[0]), ("last", steps[-1])):
             if s.get(f"time_ratio_{when}_step") is None:

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..analysis.verdict import MLP_ENDS, run_stats
+from ..analysis.verdict import BELOW_KEY, BELOW_SHORT, MLP_ENDS, run_stats
 from ..rundir.store import Run
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -84,6 +84,7 @@ def run_info(run: Run, lab: str) -> dict:
             "ends": ends_label(run.layer_rows(run.steps[0]), kind) if run.steps else MLP_ENDS}
     for key, _ in RUN_FIELDS:
         info.setdefault(key, s.get(key))
+    info[BELOW_KEY] = s.get(BELOW_KEY) or []  # ratios whose first end underflowed float32: not 0
     from ..analysis.theory import theory_columns
 
     info.update(theory_columns(run.path))
@@ -185,7 +186,7 @@ def blocks(data: dict) -> list[Block]:
     run_rows = [["run"] + [r["name"] for r in data["runs"]]]
     ends = {r.get("ends", MLP_ENDS) for r in data["runs"]}
     for key, text in RUN_FIELDS:
-        values = [r.get(key) for r in data["runs"]]
+        values = [r.get(key) if key not in r.get(BELOW_KEY, ()) else BELOW_SHORT for r in data["runs"]]
         if all(v is None for v in values):
             continue  # e.g. no through-time rows for MLP runs, no accuracy for regression
         cells = [_run_cell(r, key) for r in data["runs"]]
@@ -205,6 +206,8 @@ def _run_cell(run: dict, key: str, short: bool = False) -> str:
     (if any) and its last batch accuracy came from earlier steps and are no result of the run."""
     if run.get("status") == "diverged" and key in ("final_accuracy", "final_eval_loss", "final_eval_accuracy"):
         return "—" if short else f"— (diverged at step {run.get('diverged_step')})"
+    if key in run.get(BELOW_KEY, ()):
+        return BELOW_SHORT
     if run.get("status") == "diverged" and key == "final_loss" and run.get(key) is not None:
         return "—" if short else f"{_fmt(run[key])} (last finite)"
     return _fmt(run.get(key))
@@ -228,7 +231,8 @@ def compact_blocks(data: dict) -> list[Block]:
     tb = time_block(data)
     if tb is not None:
         out.append(tb)
-    fields = [(k, t) for k, t in COMPACT_FIELDS if any(r.get(k) is not None for r in data["runs"])]
+    fields = [(k, t) for k, t in COMPACT_FIELDS if any(r.get(k) is not None or k in r.get(BELOW_KEY, ())
+                                                      for r in data["runs"])]
     rows = [[r["label"], r["name"], str(r.get("verdict") or "") + ("" if r.get("status") == "completed" else
                                                                      f"\n({r.get('status')})")]
             + [_run_cell(r, k, short=True) for k, _ in fields] for r in data["runs"]]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..analysis.verdict import MLP_ENDS
+from ..analysis.verdict import BELOW_KEY, BELOW_SHORT, MLP_ENDS
 from ..report.console import VERDICT_STYLE, fmt, print_table
 from ..rundir.files import write_text_atomic
 from .plan import cell
@@ -94,6 +94,8 @@ def make_row(plan, point, sweep_dir: Path, run_dir: Path | None, error: str | No
     if run_dir is not None and (Path(run_dir) / "summary.json").exists():
         summary = read_summary(Path(run_dir))
         row.update({k: summary.get(k) for k in SUMMARY_KEYS})
+        for k in summary.get(BELOW_KEY) or []:  # layer 0 underflowed float32: not 0, and no number known
+            row[k] = BELOW_SHORT
         row["run_dir"] = Path(run_dir).name  # relative to the sweep directory: the sweep can move
         row["error"] = summary.get("error") or (error if summary.get("status") == "failed" else None)
         row["_baseline_loss"] = summary.get("baseline_loss")  # for the plot only, not a CSV column
@@ -194,6 +196,7 @@ def aggregate(plan, rows: list[dict]) -> list[dict]:
                     g[f"{m}_log10_{stat}"] = value
         g["_baseline_loss"] = next((m.get("_baseline_loss") for m in members if m.get("_baseline_loss")), None)
         g["_ends"] = [m.get("_ends") for m in members]
+        g["_below"] = {m: sum(r.get(m) == BELOW_SHORT for r in members) for m in RATIOS}
         out.append(g)
     return out
 
@@ -221,10 +224,13 @@ def write_report(sweep_dir: Path, plan, rows: list[dict], console):
 
 
 def _ratio(g: dict, when: str) -> str:
-    log = g[f"delta_norm_ratio_{when}_step_log10_mean"]
-    if log is not None:
-        return fmt(10 ** log, 2)
-    return "0" if g[f"delta_norm_ratio_{when}_step_max"] == 0 else ""  # 0: float underflow at layer 0
+    key = f"delta_norm_ratio_{when}_step"
+    log, below = g[f"{key}_log10_mean"], g.get("_below", {}).get(key)
+    if log is not None:  # the runs that underflowed have no number to average: say how many
+        return fmt(10 ** log, 2) + (f" ({below} {BELOW_SHORT})" if below else "")
+    if below:
+        return BELOW_SHORT
+    return "0" if g[f"{key}_max"] == 0 else ""  # an exact 0: a dead layer above layer 0
 
 
 def summary_table(plan, groups: list[dict]) -> Table:
@@ -323,11 +329,12 @@ def figure(plan, groups: list[dict]):
                 ax.plot(x, mean, "o-", color=color, label=label, ms=4)
                 if len(plan.seeds) > 1:
                     ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
-            # A ratio of exactly 0 (layer 0's delta underflowed float32) has no log: mark it at the bottom.
-            zero = [xs[g[xp.name]] for g in members if "_ratio_" in metric and g[f"{metric}_min"] == 0]
+            # A ratio below float32's range (or an exact 0, a dead layer) has no log: mark it at the bottom.
+            zero = [xs[g[xp.name]] for g in members if "_ratio_" in metric
+                    and (g.get("_below", {}).get(metric) or g[f"{metric}_min"] == 0)]
             if zero:
                 ax.plot(zero, [0.03] * len(zero), "v", color=color, ms=8, transform=ax.get_xaxis_transform(),
-                        label="ratio 0 (float underflow)")
+                        label=f"ratio {BELOW_SHORT} (float32 underflow) or 0")
             # Runs that diverged have no end-of-run values: mark where they are instead of a silent gap.
             bad = [xs[g[xp.name]] for g in members if g["n_diverged"] or g["n_failed"]]
             if bad and metric in END_OF_RUN:
