@@ -208,14 +208,18 @@ def for_model(model: dict, data: dict | None = None) -> dict:
                 "note": "the run does not record its input's second moment: only the fixed point is predicted"}
     sw2_in = sigma_w2(init, act, model.get("init_std"), kernel * int(n_in), kernel * width)  # the first layer sees the data
     out.update(trajectory(act, sw2, sw2_in * float(m_x), depth, bias))
+    if out["factor_trajectory"]:  # d_0 / d_{depth-1} along the net's own trajectory, not the fixed point's
+        out["predicted_first_last_hidden"] = math.prod(out["factor_trajectory"])
+        out["predicted_first_last_hidden_from"] = "trajectory"
     out["note"] = _which_to_trust(out, depth)
     return out
 
 
 def _numbers(chi: float, depth: int) -> dict:
     out = {"chi_1": chi, "factor": math.sqrt(chi), "depth_scale": depth_scale(chi), "regime": regime(chi)}
-    if depth >= 2:
+    if depth >= 2:  # for_model replaces it by the at-depth trajectory's product where it has the data
         out["predicted_first_last_hidden"] = math.sqrt(chi) ** (depth - 1)
+        out["predicted_first_last_hidden_from"] = "fixed point"
     return out
 
 
