@@ -53,6 +53,9 @@ CASES = [
      "task.name 'blobs' does not fit model.kind 'transformer'; it takes model.kind: mlp"),
     ("norm on a transformer", small(model={"kind": "transformer", "activation": None, "norm": "batch"},
                                     task={"name": "adding"}), [], "model.norm and model.residual do not apply to a transformer"),
+    ("identity init on a transformer", small(model={"kind": "transformer", "activation": None, "init": "identity"},
+                                             task={"name": "adding"}), [],
+     "model.init identity needs a square matrix; a transformer's MLP weights (width -> 4*width)"),
     ("negative warmup", small(train={"warmup_steps": -1}), [], "train.warmup_steps: must be >= 0"),
     # switching the task drops the old task's own keys (seq_len): what is left is the kind mismatch
     ("image task on an rnn via --set", small(model={"kind": "rnn", "activation": "tanh"}, task={"name": "adding", "seq_len": 9}),

@@ -358,3 +358,24 @@ def test_runs_list_keeps_numbers_whole_at_80_columns(cli, root, monkeypatch):
         s = json.loads((d / "summary.json").read_text())
         row = next(ln for ln in r.output.splitlines() if ln.startswith(d.name[:20]))
         assert row.split("│")[-1].strip() == fmt(s["final_loss"]) and f"{s['steps_completed']}/" in row
+
+
+def tiny_transformer(name):
+    return validate(small(name=name, model={"kind": "transformer", "activation": None, "depth": 4, "width": 16,
+                                            "heads": 2},
+                          task={"name": "adding", "seq_len": 6, "train_size": 64, "eval_size": 32},
+                          train={"steps": 2}, log={"every": 1, "eval_every": 2}))
+
+
+def test_ratio_rows_name_the_ends_the_verdict_compares(cli, root, tmp_path):
+    """A transformer's ratios are block0/last block (verdict.ends_label), not layer 0/output."""
+    run_experiment(tiny_transformer("tfm-a"), tmp_path)
+    run_experiment(tiny_transformer("tfm-b"), tmp_path)
+    shutil.copytree(run_dir(root, "shallow"), tmp_path / run_dir(root, "shallow").name)
+    alike = cli("compare", "tfm-a", "tfm-b", "--runs-dir", tmp_path, "--format", "markdown").stdout
+    assert "| delta_norm block0/block3, first |" in alike and "0/out" not in alike
+    mixed = cli("compare", "tfm-a", "shallow", "--runs-dir", tmp_path, "--format", "markdown").stdout
+    row = next(ln for ln in mixed.splitlines() if ln.startswith("| delta_norm ends, first |"))
+    assert "(block0/block3)" in row and "(layer 0/output)" in row
+    mlps = cli("compare", "shallow", "deep", "--runs-dir", root, "--format", "markdown").stdout
+    assert "| delta_norm 0/out, first |" in mlps and "ends" not in mlps

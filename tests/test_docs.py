@@ -20,3 +20,13 @@ def test_readme_quickstart_commands_are_the_ci_commands():
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_activation_description_names_each_kind_and_its_default():
+    import re
+
+    from vgrad_cli.config import DEFAULT_ACTIVATION, ModelConfig
+
+    desc = ModelConfig.model_fields["activation"].description
+    for kind, default in DEFAULT_ACTIVATION.items():
+        assert re.search(rf"\b{kind}\b[^;]*\(default {default}\)", desc), (kind, desc)

@@ -154,3 +154,22 @@ def test_a_monitor_run_has_no_config_to_reinitialise(cli, tmp_path):
     assert res.exit_code == 2 and "a model of your own" in res.stderr and "--init-seeds" in res.stderr
     d = json.loads(cli("diagnose", mon.path, "--format", "json").stdout)
     assert d["jacobian"]["applicable"] is False and "init_spread" not in d
+
+
+def test_a_transformer_spread_measures_what_the_verdict_and_the_theory_line_measure(tmp_path):
+    """The verdict compares block0 with the last block (verdict.ends) and the theory line's
+    'measured' runs over the blocks: the spread's seed s must read the same two numbers as the
+    run with seed s, not embedding/output."""
+    from vgrad_cli.analysis.diagnose import diagnose
+    from vgrad_cli.analysis.spread import line
+
+    cfg = validate(small(model={"kind": "transformer", "activation": None, "depth": 4, "width": 16, "heads": 2},
+                         task={"name": "adding", "seq_len": 6, "train_size": 64, "eval_size": 32},
+                         train={"steps": 1}, log={"every": 1, "eval_every": 1}))
+    spread, _ = init_spread(cfg, 2)
+    run_dir, summary = run_experiment(cfg, tmp_path)
+    own = spread["per_seed"][0]
+    assert own["delta_ratio"] == summary["delta_norm_ratio_first_step"]
+    d = diagnose(run_dir, ablation=False, jacobian=False, write=False)
+    assert own["factor"] == pytest.approx(d["theory"]["measured_factor"], rel=1e-12)
+    assert spread["ends"] == "block0/block3" and "delta ratio block0/block3" in line(spread)

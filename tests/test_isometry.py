@@ -111,13 +111,19 @@ def test_relu_layer_maps_are_singular():
     ({"kind": "rnn", "depth": 2, "activation": "tanh", "init": "default"}, "model.kind rnn"),
     ({"norm": "batch"}, "batch norm couples"),
     ({"depth": 1}, "model.depth 1"),
+    ({"kind": "cnn", "activation": "relu", "init": "kaiming_normal"}, "a conv block maps a whole width x H x W feature map"),
+    ({"kind": "transformer", "activation": None, "init": "default"}, "attention mixes a sequence's positions"),
 ])
 def test_where_it_does_not_apply_it_says_why(model, reason):
     over = {"model": model}
-    if model.get("kind") == "rnn":
+    if model.get("kind") in ("rnn", "transformer"):
         over["task"] = {"name": "adding", "seq_len": 5, "train_size": 64, "eval_size": 32}
+    if model.get("kind") == "cnn":
+        over["task"] = {"name": "shapes", "train_size": 64, "eval_size": 32}
     j = jacobian_at_init(validate(small(**over)))
     assert j["applicable"] is False and reason in j["reason"]
+    # each kind's own reason: time.csv is the recurrent nets' alternative only
+    assert ("time.csv" in j["reason"]) == (model.get("kind") == "rnn")
     assert "not applicable" in jacobian_line(j)
 
 
@@ -125,3 +131,34 @@ def test_residual_and_layer_norm_nets_are_measured():
     cfg = validate(small(model={"depth": 5, "width": 16, "activation": "tanh", "residual": True, "norm": "layer"}))
     j = jacobian_at_init(cfg)
     assert j["applicable"] and j["layers"] == 4 and j["s_max"] >= j["s_min"] > 0
+
+
+def test_s_min_below_float64_range_is_reported_as_a_log_not_a_crash():
+    """60 layers each shrinking one direction by 1e-10: s_min = 1e-600, J^-1 would reach 1e600 and
+    overflow (svdvals on inf raised LinAlgError before the inverse product was rescaled)."""
+    g = torch.Generator().manual_seed(TEST_SEED)
+    q = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))[0]
+    w = q @ torch.diag(torch.tensor([1.0] * 7 + [1e-10], dtype=torch.float64)) @ q.T
+    sp = spectrum(linear_steps([w] * 60), torch.randn(2, 8, generator=g, dtype=torch.float64))
+    assert sp["s_min"] == 0.0 and sp["s_min_underflow"] and sp["singular_examples"] == 0
+    assert sp["log10_s_min"] == pytest.approx(-600.0, abs=1e-3)  # W's rounding: ~1e-6 relative per layer
+    assert sp["s_max"] == pytest.approx(1.0, rel=1e-9)
+    assert sp["log10_condition_median"] == pytest.approx(600.0, abs=1e-3)
+    line = jacobian_line({**sp, "applicable": True, "isometric": False})
+    assert "1e-600 (below float64's range" in line and "do not pass at all" not in line
+
+
+def test_a_failing_jacobian_is_reported_in_diagnosis_json_not_raised(tmp_path, monkeypatch):
+    from vgrad_cli.analysis import isometry
+    from vgrad_cli.analysis.diagnose import diagnose
+    from vgrad_cli.training.runner import run_experiment
+
+    run_dir, _ = run_experiment(validate(small(train={"steps": 2}, log={"every": 1, "eval_every": 2})), tmp_path)
+
+    def boom(cfg):
+        raise RuntimeError("svd failed\nsecond line")
+
+    monkeypatch.setattr(isometry, "jacobian_at_init", boom)
+    d = diagnose(run_dir, ablation=False, jacobian=True)
+    assert d["jacobian"] == {"applicable": False, "computed": False,
+                             "reason": "not computed: RuntimeError: svd failed"}

@@ -352,3 +352,13 @@ def test_depth_is_plotted_on_a_linear_axis():
     fig = figure(plan, aggregate(plan, rows))
     assert fig.axes[0].get_xscale() == "log"
     plt.close(fig)
+
+
+def test_a_transformer_sweep_names_the_blocks_its_ratio_compares(cli, write_config, tmp_path):
+    base = write_config(small(model={"kind": "transformer", "activation": None, "depth": 2, "width": 16, "heads": 2},
+                              task={"name": "adding", "seq_len": 6, "train_size": 64, "eval_size": 32},
+                              train={"steps": 2}))
+    res = cli("sweep", "depth", "--values", "2,3", "--config", base, "--workers", "1", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "sweep: block0/block1, block0/block2 delta_norm ratio" in " ".join(res.stdout.split())
+    assert "layer-0/output" not in res.stdout

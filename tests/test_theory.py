@@ -275,3 +275,21 @@ def test_a_batch_norm_cnn_gets_the_prediction_with_its_caveat():
                     {"batch_size": 128})
     assert cnn["applicable"] and cnn["factor"] == mlp["factor"]
     assert "pixels are correlated" in cnn["note"] and not mlp.get("note")
+
+
+def test_predicted_first_last_hidden_follows_the_at_depth_trajectory():
+    """tanh + xavier_normal, depth 30, on blobs: the fixed point says ~1.000 per layer, the net's own
+    trajectory ~0.94, so d_0/d_29 is ~0.15, not ~0.96 (issue: the key used the fixed point)."""
+    from conftest import small
+    from vgrad_cli.config import validate
+
+    cfg = validate(small(model={"depth": 30, "width": 64, "activation": "tanh", "init": "xavier_normal"}))
+    task = cfg.task.make(cfg.seed)
+    data = {"input_dim": task.input_dim, "input_second_moment": float((task.x_train.double() ** 2).mean())}
+    th = theory.for_model(cfg.model.model_dump(), data)
+    assert th["predicted_first_last_hidden_from"] == "trajectory"
+    assert th["predicted_first_last_hidden"] == pytest.approx(th["factor_at_depth"] ** 29, rel=1e-9)
+    assert th["predicted_first_last_hidden"] < 0.5 * th["factor"] ** 29
+    bare = theory.for_model(cfg.model.model_dump())  # no data: the fixed point, and it says so
+    assert bare["predicted_first_last_hidden"] == pytest.approx(bare["factor"] ** 29)
+    assert bare["predicted_first_last_hidden_from"] == "fixed point"

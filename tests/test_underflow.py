@@ -1,6 +1,8 @@
 """Underflow honesty: a gradient below float32's range is said to be so (never 0 or a dead layer),
 and step 0 measured again in float64 gives the true ratio and per-layer factor."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -76,3 +78,34 @@ def test_float64_init_on_request_repeats_step0_exactly(tmp_path):
 def test_no_float64_pass_without_underflow_or_request(tmp_path):
     run_dir, summary = run_experiment(validate(small(train={"steps": 1})), tmp_path)
     assert not (run_dir / "layers_float64.csv").exists() and "float64_init" not in summary
+
+
+def test_sweep_and_compare_say_below_float32_range_not_0(tmp_path, cli, write_config, monkeypatch):
+    """The last step of the deep net has no float64 measurement: its ratios are 'below float32 range',
+    not the 0 float32 gives (summary.json: null, listed in below_float32; sweep.csv and the tables:
+    '< 1e-38'); compare's per-layer factor comes from the float64 step 0, as diagnose's does."""
+    import csv
+
+    monkeypatch.setenv("COLUMNS", "200")
+    base = write_config(small(name="sig30", model=DEEP, train={"steps": 2}, log={"every": 1}))
+    res = cli("sweep", "depth", "--values", "10,30", "--config", base, "--workers", "1", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    (sweep,) = [d for d in tmp_path.iterdir() if d.is_dir()]
+    rows = {r["depth"]: r for r in csv.DictReader(open(sweep / "sweep.csv"))}
+    deep, shallow = rows["30"], rows["10"]
+    assert deep["delta_norm_ratio_last_step"] == "< 1e-38" and deep["grad_norm_ratio_last_step"] == "< 1e-38"
+    assert 0 < float(deep["delta_norm_ratio_first_step"]) < 1e-45  # float64 at step 0
+    assert 0 < float(shallow["delta_norm_ratio_last_step"]) < 1e-10  # measured: a number
+    summary = json.loads((sweep / deep["run_dir"] / "summary.json").read_text())
+    assert summary["delta_norm_ratio_last_step"] is None
+    assert "delta_norm_ratio_last_step" in summary["below_float32"]
+    table = next(ln for ln in res.stdout.splitlines() if ln.strip().startswith("30 "))
+    assert "< 1e-38" in table and " 0 " not in table
+    out = cli("compare", sweep / shallow["run_dir"], sweep / deep["run_dir"]).stdout
+    last = next(ln for ln in out.splitlines() if ln.startswith("delta_norm 0/out, last"))
+    assert last.split("│")[2].strip() == "< 1e-38"
+    def cell(label):
+        return float(next(ln for ln in out.splitlines() if ln.startswith(label)).split("│")[2])
+
+    # measured from the float64 step 0 (blank before): within 10 % of sqrt(chi_1), as diagnose's
+    assert cell("delta per layer, step 0") == pytest.approx(cell("delta per layer, theory "), rel=0.1)

@@ -83,7 +83,7 @@ class ModelConfig(Section):
     width: int = Field(64, ge=1, description="units per hidden layer (channels for cnn, the hidden size for rnn/lstm/gru, d_model for transformer)")
     activation: Optional[Annotated[str, one_of(tuple(ACTIVATIONS), "activation")]] = Field(
         None, description=f"mlp, cnn (default relu): one of {', '.join(ACTIVATIONS)}; rnn (default tanh): tanh or relu; "
-        "not for lstm/gru"
+        "transformer (default gelu): the blocks' MLP activation, any of the above; not for lstm/gru"
     )
     init: Annotated[str, one_of(tuple(INITS), "init")] = Field(
         "default", description=f"weight init: {', '.join(INITS)}"
@@ -164,8 +164,10 @@ def _check_kind(m: "ModelConfig"):
         raise ValueError("model.chrono_init and model.forget_bias both set the forget-gate bias; choose one")
     if kind not in RECURRENT_KINDS and (m.recurrent_init != "default" or m.recurrent_std is not None):
         raise ValueError(f"model.recurrent_init and model.recurrent_std apply to rnn, lstm and gru only (got kind {kind})")
-    if kind == "cnn" and m.init == "identity":
-        raise ValueError("model.init identity needs a square matrix; a cnn's 3x3 conv weights are not: choose another init")
+    if kind in ("cnn", "transformer") and m.init == "identity":
+        # a rectangular "identity" leaves rows of zeros: units that never respond (read as dead ReLUs)
+        weights = "3x3 conv weights" if kind == "cnn" else "MLP weights (width -> 4*width) and input projection"
+        raise ValueError(f"model.init identity needs a square matrix; a {kind}'s {weights} are not: choose another init")
     if m.residual_scale != 1.0 and (kind not in KIND_ONLY["residual_scale"] or not m.residual):
         raise ValueError(f"model.residual_scale scales a residual branch: it needs model.residual: true and model.kind "
                          f"{' or '.join(KIND_ONLY['residual_scale'])} (got residual {str(m.residual).lower()}, kind {kind})")

@@ -145,8 +145,12 @@ def _at_init(run, cfg, init_spread, jacobian: bool) -> tuple[dict, str | None]:
     if jacobian:
         from .isometry import jacobian_at_init
 
-        out["jacobian"] = jacobian_at_init(cfg) if cfg is not None else {
-            "applicable": False, "reason": "a model of your own (a Monitor run): vgrad cannot rebuild it at init"}
+        try:
+            out["jacobian"] = jacobian_at_init(cfg) if cfg is not None else {
+                "applicable": False, "reason": "a model of your own (a Monitor run): vgrad cannot rebuild it at init"}
+        except Exception as e:  # noqa: BLE001 - an optional analysis must not fail a finished run: say why
+            out["jacobian"] = {"applicable": False, "computed": False,
+                               "reason": f"not computed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     model = (run.config or {}).get("model") or {}
     return out, note(spread, model.get("width"), model.get("depth"))
 
@@ -178,15 +182,14 @@ def decide(by_key: dict) -> tuple[str, str, bool]:
 def theory_section(run, th: dict | None) -> dict:
     """Mean-field prediction next to the measured per-layer (or per-time-step) factor at step 0."""
     from . import residual
-    from .verdict import BELOW_FLOAT32, underflowed
+    from .verdict import BELOW_FLOAT32, factor_span, underflowed
     from .theory import measured_factor
     from .recurrent import recurrent_theory
 
     out = dict(th or {"applicable": False, "reason": "no readable config.yaml/layers.csv"})
-    first = run.layer_rows(run.steps[0])
-    if (run.config.get("model") or {}).get("kind") == "transformer":
-        first = first[1:]  # its blocks: the embedding's δ also carries the first LayerNorm's 1/std
-    hidden = len(first) - 1
+    # from ends()'s first row: a transformer's block0 (its embedding's δ also carries the first
+    # LayerNorm's 1/std), the init spread measures the same span (verdict.factor_span)
+    first, hidden = factor_span(run.layer_rows(run.steps[0]), (run.config.get("model") or {}).get("kind"))
     if hidden >= 2 and underflowed(first, 0):  # float32 lost layer 0's delta: the float64 step 0 has it
         m = measured_factor(run.float64, hidden) if run.float64 and run.steps[0] == 0 else None
         out.update(measured_factor=m, measured_step=run.steps[0], measured_precision="float64" if m else None,

@@ -10,8 +10,8 @@ seed: the weights model.pt["init"] holds), on the first few training inputs.
 J = d h_{depth-1} / d h_0: from the first hidden block's output to the last hidden block's output,
 L = depth - 1 square (width x width) layer maps, as in Pennington et al.; the input layer
 (input_dim -> width) and the head are not square and are left out. MLPs only: a recurrent net's
-Jacobian through time is another object (its through-time ratio is in time.csv), a CNN's block maps
-act on whole width x H x W feature maps (not built here), and batch norm
+Jacobian through time is another object (its through-time ratio is in time.csv), a conv block's or
+a transformer block's map is (positions x width) square, not implemented here, and batch norm
 in training mode couples the examples of a batch, so a per-example Jacobian is not the map
 training differentiates.
 """
@@ -26,12 +26,17 @@ ISOMETRY_BAND = 10.0  # "near isometry": every singular value within a factor 10
 def not_applicable(cfg) -> str | None:
     """Why the spectrum is not computed for this (validated) config, or None."""
     m = cfg.model
+    if m.kind in ("rnn", "lstm", "gru"):
+        return (f"model.kind {m.kind}: the input-output Jacobian here is an MLP's; a recurrent net's gradient "
+                "through time is in time.csv")
     if m.kind == "cnn":
         return ("model.kind cnn: the Jacobian here is a product of an MLP's width x width layer maps; a conv block "
                 "maps a whole width x H x W feature map (a width·H·W-square matrix per example), not built here")
+    if m.kind == "transformer":
+        return ("model.kind transformer: not implemented; attention mixes a sequence's positions, so a block's map "
+                "per example is (seq_len x width) square, not width x width")
     if m.kind != "mlp":
-        return (f"model.kind {m.kind}: the input-output Jacobian here is an MLP's; a recurrent net's gradient "
-                "through time is in time.csv")
+        return f"model.kind {m.kind}: the Jacobian here is an MLP's"
     if m.norm == "batch":
         return "model.norm batch: batch norm couples the examples of a batch, so there is no per-example Jacobian"
     if m.depth < 2:
@@ -86,10 +91,13 @@ def jacobian_line(j: dict | None) -> str | None:
     if j.get("isometric"):
         verdict = (f"near isometry: every input direction passes with a gain within a factor "
                    f"{ISOMETRY_BAND:g} of 1 (s_max/s_min {cond_text})")
-    elif j["s_min"] == 0:
+    elif j.get("singular_examples", j["s_min"] == 0):
         verdict = ("not isometric: J is singular (a layer map has rank < width, e.g. ReLU units at 0), "
                    "some input directions do not pass at all")
     else:
         verdict = f"not isometric: the gains of input directions differ by a factor {cond_text} (s_max/s_min)"
+    s_min = f"{j['s_min']:.2g}"
+    if j.get("s_min_underflow") and not j.get("singular_examples"):  # below float64's range: its log is exact
+        s_min = f"1e{j['log10_s_min']:.0f} (below float64's range; computed as a log)"
     return (f"jacobian spectrum at init (L = {j['layers']} layer maps, {j['examples']} inputs, float64): "
-            f"mean s^2 {j['mean_s2']:.3g}, s_max {j['s_max']:.3g}, s_min {j['s_min']:.2g} — {verdict}")
+            f"mean s^2 {j['mean_s2']:.3g}, s_max {j['s_max']:.3g}, s_min {s_min} — {verdict}")

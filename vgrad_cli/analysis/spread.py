@@ -47,17 +47,18 @@ def _stats(values: list[float]) -> dict | None:
             "median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
 
 
-def summarize(per_seed: list[dict], depth: int) -> dict:
+def summarize(per_seed: list[dict], depth: int, ends: str = "layer 0/output") -> dict:
     """per_seed: [{"seed", "delta_ratio", "factor", "hidden_ratio"}] (factor: the per-layer factor
-    theory.measured_factor gives, over the hidden layers; hidden_ratio: d_0 / d_{depth-1}, its
-    (depth-1)-th power). Returns the `init_spread` section of summary.json and diagnosis.json."""
+    theory.measured_factor gives over verdict.factor_span's `depth` hidden rows; hidden_ratio:
+    d_0 / d_{depth-1} over them, its (depth-1)-th power); ends: verdict.ends_label, what the delta
+    ratio compares. Returns the `init_spread` section of summary.json and diagnosis.json."""
     for s in per_seed:
         s["reading"] = reading(*_judged(s))
     counts: dict[str, int] = {}
     for s in per_seed:
         counts[s["reading"]] = counts.get(s["reading"], 0) + 1
     out = {
-        "k": len(per_seed), "seeds": [s["seed"] for s in per_seed],
+        "k": len(per_seed), "seeds": [s["seed"] for s in per_seed], "ends": ends,
         "factor": _stats([s.get("factor") for s in per_seed]),
         "delta_ratio": _stats([s.get("delta_ratio") for s in per_seed]),
         "time_ratio": _stats([s.get("time_ratio") for s in per_seed]),
@@ -114,7 +115,8 @@ def line(spread: dict | None) -> str | None:
         parts.append(f"per-layer factor {f['mean']:.3f} ± {f['sd']:.3f} [{f['min']:.3f}–{f['max']:.3f}]")
     if spread.get("factor_rms") is not None:
         parts.append(f"root-mean-square {spread['factor_rms']:.3f}")
-    for key, what in (("delta_ratio", "delta ratio layer 0/output"), ("time_ratio", "through-time ratio")):
+    ends = spread.get("ends", "layer 0/output")  # stored before the key existed: an MLP's
+    for key, what in (("delta_ratio", f"delta ratio {ends}"), ("time_ratio", "through-time ratio")):
         r = spread.get(key)
         if r:
             parts.append(f"{what} median {r['median']:.2g} [{r['min']:.2g}–{r['max']:.2g}]")

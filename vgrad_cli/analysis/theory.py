@@ -209,6 +209,9 @@ def for_model(model: dict, data: dict | None = None) -> dict:
                 "note": "the run does not record its input's second moment: only the fixed point is predicted"}
     sw2_in = sigma_w2(init, act, model.get("init_std"), kernel * int(n_in), kernel * width)  # the first layer sees the data
     out.update(trajectory(act, sw2, sw2_in * float(m_x), depth, bias))
+    if out["factor_trajectory"]:  # d_0 / d_{depth-1} along the net's own trajectory, not the fixed point's
+        out["predicted_first_last_hidden"] = math.prod(out["factor_trajectory"])
+        out["predicted_first_last_hidden_from"] = "trajectory"
     out["note"] = _which_to_trust(out, depth)
     return out
 
@@ -229,8 +232,9 @@ def _join(*notes) -> str | None:
 
 def _numbers(chi: float, depth: int) -> dict:
     out = {"chi_1": chi, "factor": math.sqrt(chi), "depth_scale": depth_scale(chi), "regime": regime(chi)}
-    if depth >= 2:
+    if depth >= 2:  # for_model replaces it by the at-depth trajectory's product where it has the data
         out["predicted_first_last_hidden"] = math.sqrt(chi) ** (depth - 1)
+        out["predicted_first_last_hidden_from"] = "fixed point"
     return out
 
 
@@ -284,12 +288,26 @@ def theory_for_run(run_dir) -> dict | None:
         return out
     steps = [r["step"] for r in rows if isinstance(r.get("step"), int)]
     first = [r for r in rows if r.get("step") == min(steps)] if steps else []
+    first = _float64_if_underflowed(run, sorted(first, key=lambda r: r["layer"]))
     m = measured_factor(first, int(model.get("depth", 1)))
     at = out.get("factor_at_depth")
     out.update(measured_step=min(steps) if steps else None, measured_factor=m,
                measured_over_predicted=(m / out["factor"]) if m is not None and out["factor"] > 0 else None,
                measured_over_at_depth=(m / at) if m is not None and at else None)
     return out
+
+
+def _float64_if_underflowed(run: Path, first: list[dict]) -> list[dict]:
+    """Step 0's rows, from layers_float64.csv where float32 lost layer 0's delta (as diagnose does)."""
+    from ..rundir.files import read_table
+    from .verdict import underflowed
+
+    if not first or first[0].get("step") != 0 or not underflowed(first, 0):
+        return first
+    try:
+        return sorted(read_table(run, "layers_float64.csv"), key=lambda r: r["layer"])
+    except Exception:  # noqa: BLE001 - not measured again (or unreadable): no factor, as before
+        return first
 
 
 def run_data(cfg: dict, summary: dict) -> dict:

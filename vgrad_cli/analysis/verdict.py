@@ -24,6 +24,8 @@ GROWTH = 1e3
 # error at 6e-44) and below ~1.4e-45 exactly 0: a norm under this is "below float32 range", not 0.
 FLOAT32_TINY = 1.1754943508222875e-38
 BELOW_FLOAT32 = "below float32 range (< 1e-38)"
+# how ends_label names an MLP's (and a recurrent net's) ends; the captions keep it where every run has it
+MLP_ENDS = "layer 0/output"
 # A step-0 grad_norm or delta_norm below this is measured again in float64 (training/loop.py,
 # float64_step0): its elements are then within a few layers of float32's range, or past it.
 FLOAT64_INIT_BELOW = 1e-30
@@ -63,6 +65,19 @@ def ends_label(rows: list[dict], kind: str | None = None) -> str:
     return "layer 0/output"
 
 
+def factor_span(rows: list[dict], kind: str | None = None) -> tuple[list[dict], int]:
+    """The rows the per-layer factor runs over (sorted by layer): from ends()'s first row on, and
+    how many of them are hidden (all but the last, the output). An MLP: layer 0 .. output, depth
+    hidden; a transformer: block0 .. output, its blocks. theory's `measured` and the init spread
+    both use it, so their factors are one definition."""
+    rows = sorted(rows, key=lambda r: r["layer"])
+    if not rows:
+        return [], 0
+    first, _ = ends(rows, kind)
+    span = rows[next(i for i, r in enumerate(rows) if r is first):]
+    return span, len(span) - 1
+
+
 def first_last_ratio(rows: list[dict], column: str, kind: str | None = None) -> float | None:
     """Layer 0 over the last layer (a transformer or CNN: first over last block) for one logged step's
     rows (sorted by layer)."""
@@ -80,19 +95,32 @@ def _ratio(first, last) -> float | None:
     return first / last
 
 
+BELOW_KEY = "below_float32"  # summary.json: the ratios whose first end underflowed float32 (value null)
+BELOW_SHORT = "< 1e-38"       # how tables (sweep.csv, compare, the sweep table) show such a ratio
+
+
 def ratios(first_rows: list[dict], last_rows: list[dict], first_float64: list[dict] | None = None,
            kind: str | None = None) -> dict:
-    """The four ratios (ends() says which rows); where step 0 underflowed float32 and was measured in
-    float64 (first_float64), the first step's are the float64 ones."""
-    out = {
-        f"{col}_ratio_{when}_step": first_last_ratio(rows, col, kind)
-        for col in ("grad_norm", "delta_norm")
-        for when, rows in (("first", first_rows), ("last", last_rows))
-    }
+    """The four ratios (ends() says which rows). Where the first end's value underflowed float32,
+    the ratio is not the 0 float32 gives: the first step's is the float64 one (first_float64, when
+    step 0 was measured again), else None, and its key is listed under BELOW_KEY."""
+    out, below = {}, []
     for col in ("grad_norm", "delta_norm"):
-        if first_float64 and first_rows and underflowed(first_rows, 0, col):
-            out[f"{col}_ratio_first_step"] = first_last_ratio(first_float64, col, kind)
+        for when, rows in (("first", first_rows), ("last", last_rows)):
+            key = f"{col}_ratio_{when}_step"
+            out[key] = first_last_ratio(rows, col, kind)
+            if rows and underflowed(rows, _first_end(rows, kind), col):
+                out[key] = first_last_ratio(first_float64, col, kind) if when == "first" and first_float64 else None
+                if out[key] is None:
+                    below.append(key)
+    if below:
+        out[BELOW_KEY] = below
     return out
+
+
+def _first_end(rows: list[dict], kind: str | None) -> int:
+    first, _ = ends(rows, kind)
+    return next(i for i, r in enumerate(rows) if r is first)
 
 
 def time_profile(time_rows: list[dict]) -> tuple[int, list[float]]:
@@ -164,11 +192,13 @@ def run_stats(run) -> dict:
     if steps:
         s.setdefault("first_logged_step", steps[0])
         s.setdefault("last_logged_step", steps[-1])
-        first, last = run.layer_rows(steps[0]), run.layer_rows(steps[-1])
-        for col in ("grad_norm", "delta_norm"):
-            for when, rows in (("first", first), ("last", last)):
-                if s.get(f"{col}_ratio_{when}_step") is None:
-                    s[f"{col}_ratio_{when}_step"] = first_last_ratio(rows, col, kind)
+        measured = ratios(run.layer_rows(steps[0]), run.layer_rows(steps[-1]), run.float64, kind)
+        below = set(s.get(BELOW_KEY) or []) | set(measured.pop(BELOW_KEY, []))
+        for key, value in measured.items():
+            if s.get(key) is None and key not in s.get(BELOW_KEY, []):  # an older summary's 0 stays
+                s[key] = value
+        if below:
+            s[BELOW_KEY] = sorted(below)
     if run.time and steps:
         for when, step in (("first", steps[0]), ("last", steps[-1])):
             if s.get(f"time_ratio_{when}_step") is None:

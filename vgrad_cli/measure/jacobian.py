@@ -12,6 +12,10 @@ float64, by autograd) and multiply them:
   1 / s_max(J^-1), with J^-1 = A_1^-1 ... A_L^-1 multiplied layer by layer: the largest singular
   value of that product is again accurate to ~1e-13 relative. A layer whose A_l is exactly
   singular (a ReLU unit at 0 zeroes a row) makes J singular: s_min = 0 exactly.
+- J^-1 can outgrow float64 (s_min < ~1e-308: a GELU + Kaiming net at depth 30, width 512), so the
+  inverse product is rescaled after every layer and its scale kept as a log: log10_s_min is exact
+  even where s_min itself underflows to 0 (`s_min_underflow` says so; `singular_examples` counts
+  the exactly singular ones).
 
 Square layer maps only (width -> width): the caller leaves out the input and output layers.
 Imports torch only.
@@ -57,6 +61,7 @@ def spectrum(steps, h0) -> dict:
     n, width = h0.shape
     eye = torch.eye(width, dtype=torch.float64).expand(n, width, width)
     j, j_inv, singular = eye.clone(), eye.clone(), torch.zeros(n, dtype=torch.bool)
+    log10_inv_scale = torch.zeros(n, dtype=torch.float64)  # J^-1 = j_inv * 10^log10_inv_scale
     layers = 0
     for a in layer_jacobians(steps, h0):
         layers += 1
@@ -64,18 +69,27 @@ def spectrum(steps, h0) -> dict:
         inv, info = torch.linalg.inv_ex(a)  # info > 0: an exactly singular layer map
         singular |= info > 0
         j_inv = j_inv @ torch.where((info > 0)[:, None, None], eye, inv)
+        # keep the product near 1 so it never overflows: each layer's inverse can be ~1e10
+        scale = j_inv.abs().amax(dim=(1, 2)).clamp_min(1e-300)
+        j_inv = j_inv / scale[:, None, None]
+        log10_inv_scale += scale.log10()
     s = torch.linalg.svdvals(j)                      # (n, width), descending
-    big_inv = torch.linalg.svdvals(j_inv)[:, 0]
-    s_min = torch.where(singular, torch.zeros(n, dtype=torch.float64), 1.0 / big_inv)
+    log10_s_min = -(torch.linalg.svdvals(j_inv)[:, 0].log10() + log10_inv_scale)
+    s_min = torch.where(singular, torch.zeros(n, dtype=torch.float64), 10.0 ** log10_s_min)
     s_max = s[:, 0]
     s2 = s.square()
-    cond = [float(a / b) if b > 0 else math.inf for a, b in zip(s_max.tolist(), s_min.tolist())]
+    log10_cond = [math.inf if sing else math.log10(a) - b
+                  for a, b, sing in zip(s_max.tolist(), log10_s_min.tolist(), singular.tolist())]
+    nonsingular = [b for b, sing in zip(log10_s_min.tolist(), singular.tolist()) if not sing]
     return {
         "layers": layers, "width": width, "examples": n,
         "mean_s2": float(s2.mean()), "std_s2": float(s2.std(correction=0)),
         "s_max": float(s_max.max()), "s_min": float(s_min.min()),
+        # log10 of the smallest non-singular example's s_min, exact where s_min underflows float64
+        "log10_s_min": min(nonsingular) if nonsingular else None,
+        "s_min_underflow": bool(((s_min == 0) & ~singular).any()),
         # how far the spectrum spreads: the condition number s_max / s_min, per example (median)
-        "log10_condition_median": _median([math.log10(c) if math.isfinite(c) else math.inf for c in cond]),
+        "log10_condition_median": _median(log10_cond),
         "singular_examples": int(singular.sum()),
         # what an SVD of J itself would have said: its smallest value, for the record (a float64
         # rounding floor where the true s_min is far below eps * s_max)

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..analysis.verdict import run_stats
+from ..analysis.verdict import BELOW_KEY, BELOW_SHORT, MLP_ENDS, run_stats
 from ..rundir.store import Run
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -68,14 +68,24 @@ RUN_FIELDS = [  # (key in the run's stats, label in the table)
 ]
 
 
+# the ratio rows: their label names the rows the verdict compares (verdict.ends_label)
+ENDS_FIELDS = ("grad_norm_ratio_first_step", "grad_norm_ratio_last_step",
+               "delta_norm_ratio_first_step", "delta_norm_ratio_last_step")
+
+
 def run_info(run: Run, lab: str) -> dict:
+    from ..analysis.verdict import ends_label
+
     s = run_stats(run)
+    kind = (run.config.get("model") or {}).get("kind")
     info = {"label": lab, "name": run.name, "dir": str(run.path), "model": run.model_text(),
             "training": run.train_text() or None,
             "task": (run.config.get("task") or {}).get("name"), "notes": "; ".join(run.notes) or None,
-            "diverged_step": s.get("diverged_step")}
+            "diverged_step": s.get("diverged_step"),
+            "ends": ends_label(run.layer_rows(run.steps[0]), kind) if run.steps else MLP_ENDS}
     for key, _ in RUN_FIELDS:
         info.setdefault(key, s.get(key))
+    info[BELOW_KEY] = s.get(BELOW_KEY) or []  # ratios whose first end underflowed float32: not 0
     from ..analysis.theory import theory_columns
 
     info.update(theory_columns(run.path))
@@ -175,11 +185,19 @@ def blocks(data: dict) -> list[Block]:
         out.append(tb)
     run_headers = [""] + [f"{r['label']}" for r in data["runs"]]
     run_rows = [["run"] + [r["name"] for r in data["runs"]]]
+    ends = {r.get("ends", MLP_ENDS) for r in data["runs"]}
     for key, text in RUN_FIELDS:
-        values = [r.get(key) for r in data["runs"]]
+        values = [r.get(key) if key not in r.get(BELOW_KEY, ()) else BELOW_SHORT for r in data["runs"]]
         if all(v is None for v in values):
             continue  # e.g. no through-time rows for MLP runs, no accuracy for regression
-        run_rows.append([text] + [_run_cell(r, key) for r in data["runs"]])
+        cells = [_run_cell(r, key) for r in data["runs"]]
+        if key in ENDS_FIELDS and ends != {MLP_ENDS}:
+            if len(ends) == 1:  # e.g. transformers alike: block0/block5
+                text = text.replace("0/out", next(iter(ends)))
+            else:  # runs of different kinds: each cell names its own ends
+                text = text.replace("0/out", "ends")
+                cells = [f"{c} ({r.get('ends', MLP_ENDS)})" if c else c for c, r in zip(cells, data["runs"])]
+        run_rows.append([text] + cells)
     out.append(Block("runs", run_headers, run_rows, left=tuple(range(len(run_headers)))))
     return out
 
@@ -189,6 +207,8 @@ def _run_cell(run: dict, key: str, short: bool = False) -> str:
     (if any) and its last batch accuracy came from earlier steps and are no result of the run."""
     if run.get("status") == "diverged" and key in ("final_accuracy", "final_eval_loss", "final_eval_accuracy"):
         return "—" if short else f"— (diverged at step {run.get('diverged_step')})"
+    if key in run.get(BELOW_KEY, ()):
+        return BELOW_SHORT
     if run.get("status") == "diverged" and key == "final_loss" and run.get(key) is not None:
         return "—" if short else f"{_fmt(run[key])} (last finite)"
     return _fmt(run.get(key))
@@ -212,14 +232,23 @@ def compact_blocks(data: dict) -> list[Block]:
     tb = time_block(data)
     if tb is not None:
         out.append(tb)
-    fields = [(k, t) for k, t in COMPACT_FIELDS if any(r.get(k) is not None for r in data["runs"])]
+    fields = [(k, t) for k, t in COMPACT_FIELDS if any(r.get(k) is not None or k in r.get(BELOW_KEY, ())
+                                                      for r in data["runs"])]
     rows = [[r["label"], r["name"], str(r.get("verdict") or "") + ("" if r.get("status") == "completed" else
                                                                      f"\n({r.get('status')})")]
             + [_run_cell(r, k, short=True) for k, _ in fields] for r in data["runs"]]
     out.append(Block("runs", ["", "run", "verdict"] + [t for _, t in fields], rows, left=(0, 1, 2),
-                     caption="ratio = layer-0/output delta_norm (a CNN or transformer: first/last "
-                     "block) at the first and last logged step"))
+                     caption=f"ratio = {ends_caption(data['runs'])} delta_norm at the first and last logged step"))
     return out
+
+
+def ends_caption(runs: list[dict]) -> str:
+    """What the ratio compares: 'layer 0/output', or per run where kinds differ (verdict.ends_label)."""
+    ends = [r.get("ends", MLP_ENDS) for r in runs]
+    if len(set(ends)) == 1:
+        return ends[0]
+    other = ", ".join(f"{r['label']} {e}" for r, e in zip(runs, ends) if e != MLP_ENDS)
+    return f"{MLP_ENDS} ({other})"
 
 
 def _ratio(v) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from ..analysis.verdict import BELOW_KEY, BELOW_SHORT, MLP_ENDS
 from ..report.console import VERDICT_STYLE, fmt, print_phrases, print_table
 from ..rundir.files import write_text_atomic
 from .plan import cell
@@ -94,15 +95,40 @@ def make_row(plan, point, sweep_dir: Path, run_dir: Path | None, error: str | No
     if run_dir is not None and (Path(run_dir) / "summary.json").exists():
         summary = read_summary(Path(run_dir))
         row.update({k: summary.get(k) for k in SUMMARY_KEYS})
+        for k in summary.get(BELOW_KEY) or []:  # layer 0 underflowed float32: not 0, and no number known
+            row[k] = BELOW_SHORT
         row["run_dir"] = Path(run_dir).name  # relative to the sweep directory: the sweep can move
         row["error"] = summary.get("error") or (error if summary.get("status") == "failed" else None)
         row["_baseline_loss"] = summary.get("baseline_loss")  # for the plot only, not a CSV column
+        row["_ends"] = _ends(Path(run_dir), point.config)  # what the ratios compare: for the captions only
         from ..analysis.theory import theory_columns
 
         row.update(theory_columns(Path(run_dir)))  # empty where theory does not apply (norm, residual, rnn)
     elif run_dir is not None:
         row["run_dir"] = Path(run_dir).name
     return row
+
+
+def _ends(run_dir: Path, config: dict) -> str:
+    """verdict.ends_label of the run's first logged step: 'layer 0/output', a transformer's e.g. 'block0/block5'."""
+    from ..analysis.verdict import ends_label
+    from ..rundir.files import read_table
+
+    try:
+        rows = read_table(run_dir, "layers.csv")
+    except Exception:  # noqa: BLE001 - no table, no rows to name: the ratio is blank anyway
+        return MLP_ENDS
+    first = [r for r in rows if r.get("step") == min((r.get("step") for r in rows), default=None)]
+    return ends_label(sorted(first, key=lambda r: r["layer"]), (config.get("model") or {}).get("kind"))
+
+
+def ends_text(groups: list[dict]) -> str:
+    """How the captions name the ratio: 'layer-0/output', or the ends the runs compare (a transformer
+    sweep over depth: block0/block3, block0/block7)."""
+    ends = [e for e in dict.fromkeys(e for g in groups for e in g.get("_ends", ())) if e] or [MLP_ENDS]
+    if ends == [MLP_ENDS]:
+        return "layer-0/output"
+    return ", ".join(ends) if len(ends) <= 3 else f"{ends[0]} … {ends[-1]}"  # in plan order: a depth sweep's ends
 
 
 def csv_text(columns: list[str], rows: list[dict]) -> str:
@@ -170,6 +196,8 @@ def aggregate(plan, rows: list[dict]) -> list[dict]:
                 for stat, value in _stats([math.log10(v) for v in values if v > 0]).items():
                     g[f"{m}_log10_{stat}"] = value
         g["_baseline_loss"] = next((m.get("_baseline_loss") for m in members if m.get("_baseline_loss")), None)
+        g["_ends"] = [m.get("_ends") for m in members]
+        g["_below"] = {m: sum(r.get(m) == BELOW_SHORT for r in members) for m in RATIOS}
         out.append(g)
     return out
 
@@ -197,18 +225,19 @@ def write_report(sweep_dir: Path, plan, rows: list[dict], console):
 
 
 def _ratio(g: dict, when: str) -> str:
-    log = g[f"delta_norm_ratio_{when}_step_log10_mean"]
-    if log is not None:
-        return fmt(10 ** log, 2)
-    return "0" if g[f"delta_norm_ratio_{when}_step_max"] == 0 else ""  # 0: float underflow at layer 0
+    key = f"delta_norm_ratio_{when}_step"
+    log, below = g[f"{key}_log10_mean"], g.get("_below", {}).get(key)
+    if log is not None:  # the runs that underflowed have no number to average: say how many
+        return fmt(10 ** log, 2) + (f" ({below} {BELOW_SHORT})" if below else "")
+    if below:
+        return BELOW_SHORT
+    return "0" if g[f"{key}_max"] == 0 else ""  # an exact 0: a dead layer above layer 0
 
 
 def summary_table(plan, groups: list[dict]) -> Table:
     several = len(plan.seeds) > 1
     show_status = several or any(g["n_completed"] != g["n_runs"] for g in groups)
-    kind = (plan.base.get("model") or {}).get("kind", "mlp")
-    which = "first/last block" if kind in ("cnn", "transformer") else "layer-0/output"  # verdict.ends()
-    title = f"sweep: {which} delta_norm ratio at the first and last logged step"
+    title = f"sweep: {ends_text(groups)} delta_norm ratio at the first and last logged step"
     if several:
         title += f"; {len(plan.seeds)} seeds: ratios as geometric mean, loss as mean ± std"
     title += "; last-step ratio, final loss and accuracy: completed runs only"
@@ -283,8 +312,9 @@ def figure(plan, groups: list[dict]):
     for g in groups:
         lines.setdefault(tuple(repr(g[p.name]) for p in others), []).append(g)
 
-    panels = [("delta_norm_ratio_first_step", "log10 delta_norm ratio (layer 0 / output)\nat the first logged step"),
-              ("delta_norm_ratio_last_step", "log10 delta_norm ratio (layer 0 / output)\nat the last logged step"),
+    ends = ends_text(groups).replace("layer-0/output", "layer 0 / output")
+    panels = [("delta_norm_ratio_first_step", f"log10 delta_norm ratio ({ends})\nat the first logged step"),
+              ("delta_norm_ratio_last_step", f"log10 delta_norm ratio ({ends})\nat the last logged step"),
               ("final_loss", "final training loss")]
     fig, axes = plt.subplots(1, 3, figsize=(16.5 if others else 15, 4.6), layout="constrained")
     for i, members in enumerate(lines.values()):
@@ -300,11 +330,12 @@ def figure(plan, groups: list[dict]):
                 ax.plot(x, mean, "o-", color=color, label=label, ms=4)
                 if len(plan.seeds) > 1:
                     ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
-            # A ratio of exactly 0 (layer 0's delta underflowed float32) has no log: mark it at the bottom.
-            zero = [xs[g[xp.name]] for g in members if "_ratio_" in metric and g[f"{metric}_min"] == 0]
+            # A ratio below float32's range (or an exact 0, a dead layer) has no log: mark it at the bottom.
+            zero = [xs[g[xp.name]] for g in members if "_ratio_" in metric
+                    and (g.get("_below", {}).get(metric) or g[f"{metric}_min"] == 0)]
             if zero:
                 ax.plot(zero, [0.03] * len(zero), "v", color=color, ms=8, transform=ax.get_xaxis_transform(),
-                        label="ratio 0 (float underflow)")
+                        label=f"ratio {BELOW_SHORT} (float32 underflow) or 0")
             # Runs that diverged have no end-of-run values: mark where they are instead of a silent gap.
             bad = [xs[g[xp.name]] for g in members if g["n_diverged"] or g["n_failed"]]
             if bad and metric in END_OF_RUN:

@@ -14,7 +14,7 @@ import torch
 
 from ..analysis.spread import summarize
 from ..analysis.theory import measured_factor
-from ..analysis.verdict import cell_ratio, first_last_ratio, time_ratio
+from ..analysis.verdict import cell_ratio, ends_label, factor_span, first_last_ratio, time_ratio
 from .loop import _Trainer, resolve_device
 
 SPREAD_COLUMNS = ["seed", "layer", "name", "grad_norm", "delta_norm", "act_std", "act_dead_frac"]
@@ -37,14 +37,17 @@ def init_spread(cfg, k: int) -> tuple[dict, list[dict]]:
     if device.type == "cpu" and cfg.train.cpu_threads > 0:
         torch.set_num_threads(cfg.train.cpu_threads)  # as training does (loop.train says why)
     per_seed, table = [], []
-    hidden = cfg.model.depth
+    kind, hidden, label = cfg.model.kind, cfg.model.depth, "layer 0/output"
     try:
         for seed in range(cfg.seed, cfg.seed + k):
             rows, time_rows = measure_seed(cfg, seed, device)
-            d = [r.get("delta_norm") for r in rows]
-            entry = {"seed": seed, "delta_ratio": first_last_ratio(rows, "delta_norm", cfg.model.kind),
-                     "grad_ratio": first_last_ratio(rows, "grad_norm", cfg.model.kind),
-                     "factor": measured_factor(rows, hidden) if hidden >= 2 else None,
+            # the verdict's ends (a transformer: first and last block) and the theory line's span
+            span, hidden = factor_span(rows, kind)
+            label = ends_label(rows, kind)
+            d = [r.get("delta_norm") for r in span]
+            entry = {"seed": seed, "delta_ratio": first_last_ratio(rows, "delta_norm", kind),
+                     "grad_ratio": first_last_ratio(rows, "grad_norm", kind),
+                     "factor": measured_factor(span, hidden) if hidden >= 2 else None,
                      "hidden_ratio": (d[0] / d[hidden - 1]) if hidden >= 2 and d[hidden - 1] else None}
             if time_rows:
                 entry.update(time_ratio=time_ratio(time_rows), cell_ratio=cell_ratio(time_rows),
@@ -53,4 +56,4 @@ def init_spread(cfg, k: int) -> tuple[dict, list[dict]]:
             table += [{"seed": seed, **{c: r.get(c) for c in SPREAD_COLUMNS[1:]}} for r in rows]
     finally:
         torch.set_num_threads(threads)
-    return summarize(per_seed, hidden), table
+    return summarize(per_seed, hidden, label), table
