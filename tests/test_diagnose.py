@@ -255,3 +255,24 @@ def test_cli_bad_input_is_one_line_exit_2(runs, cli, tmp_path):
         res = cli("diagnose", *args)
         assert res.exit_code == 2, (args, res.output)
         assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.output, res.stderr
+
+
+def test_a_healthy_verdict_names_the_indicators_that_are_present_anyway():
+    """'no indicator present' only when none is: a run whose gradient is fine but whose early layers
+    the ablation probe finds unnecessary is healthy, and the sentence says what was found."""
+    from vgrad_cli.analysis.diagnose import decide
+
+    def item(key, name, status):
+        return {"key": key, "name": name, "status": status, "summary": name, "evidence": {}}
+
+    keys = {"slow_training": "slow or stalled training", "poor_performance": "poor performance",
+            "gradient_decay": "gradient decay", "unresponsive_units": "unresponsive units",
+            "reliance_on_upper_layers": "reliance on upper layers (ablation)",
+            "weights_barely_moving": "early-layer weights barely moving", "dying_relu": "dying ReLU",
+            "exploding": "exploding gradients"}
+    none = {k: item(k, n, "absent") for k, n in keys.items()}
+    assert decide(none) == ("healthy", "no indicator present", False)
+    some = {**none, "reliance_on_upper_layers": item("reliance_on_upper_layers", keys["reliance_on_upper_layers"],
+                                                     "present")}
+    verdict, why, _ = decide(some)
+    assert verdict == "healthy" and "no indicator present" not in why and "reliance on upper layers" in why

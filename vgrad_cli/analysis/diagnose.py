@@ -176,6 +176,9 @@ def decide(by_key: dict) -> tuple[str, str, bool]:
     if {"slow_training", "poor_performance"} & on:
         return "underfitting", ("the loss stays high but the gradient reaches every layer: not a gradient problem"
                                 + also), False
+    if effects:  # e.g. reliance on upper layers alone: worth reading, but no gradient problem behind it
+        return "healthy", ("no gradient problem: the gradient reaches every layer and the loss falls; present "
+                           f"nonetheless: {', '.join(effects)}"), False
     return "healthy", "no indicator present", False
 
 
