@@ -195,3 +195,14 @@ def test_same_config_and_seed_give_identical_tables(tmp_path):
     assert read_table(a, "layers.csv") == read_table(b, "layers.csv")
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
     assert strip(read_table(a, "metrics.csv")) == strip(read_table(b, "metrics.csv"))
+
+
+def test_a_one_block_transformer_is_read_embedding_to_output():
+    """With one block, "first / last block" would be block0 over itself (ratio 1, always healthy):
+    the ratio falls back to the embedding over the output, as a one-block CNN's does."""
+    from vgrad_cli.analysis.verdict import ends, ends_label
+
+    rows = [{"layer": i, "name": n} for i, n in enumerate(["embedding", "block0", "output"])]
+    assert ends(rows, "transformer") == (rows[0], rows[2]) and ends_label(rows, "transformer") == "layer 0/output"
+    rows = [{"layer": i, "name": n} for i, n in enumerate(["embedding", "block0", "block1", "output"])]
+    assert ends(rows, "transformer") == (rows[1], rows[2]) and ends_label(rows, "transformer") == "block0/block1"

@@ -90,12 +90,13 @@ def jacobian_line(j: dict | None) -> str | None:
                  f"{10 ** cond:.3g}" if cond < 3 else f"1e{cond:.0f}")
     if j.get("isometric"):
         verdict = (f"near isometry: every input direction passes with a gain within a factor "
-                   f"{ISOMETRY_BAND:g} of 1 (s_max/s_min {cond_text})")
+                   f"{ISOMETRY_BAND:g} of 1 (s_max/s_min {cond_text}, the median over the inputs)")
     elif j.get("singular_examples", j["s_min"] == 0):
         verdict = ("not isometric: J is singular (a layer map has rank < width, e.g. ReLU units at 0), "
                    "some input directions do not pass at all")
     else:
-        verdict = f"not isometric: the gains of input directions differ by a factor {cond_text} (s_max/s_min)"
+        verdict = (f"not isometric: the gains of input directions differ by a factor {cond_text} (s_max/s_min "
+                   f"of one input, the median over the {j['examples']}; s_max and s_min above are over all of them)")
     s_min = f"{j['s_min']:.2g}"
     if j.get("s_min_underflow") and not j.get("singular_examples"):  # below float64's range: its log is exact
         s_min = f"1e{j['log10_s_min']:.0f} (below float64's range; computed as a log)"

@@ -49,11 +49,11 @@ def ends(rows: list[dict], kind: str | None = None) -> tuple[dict, dict]:
     For a CNN, its first and last conv blocks: the head reads the last block's global average, so
     that block's δ is the output's spread over H·W pixels (~1/sqrt(H·W) of it), a bias unrelated to
     depth; conv0's and the last block's δ are the same (batch, width, H, W) tensor."""
-    if len(rows) >= 3:
-        if kind == "transformer":
-            return rows[1], rows[-2]
-        if kind == "cnn":
-            return rows[0], rows[-2]
+    # (at least two blocks: with one, "first / last block" would be a block over itself)
+    if kind == "transformer" and len(rows) >= 4:  # embedding, block0 .. block{d-1}, output
+        return rows[1], rows[-2]
+    if kind == "cnn" and len(rows) >= 3:  # conv0 .. conv{d-1}, output
+        return rows[0], rows[-2]
     return rows[0], rows[-1]
 
 
