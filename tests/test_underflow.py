@@ -104,6 +104,15 @@ def test_sweep_and_compare_say_below_float32_range_not_0(tmp_path, cli, write_co
     out = cli("compare", sweep / shallow["run_dir"], sweep / deep["run_dir"]).stdout
     last = next(ln for ln in out.splitlines() if ln.startswith("delta_norm 0/out, last"))
     assert last.split("│")[2].strip() == "< 1e-38"
+    # per layer: B's (the deep run's) layer 0 is below float32 range, not 0 nor a subnormal; no log10 to it
+    row0 = next(ln for ln in out.splitlines() if ln.strip().startswith("0 │")).split("│")
+    assert row0[5].strip() == "< 1e-38" and float(row0[3]) > 0 and row0[7].strip() == ""
+    args = (sweep / shallow["run_dir"], sweep / deep["run_dir"], "--step", "last")
+    assert "< 1e-38" in next(ln for ln in cli("compare", *args, "--format", "markdown").stdout.splitlines()
+                             if ln.startswith("| 0 |"))
+    layer0 = {r["run"]: r for r in csv.DictReader(cli("compare", *args, "--format", "csv").stdout.splitlines())
+              if r["layer"] == "0" and r["kind"] == "layer"}
+    assert layer0["B"]["delta_norm"] == "" and float(layer0["A"]["delta_norm"]) > 0  # empty, not 0.0
     def cell(label):
         return float(next(ln for ln in out.splitlines() if ln.startswith(label)).split("│")[2])
 
