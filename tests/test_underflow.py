@@ -118,3 +118,21 @@ def test_sweep_and_compare_say_below_float32_range_not_0(tmp_path, cli, write_co
 
     # measured from the float64 step 0 (blank before): within 10 % of sqrt(chi_1), as diagnose's
     assert cell("delta per layer, step 0") == pytest.approx(cell("delta per layer, theory "), rel=0.1)
+
+
+def test_init_spread_says_below_float32_range_not_0():
+    """--init-seeds on the deep sigmoid net: every seed's layer-0 delta is lost in float32, so the
+    spread has no ratio and no per-layer factor for them (not 0), reads them vanishing, and its line
+    says so; a seed that did not underflow keeps its number beside them."""
+    from vgrad_cli.analysis.spread import line, summarize
+    from vgrad_cli.training.initspread import init_spread
+
+    spread, rows = init_spread(validate(small(model=DEEP, train={"steps": 1})), 2)
+    assert all(s["delta_ratio"] is None and s["factor"] is None and s["below_float32"] for s in spread["per_seed"])
+    assert spread["delta_ratio"] is None and spread["delta_ratio_below_float32"] == 2
+    assert spread["readings"] == {"vanishing": 2}
+    assert min(r["delta_norm"] for r in rows if r["layer"] == 0) < 1.2e-38  # the case: float32 lost it
+    text = line(spread)
+    assert "< 1e-38 (float32) for 2 of 2 seeds" in text and "median 0" not in text
+    mixed = summarize(spread["per_seed"][:1] + [{"seed": 9, "delta_ratio": 1e-20}], 30)
+    assert "for 1 of 2 seeds, the others median 1e-20 [1e-20–1e-20]" in line(mixed)
