@@ -82,8 +82,8 @@ def test_no_float64_pass_without_underflow_or_request(tmp_path):
 
 def test_sweep_and_compare_say_below_float32_range_not_0(tmp_path, cli, write_config, monkeypatch):
     """The last step of the deep net has no float64 measurement: its ratios are 'below float32 range',
-    not the 0 float32 gives (summary.json: null, listed in below_float32; sweep.csv and the tables:
-    '< 1e-38'); compare's per-layer factor comes from the float64 step 0, as diagnose's does."""
+    not the 0 float32 gives (summary.json: null, listed in below_float32; sweep.csv: an empty cell,
+    named in its below_float32 column; the tables: '< 1e-38'); compare's per-layer factor comes from the float64 step 0, as diagnose's does."""
     import csv
 
     monkeypatch.setenv("COLUMNS", "200")
@@ -93,7 +93,10 @@ def test_sweep_and_compare_say_below_float32_range_not_0(tmp_path, cli, write_co
     (sweep,) = [d for d in tmp_path.iterdir() if d.is_dir()]
     rows = {r["depth"]: r for r in csv.DictReader(open(sweep / "sweep.csv"))}
     deep, shallow = rows["30"], rows["10"]
-    assert deep["delta_norm_ratio_last_step"] == "< 1e-38" and deep["grad_norm_ratio_last_step"] == "< 1e-38"
+    # empty numeric cells (a numeric column stays numeric), the names in below_float32
+    assert deep["delta_norm_ratio_last_step"] == "" and deep["grad_norm_ratio_last_step"] == ""
+    assert set(deep["below_float32"].split()) == {"delta_norm_ratio_last_step", "grad_norm_ratio_last_step"}
+    assert shallow["below_float32"] == ""
     assert 0 < float(deep["delta_norm_ratio_first_step"]) < 1e-45  # float64 at step 0
     assert 0 < float(shallow["delta_norm_ratio_last_step"]) < 1e-10  # measured: a number
     summary = json.loads((sweep / deep["run_dir"] / "summary.json").read_text())
@@ -136,3 +139,23 @@ def test_init_spread_says_below_float32_range_not_0():
     assert "< 1e-38 (float32) for 2 of 2 seeds" in text and "median 0" not in text
     mixed = summarize(spread["per_seed"][:1] + [{"seed": 9, "delta_ratio": 1e-20}], 30)
     assert "for 1 of 2 seeds, the others median 1e-20 [1e-20–1e-20]" in line(mixed)
+
+
+def test_sweep_png_marks_a_ratio_without_log10_in_a_band_under_the_real_values():
+    """The marker for '< 1e-38' must not sit at the bottom of the real values' range (log10 ~ -17
+    beside a real -17): it goes into a tickless band added below them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vgrad_cli.sweep.report import _floor
+
+    fig, ax = plt.subplots()
+    ax.plot([10], [-17], "o")
+    lo = ax.get_ylim()[0]
+    _floor(ax, [([30], "C0", "ratio below float32 range (< 1e-38)")])
+    (marker,) = [ln for ln in ax.lines if ln.get_label().startswith("ratio below float32 range")]
+    assert ax.get_ylim()[0] < marker.get_ydata()[0] < lo < -17
+    assert min(ax.get_yticks()) >= lo  # no tick reads a value into the band
+    plt.close(fig)
