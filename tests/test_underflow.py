@@ -159,3 +159,38 @@ def test_sweep_png_marks_a_ratio_without_log10_in_a_band_under_the_real_values()
     assert ax.get_ylim()[0] < marker.get_ydata()[0] < lo < -17
     assert min(ax.get_yticks()) >= lo  # no tick reads a value into the band
     plt.close(fig)
+
+
+class _Rows:
+    """All layer_lines reads of a run: its rows at a step."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def layer_rows(self, step):
+        return self.rows
+
+
+@pytest.mark.parametrize("rows, note", [
+    # float32 lost layers 0 and 1 (a 0 and a subnormal): not 'exactly 0', and no point drawn at 4e-43
+    ([{"layer": 0, "delta_norm": 0.0, "act_dead_frac": 0.0}, {"layer": 1, "delta_norm": 4.02e-43, "act_dead_frac": 0.0},
+      {"layer": 2, "delta_norm": 1e-3, "act_dead_frac": 0.0}], "0 or below float32 range (< 1e-38)"),
+    # layer 1 entirely dead: the 0 below it is exact
+    ([{"layer": 0, "delta_norm": 0.0, "act_dead_frac": 0.0}, {"layer": 1, "delta_norm": 0.0, "act_dead_frac": 1.0},
+      {"layer": 2, "delta_norm": 1e-3, "act_dead_frac": 0.0}], "exactly 0 (a dead layer)"),
+])
+def test_gradient_flow_says_below_float32_range_unless_a_layer_is_dead(rows, note):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vgrad_cli.report.axes import layer_lines
+
+    fig, ax = plt.subplots()
+    assert layer_lines(ax, _Rows(rows), "delta_norm", [0], plt.get_cmap("viridis"))
+    assert [t.get_text() for t in ax.texts] == [f"▼ at the bottom = {note}"]
+    assert list(ax.collections[0].get_offsets()[:, 0]) == [0, 1]  # both marked at the bottom
+    (line,) = ax.lines
+    assert [y for y in line.get_ydata() if y == y] == [1e-3]  # no point at 4.02e-43 or 0
+    plt.close(fig)
