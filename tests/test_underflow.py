@@ -82,8 +82,8 @@ def test_no_float64_pass_without_underflow_or_request(tmp_path):
 
 def test_sweep_and_compare_say_below_float32_range_not_0(tmp_path, cli, write_config, monkeypatch):
     """The last step of the deep net has no float64 measurement: its ratios are 'below float32 range',
-    not the 0 float32 gives (summary.json: null, listed in below_float32; sweep.csv and the tables:
-    '< 1e-38'); compare's per-layer factor comes from the float64 step 0, as diagnose's does."""
+    not the 0 float32 gives (summary.json: null, listed in below_float32; sweep.csv: an empty cell,
+    named in its below_float32 column; the tables: '< 1e-38'); compare's per-layer factor comes from the float64 step 0, as diagnose's does."""
     import csv
 
     monkeypatch.setenv("COLUMNS", "200")
@@ -93,7 +93,10 @@ def test_sweep_and_compare_say_below_float32_range_not_0(tmp_path, cli, write_co
     (sweep,) = [d for d in tmp_path.iterdir() if d.is_dir()]
     rows = {r["depth"]: r for r in csv.DictReader(open(sweep / "sweep.csv"))}
     deep, shallow = rows["30"], rows["10"]
-    assert deep["delta_norm_ratio_last_step"] == "< 1e-38" and deep["grad_norm_ratio_last_step"] == "< 1e-38"
+    # empty numeric cells (a numeric column stays numeric), the names in below_float32
+    assert deep["delta_norm_ratio_last_step"] == "" and deep["grad_norm_ratio_last_step"] == ""
+    assert set(deep["below_float32"].split()) == {"delta_norm_ratio_last_step", "grad_norm_ratio_last_step"}
+    assert shallow["below_float32"] == ""
     assert 0 < float(deep["delta_norm_ratio_first_step"]) < 1e-45  # float64 at step 0
     assert 0 < float(shallow["delta_norm_ratio_last_step"]) < 1e-10  # measured: a number
     summary = json.loads((sweep / deep["run_dir"] / "summary.json").read_text())
@@ -104,8 +107,90 @@ def test_sweep_and_compare_say_below_float32_range_not_0(tmp_path, cli, write_co
     out = cli("compare", sweep / shallow["run_dir"], sweep / deep["run_dir"]).stdout
     last = next(ln for ln in out.splitlines() if ln.startswith("delta_norm 0/out, last"))
     assert last.split("│")[2].strip() == "< 1e-38"
+    # per layer: B's (the deep run's) layer 0 is below float32 range, not 0 nor a subnormal; no log10 to it
+    row0 = next(ln for ln in out.splitlines() if ln.strip().startswith("0 │")).split("│")
+    assert row0[5].strip() == "< 1e-38" and float(row0[3]) > 0 and row0[7].strip() == ""
+    args = (sweep / shallow["run_dir"], sweep / deep["run_dir"], "--step", "last")
+    assert "< 1e-38" in next(ln for ln in cli("compare", *args, "--format", "markdown").stdout.splitlines()
+                             if ln.startswith("| 0 |"))
+    layer0 = {r["run"]: r for r in csv.DictReader(cli("compare", *args, "--format", "csv").stdout.splitlines())
+              if r["layer"] == "0" and r["kind"] == "layer"}
+    assert layer0["B"]["delta_norm"] == "" and float(layer0["A"]["delta_norm"]) > 0  # empty, not 0.0
     def cell(label):
         return float(next(ln for ln in out.splitlines() if ln.startswith(label)).split("│")[2])
 
     # measured from the float64 step 0 (blank before): within 10 % of sqrt(chi_1), as diagnose's
     assert cell("delta per layer, step 0") == pytest.approx(cell("delta per layer, theory "), rel=0.1)
+
+
+def test_init_spread_says_below_float32_range_not_0():
+    """--init-seeds on the deep sigmoid net: every seed's layer-0 delta is lost in float32, so the
+    spread has no ratio and no per-layer factor for them (not 0), reads them vanishing, and its line
+    says so; a seed that did not underflow keeps its number beside them."""
+    from vgrad_cli.analysis.spread import line, summarize
+    from vgrad_cli.training.initspread import init_spread
+
+    spread, rows = init_spread(validate(small(model=DEEP, train={"steps": 1})), 2)
+    assert all(s["delta_ratio"] is None and s["factor"] is None and s["below_float32"] for s in spread["per_seed"])
+    assert spread["delta_ratio"] is None and spread["delta_ratio_below_float32"] == 2
+    assert spread["readings"] == {"vanishing": 2}
+    assert min(r["delta_norm"] for r in rows if r["layer"] == 0) < 1.2e-38  # the case: float32 lost it
+    text = line(spread)
+    assert "< 1e-38 (float32) for 2 of 2 seeds" in text and "median 0" not in text
+    mixed = summarize(spread["per_seed"][:1] + [{"seed": 9, "delta_ratio": 1e-20}], 30)
+    assert "for 1 of 2 seeds, the others median 1e-20 [1e-20–1e-20]" in line(mixed)
+
+
+def test_sweep_png_marks_a_ratio_without_log10_in_a_band_under_the_real_values():
+    """The marker for '< 1e-38' must not sit at the bottom of the real values' range (log10 ~ -17
+    beside a real -17): it goes into a tickless band added below them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vgrad_cli.sweep.report import _floor
+
+    fig, ax = plt.subplots()
+    ax.plot([10], [-17], "o")
+    lo = ax.get_ylim()[0]
+    _floor(ax, [([30], "C0", "ratio below float32 range (< 1e-38)")])
+    (marker,) = [ln for ln in ax.lines if ln.get_label().startswith("ratio below float32 range")]
+    assert ax.get_ylim()[0] < marker.get_ydata()[0] < lo < -17
+    assert min(ax.get_yticks()) >= lo  # no tick reads a value into the band
+    plt.close(fig)
+
+
+class _Rows:
+    """All layer_lines reads of a run: its rows at a step."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def layer_rows(self, step):
+        return self.rows
+
+
+@pytest.mark.parametrize("rows, note", [
+    # float32 lost layers 0 and 1 (a 0 and a subnormal): not 'exactly 0', and no point drawn at 4e-43
+    ([{"layer": 0, "delta_norm": 0.0, "act_dead_frac": 0.0}, {"layer": 1, "delta_norm": 4.02e-43, "act_dead_frac": 0.0},
+      {"layer": 2, "delta_norm": 1e-3, "act_dead_frac": 0.0}], "0 or below float32 range (< 1e-38)"),
+    # layer 1 entirely dead: the 0 below it is exact
+    ([{"layer": 0, "delta_norm": 0.0, "act_dead_frac": 0.0}, {"layer": 1, "delta_norm": 0.0, "act_dead_frac": 1.0},
+      {"layer": 2, "delta_norm": 1e-3, "act_dead_frac": 0.0}], "exactly 0 (a dead layer)"),
+])
+def test_gradient_flow_says_below_float32_range_unless_a_layer_is_dead(rows, note):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vgrad_cli.report.axes import layer_lines
+
+    fig, ax = plt.subplots()
+    assert layer_lines(ax, _Rows(rows), "delta_norm", [0], plt.get_cmap("viridis"))
+    assert [t.get_text() for t in ax.texts] == [f"▼ at the bottom = {note}"]
+    assert list(ax.collections[0].get_offsets()[:, 0]) == [0, 1]  # both marked at the bottom
+    (line,) = ax.lines
+    assert [y for y in line.get_ydata() if y == y] == [1e-3]  # no point at 4.02e-43 or 0
+    plt.close(fig)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from .verdict import EXPLODING_RATIO, VANISHING_RATIO, judged_time_ratio
+from .verdict import BELOW_KEY, BELOW_SHORT, EXPLODING_RATIO, VANISHING_RATIO, judged_time_ratio
 
 CSV_NAME = "init_spread.csv"
 
@@ -52,8 +52,8 @@ def summarize(per_seed: list[dict], depth: int, ends: str = "layer 0/output") ->
     theory.measured_factor gives over verdict.factor_span's `depth` hidden rows; hidden_ratio:
     d_0 / d_{depth-1} over them, its (depth-1)-th power); ends: verdict.ends_label, what the delta
     ratio compares. Returns the `init_spread` section of summary.json and diagnosis.json."""
-    for s in per_seed:
-        s["reading"] = reading(*_judged(s))
+    for s in per_seed:  # a ratio below float32's range is far below VANISHING_RATIO
+        s["reading"] = "vanishing" if s.get(BELOW_KEY) else reading(*_judged(s))
     counts: dict[str, int] = {}
     for s in per_seed:
         counts[s["reading"]] = counts.get(s["reading"], 0) + 1
@@ -61,6 +61,7 @@ def summarize(per_seed: list[dict], depth: int, ends: str = "layer 0/output") ->
         "k": len(per_seed), "seeds": [s["seed"] for s in per_seed], "ends": ends,
         "factor": _stats([s.get("factor") for s in per_seed]),
         "delta_ratio": _stats([s.get("delta_ratio") for s in per_seed]),
+        "delta_ratio_below_float32": sum(bool(s.get(BELOW_KEY)) for s in per_seed),
         "time_ratio": _stats([s.get("time_ratio") for s in per_seed]),
         "readings": counts, "agree": len(counts) == 1,
         "per_seed": per_seed,
@@ -117,9 +118,12 @@ def line(spread: dict | None) -> str | None:
         parts.append(f"root-mean-square {spread['factor_rms']:.3f}")
     ends = spread.get("ends", "layer 0/output")  # stored before the key existed: an MLP's
     for key, what in (("delta_ratio", f"delta ratio {ends}"), ("time_ratio", "through-time ratio")):
-        r = spread.get(key)
-        if r:
-            parts.append(f"{what} median {r['median']:.2g} [{r['min']:.2g}–{r['max']:.2g}]")
+        r, below = spread.get(key), spread.get(f"{key}_below_float32") or 0
+        text = f"median {r['median']:.2g} [{r['min']:.2g}–{r['max']:.2g}]" if r else ""
+        if below:  # no number for these seeds: float32 lost layer 0's delta, which is not 0
+            text = f"{BELOW_SHORT} (float32) for {below} of {spread['k']} seeds" + (f", the others {text}" if r else "")
+        if text:
+            parts.append(f"{what} {text}")
     counts = ", ".join(f"{n} {what}" for what, n in sorted(spread["readings"].items(), key=lambda x: -x[1]))
     parts.append(f"reading {counts}")
     return f"{head}: " + "; ".join(parts)

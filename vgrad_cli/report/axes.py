@@ -99,24 +99,43 @@ def save(fig, path: Path) -> Path:
     return path
 
 
+def below_float32(v) -> bool:
+    """A 0 or a value under float32's smallest normal: no place on a log axis, a ▼ at the bottom."""
+    from ..analysis.verdict import FLOAT32_TINY
+
+    return isinstance(v, (int, float)) and 0 <= v < FLOAT32_TINY
+
+
+def bottom_note(ax, exact: bool):
+    """What a ▼ at the bottom of a log axis means: an exact 0 only when it is one (an entirely dead
+    layer: verdict.underflowed), else also a value float32 could not hold (a 0 or a subnormal)."""
+    from ..analysis.verdict import BELOW_FLOAT32
+
+    text = "exactly 0 (a dead layer)" if exact else f"0 or {BELOW_FLOAT32}"
+    ax.annotate(f"▼ at the bottom = {text}", xy=(0.01, 0.99), xycoords="axes fraction", fontsize=8, va="top")
+
+
 def layer_lines(ax, run, column: str, steps: list[int], cmap):
     """One line per step: this column against layer index, log y. Returns whether anything was drawn."""
+    from ..analysis.verdict import underflowed
+
     drawn, zeros = False, []
     for i, step in enumerate(steps):
         rows = run.layer_rows(step)
-        y = positive(r.get(column) for r in rows)
+        below = [underflowed(rows, j, column) for j in range(len(rows))]  # a subnormal's digits are lost too
+        y = positive(None if b else r.get(column) for r, b in zip(rows, below))
         color = cmap(i / max(1, len(steps) - 1))
         if has_values(y):
             ax.plot([r["layer"] for r in rows], y, marker="o", ms=3, lw=1.5, color=color, label=f"step {step}")
             drawn = True
-        zeros += [(r["layer"], color) for r in rows if r.get(column) == 0]
+        zeros += [(r["layer"], color, b) for r, b in zip(rows, below) if b or r.get(column) == 0]
     if drawn:
         ax.set_yscale("log")
-        if zeros:  # exactly 0 has no place on a log axis, but it is the finding (dead layers): mark it
+        if zeros:  # no place on a log axis, but it is the finding (dead layers, vanishing): mark it
             bottom = ax.get_ylim()[0]
             ax.scatter([z[0] for z in zeros], [bottom] * len(zeros), marker="v", s=36, c=[z[1] for z in zeros],
                        clip_on=False, zorder=5)
-            ax.annotate("▼ at the bottom = exactly 0", xy=(0.01, 0.99), xycoords="axes fraction", fontsize=8, va="top")
+            bottom_note(ax, exact=not any(z[2] for z in zeros))
     return drawn
 
 

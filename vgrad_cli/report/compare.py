@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..analysis.verdict import BELOW_KEY, BELOW_SHORT, MLP_ENDS, run_stats
+from ..analysis.verdict import BELOW_KEY, BELOW_SHORT, MLP_ENDS, run_stats, underflowed
 from ..rundir.store import Run
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -99,6 +99,7 @@ def build(runs: list[Run], which_steps: list) -> dict:
     for which in which_steps:
         steps = {lab: r.pick_step(which) for r, lab in zip(runs, labels)}
         by_layer = {lab: {row["layer"]: row for row in r.layer_rows(steps[lab])} for r, lab in zip(runs, labels)}
+        below = {lab: _below(list(rows.values())) for lab, rows in by_layer.items()}
         n_layers = max((max(rows, default=-1) for rows in by_layer.values()), default=-1) + 1
         layers = []
         for i in range(n_layers):
@@ -108,10 +109,12 @@ def build(runs: list[Run], which_steps: list) -> dict:
                 if row is None:
                     cells[lab] = None  # this run is shallower: a blank cell, not a zero
                     continue
-                cell = {"name": row.get("name"), "grad_norm": row.get("grad_norm"), "delta_norm": row.get("delta_norm")}
+                cell = {"name": row.get("name"), "grad_norm": row.get("grad_norm"), "delta_norm": row.get("delta_norm"),
+                        BELOW_KEY: below[lab].get(i, [])}
                 if lab != ref and by_layer[ref].get(i) is not None:
-                    for col in ("grad_norm", "delta_norm"):
-                        cell[f"log10_{col}_vs_{ref}"] = log10_ratio(row.get(col), by_layer[ref][i].get(col))
+                    for col in ("grad_norm", "delta_norm"):  # no ratio to a value float32 lost
+                        lost = col in cell[BELOW_KEY] or col in below[ref].get(i, [])
+                        cell[f"log10_{col}_vs_{ref}"] = None if lost else log10_ratio(row.get(col), by_layer[ref][i].get(col))
                 cells[lab] = cell
             layers.append({"layer": i, "runs": cells})
         time = None
@@ -121,6 +124,12 @@ def build(runs: list[Run], which_steps: list) -> dict:
                     for lab, rows in time.items()}
         out["sections"].append({"which": which, "steps": steps, "layers": layers, "time": time})
     return out
+
+
+def _below(rows: list[dict]) -> dict:
+    """Per layer, the columns whose value is below float32's range (verdict.underflowed): the 0 or
+    subnormal stored there is no measurement, so the tables show "< 1e-38" and csv an empty cell."""
+    return {r["layer"]: [c for c in ("grad_norm", "delta_norm") if underflowed(rows, i, c)] for i, r in enumerate(rows)}
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -140,6 +149,11 @@ def _fmt(v) -> str:
     from .console import fmt
 
     return fmt(v)
+
+
+def _cell(c: dict | None, col: str) -> str:
+    c = c or {}
+    return BELOW_SHORT if col in c.get(BELOW_KEY, ()) else _fmt(c.get(col))
 
 
 def _step_title(which, steps: dict) -> str:
@@ -168,14 +182,14 @@ def blocks(data: dict) -> list[Block]:
             names = list(dict.fromkeys(c["name"] for c in cells.values() if c and c.get("name")))
             row = [str(entry["layer"]), " / ".join(names)]
             for lab in labels:
-                c = cells[lab] or {}
-                row += [_fmt(c.get("grad_norm")), _fmt(c.get("delta_norm"))]
+                row += [_cell(cells[lab], "grad_norm"), _cell(cells[lab], "delta_norm")]
             for lab in others:
                 c = cells[lab] or {}
                 row += [_ratio(c.get(f"log10_grad_norm_vs_{ref}")), _ratio(c.get(f"log10_delta_norm_vs_{ref}"))]
             rows.append(row)
         title = f"per-layer gradient at {_step_title(sec['which'], sec['steps'])}; layer 0 = input side"
-        caption = "grad = grad_norm ||dL/dW||, delta = delta_norm ||dL/dz|| (blank: the run has no such layer)"
+        caption = ("grad = grad_norm ||dL/dW||, delta = delta_norm ||dL/dz|| (blank: the run has no such layer;"
+                   f" {BELOW_SHORT}: below float32 range)")
         if others:
             caption += f"; {others[0]}/{ref} log10 = log10 of {others[0]}'s value over {ref}'s (+2: 100x larger)"
         caption += "; " + ", ".join(f"{r['label']} = {r['name']}" for r in data["runs"])
@@ -224,7 +238,7 @@ def compact_blocks(data: dict) -> list[Block]:
     labels = [r["label"] for r in data["runs"]]
     out = []
     for sec in data["sections"]:
-        rows = [[str(e["layer"])] + [_fmt((e["runs"][lab] or {}).get("delta_norm")) for lab in labels]
+        rows = [[str(e["layer"])] + [_cell(e["runs"][lab], "delta_norm") for lab in labels]
                 for e in sec["layers"]]
         title = f"delta_norm per layer at {_step_title(sec['which'], sec['steps'])}; layer 0 = input side"
         out.append(Block(title, ["layer"] + labels, rows, caption="delta_norm ||dL/dz|| of each run, the last "
@@ -391,7 +405,8 @@ def render_csv(data: dict) -> str:
                     continue
                 w.writerow({"kind": "layer", "which": sec["which"], "step": sec["steps"][lab], "run": lab,
                             "run_name": names[lab], "layer": entry["layer"], "name": c.get("name"),
-                            "grad_norm": c.get("grad_norm"), "delta_norm": c.get("delta_norm"),
+                            # below float32 range: an empty cell, not the 0 (or subnormal) float32 kept
+                            **{k: None if k in c[BELOW_KEY] else c.get(k) for k in ("grad_norm", "delta_norm")},
                             "log10_grad_norm_vs_ref": c.get(f"log10_grad_norm_vs_{ref}"),
                             "log10_delta_norm_vs_ref": c.get(f"log10_delta_norm_vs_{ref}")})
         for lab, rows in (sec["time"] or {}).items():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..analysis.verdict import BELOW_KEY, BELOW_SHORT, MLP_ENDS
+from ..analysis.verdict import BELOW_FLOAT32, BELOW_KEY, BELOW_SHORT, MLP_ENDS
 from ..report.console import VERDICT_STYLE, fmt, print_phrases, print_table
 from ..rundir.files import write_text_atomic
 from .plan import cell
@@ -23,7 +23,7 @@ from .plan import cell
 RUN_COLUMNS = [
     "seed", "run_dir", "status", "verdict",
     "grad_norm_ratio_first_step", "grad_norm_ratio_last_step",
-    "delta_norm_ratio_first_step", "delta_norm_ratio_last_step",
+    "delta_norm_ratio_first_step", "delta_norm_ratio_last_step", BELOW_KEY,
     "final_loss", "final_accuracy", "final_eval_loss", "final_eval_accuracy",
     "steps_completed", "wall_time_s",
     # per-layer delta factor at step 0 vs theory (the fixed point; at the run's depth)
@@ -95,8 +95,9 @@ def make_row(plan, point, sweep_dir: Path, run_dir: Path | None, error: str | No
     if run_dir is not None and (Path(run_dir) / "summary.json").exists():
         summary = read_summary(Path(run_dir))
         row.update({k: summary.get(k) for k in SUMMARY_KEYS})
-        for k in summary.get(BELOW_KEY) or []:  # layer 0 underflowed float32: not 0, and no number known
-            row[k] = BELOW_SHORT
+        # the ratios whose layer 0 underflowed float32: their cells stay empty (not 0, and no text in
+        # a numeric column), this one names them, space-separated
+        row[BELOW_KEY] = " ".join(summary.get(BELOW_KEY) or []) or None
         row["run_dir"] = Path(run_dir).name  # relative to the sweep directory: the sweep can move
         row["error"] = summary.get("error") or (error if summary.get("status") == "failed" else None)
         row["_baseline_loss"] = summary.get("baseline_loss")  # for the plot only, not a CSV column
@@ -197,7 +198,7 @@ def aggregate(plan, rows: list[dict]) -> list[dict]:
                     g[f"{m}_log10_{stat}"] = value
         g["_baseline_loss"] = next((m.get("_baseline_loss") for m in members if m.get("_baseline_loss")), None)
         g["_ends"] = [m.get("_ends") for m in members]
-        g["_below"] = {m: sum(r.get(m) == BELOW_SHORT for r in members) for m in RATIOS}
+        g["_below"] = {m: sum(m in str(r.get(BELOW_KEY) or "").split() for r in members) for m in RATIOS}
         out.append(g)
     return out
 
@@ -317,6 +318,7 @@ def figure(plan, groups: list[dict]):
               ("delta_norm_ratio_last_step", f"log10 delta_norm ratio ({ends})\nat the last logged step"),
               ("final_loss", "final training loss")]
     fig, axes = plt.subplots(1, 3, figsize=(16.5 if others else 15, 4.6), layout="constrained")
+    floor: dict = {}  # axis -> [(x values, color, label)] of ratios with no log10 to plot
     for i, members in enumerate(lines.values()):
         color = f"C{i % 10}"
         label = ", ".join(f"{p.name}={_label(members[0][p.name])}" for p in others) or None
@@ -330,12 +332,12 @@ def figure(plan, groups: list[dict]):
                 ax.plot(x, mean, "o-", color=color, label=label, ms=4)
                 if len(plan.seeds) > 1:
                     ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
-            # A ratio below float32's range (or an exact 0, a dead layer) has no log: mark it at the bottom.
-            zero = [xs[g[xp.name]] for g in members if "_ratio_" in metric
-                    and (g.get("_below", {}).get(metric) or g[f"{metric}_min"] == 0)]
-            if zero:
-                ax.plot(zero, [0.03] * len(zero), "v", color=color, ms=8, transform=ax.get_xaxis_transform(),
-                        label=f"ratio {BELOW_SHORT} (float32 underflow) or 0")
+            # A ratio below float32's range (or an exact 0, a dead layer) has no log: _floor marks it.
+            for what, test in ((f"ratio {BELOW_FLOAT32}", lambda g: g.get("_below", {}).get(metric)),
+                               ("ratio exactly 0 (a dead layer)", lambda g: g[f"{metric}_min"] == 0)):
+                at = [xs[g[xp.name]] for g in members if "_ratio_" in metric and test(g)]
+                if at:
+                    floor.setdefault(ax, []).append((at, color, what))
             # Runs that diverged have no end-of-run values: mark where they are instead of a silent gap.
             bad = [xs[g[xp.name]] for g in members if g["n_diverged"] or g["n_failed"]]
             if bad and metric in END_OF_RUN:
@@ -358,6 +360,8 @@ def figure(plan, groups: list[dict]):
             ax.axhline(2, color="gray", ls="--", lw=0.8)
         elif baseline is not None:
             ax.axhline(baseline, color="gray", ls=":", lw=1, label="input-blind baseline")
+    for ax, marks in floor.items():
+        _floor(ax, marks)
     if others:
         # One legend for the figure: every line (a line may have no point in some panel: a diverged
         # run has no final loss) and each marker kind once.
@@ -374,3 +378,18 @@ def figure(plan, groups: list[dict]):
     fig.suptitle(f"vgrad sweep over {', '.join(p.name for p in plan.params)} ({seeds}); "
                  "dashed lines: verdict thresholds (< -2 vanishing, > +2 exploding)", fontsize=10)
     return fig
+
+
+def _floor(ax, marks: list) -> None:
+    """Ratios with no log10 (below float32's range, or 0) in a grey band added under the panel's
+    real values: at a bottom edge of their own, they cannot be read as a value next to the others."""
+    lo, hi = ax.get_ylim()
+    band = max(0.2 * (hi - lo), 1.0)
+    ticks = [t for t in ax.get_yticks() if lo <= t <= hi]  # no tick in the band: it holds no value
+    ax.set_ylim(lo - band, hi)
+    ax.set_yticks(ticks)
+    ax.axhspan(lo - band, lo, color="gray", alpha=0.15, lw=0)
+    ax.text(0.01, lo - band * 0.06, "no log10: below float32 range, or 0", fontsize=7, color="dimgray",
+            transform=ax.get_yaxis_transform(), va="top")
+    for at, color, label in marks:
+        ax.plot(at, [lo - band / 2] * len(at), "v", color=color, ms=8, label=label, clip_on=False)

@@ -14,7 +14,7 @@ import torch
 
 from ..analysis.spread import summarize
 from ..analysis.theory import measured_factor
-from ..analysis.verdict import cell_ratio, ends_label, factor_span, first_last_ratio, time_ratio
+from ..analysis.verdict import BELOW_KEY, cell_ratio, ends_label, factor_span, ratios, time_ratio
 from .loop import _Trainer, resolve_device
 
 SPREAD_COLUMNS = ["seed", "layer", "name", "grad_norm", "delta_norm", "act_std", "act_dead_frac"]
@@ -45,10 +45,15 @@ def init_spread(cfg, k: int) -> tuple[dict, list[dict]]:
             span, hidden = factor_span(rows, kind)
             label = ends_label(rows, kind)
             d = [r.get("delta_norm") for r in span]
-            entry = {"seed": seed, "delta_ratio": first_last_ratio(rows, "delta_norm", kind),
-                     "grad_ratio": first_last_ratio(rows, "grad_norm", kind),
-                     "factor": measured_factor(span, hidden) if hidden >= 2 else None,
-                     "hidden_ratio": (d[0] / d[hidden - 1]) if hidden >= 2 and d[hidden - 1] else None}
+            r = ratios(rows, rows, kind=kind)  # a ratio whose first end float32 lost is None, not 0
+            below = "delta_norm_ratio_first_step" in r.get(BELOW_KEY, ())
+            entry = {"seed": seed, "delta_ratio": r["delta_norm_ratio_first_step"],
+                     "grad_ratio": r["grad_norm_ratio_first_step"],
+                     # from a 0 or a subnormal layer 0 neither is a measurement
+                     "factor": measured_factor(span, hidden) if hidden >= 2 and not below else None,
+                     "hidden_ratio": (d[0] / d[hidden - 1]) if hidden >= 2 and d[hidden - 1] and not below else None}
+            if below:
+                entry[BELOW_KEY] = True
             if time_rows:
                 entry.update(time_ratio=time_ratio(time_rows), cell_ratio=cell_ratio(time_rows),
                              across_layers=len(rows) > 2)
