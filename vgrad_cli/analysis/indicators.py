@@ -155,7 +155,7 @@ def _across_layers(run, rows) -> bool:
 
 
 def _scale_invariant(rows, per: dict) -> float | None:
-    """A residual MLP without norm: delta's ratio follows the stream's scale (analysis/residual.py),
+    """A residual MLP or CNN without norm: delta's ratio follows the stream's scale (analysis/residual.py),
     so the verdict reads ||dL/dW||/||W|| of layer 0 over the last hidden layer instead."""
     r = residual.relative_grad_ratio(rows)
     per["relative_grad_ratio"] = r

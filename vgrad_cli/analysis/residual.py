@@ -1,4 +1,4 @@
-"""Residual MLPs without normalisation: the forward stream's growth (theory and measurement) and a
+"""Residual MLPs (and CNNs) without normalisation: the forward stream's growth (theory and measurement) and a
 scale-invariant gradient ratio for the verdict (numpy only, no torch).
 
 vgrad's residual MLP (models/mlp.py): h_1 = phi(W_0 x + b) (block 0 has no skip), then for blocks
