@@ -1,5 +1,5 @@
-"""Residual MLPs (and CNNs) without normalisation: the forward stream's growth (theory and measurement) and a
-scale-invariant gradient ratio for the verdict (numpy only, no torch).
+"""Residual MLPs (and CNNs) without normalisation: the forward stream's growth (theory and
+measurement) and a scale-invariant gradient ratio for the verdict (numpy only, no torch).
 
 vgrad's residual MLP (models/mlp.py): h_1 = phi(W_0 x + b) (block 0 has no skip), then for blocks
 l = 1 .. depth-1
@@ -142,10 +142,10 @@ def section(model: dict, rows: list[dict]) -> dict | None:
     out = {"scale": scale, "relative_grad_ratio": relative_grad_ratio(rows),
            "ends": ends_label(rows, model.get("kind")),
            "act_rms_measured": [act_rms(r) for r in rows[:-1]], "act_rms_growth_measured": measured_growth(rows)}
-    sw2 = theory.sigma_w2(model.get("init", "default"), act, model.get("init_std"),
-                          int(model.get("width", 64)), int(model.get("width", 64)))
     if model.get("kind") == "cnn":
         return {**out, "applicable": False, "reason": CNN_PREDICTION}
+    sw2 = theory.sigma_w2(model.get("init", "default"), act, model.get("init_std"),
+                          int(model.get("width", 64)), int(model.get("width", 64)))
     first = rows[0]
     if act not in theory.PHI or sw2 is None or act_rms(first) is None:
         return {**out, "applicable": False,
