@@ -110,3 +110,62 @@ def test_residual_scale_string_resolves_and_scales_the_branch():
         for blk in net.blocks[2:]:
             expected = expected + 0.25 * blk.act(blk.linear(expected))
         assert torch.allclose(net(x), net.head(expected), atol=1e-6)
+
+
+def _reviewer_cnn(tmp_path, *sets):
+    """Chapter 19's CNN without batch norm at depth 30 (the reviewer's case), one training step."""
+    cfg = load_config(CONFIGS / "19_cnn_relu_residual_batchnorm.yaml",
+                      seeded(["model.norm=none", "model.depth=30", "train.steps=1", "log.every=1", "train.device=cpu",
+                              *sets]))
+    return cfg, run_experiment(cfg, tmp_path)
+
+
+def test_residual_cnn_without_norm_is_read_as_its_forward_stream(tmp_path):
+    """A residual CNN without norm whose stream explodes (branch output RMS x7.2e5-2.0e6 conv0 ->
+    conv29 at step 0, delta_norm conv0/conv29 7.2e5-1.2e6, over seeds 0-4) is named for its forward
+    stream, its scale-invariant ratio conv0/conv29 (0.052-0.16) reads no explosion, the MLP-only prediction is not quoted, and the
+    advice is branch scaling, then batch norm; with s = 0.18 the same net is healthy (ratio 0.15-0.47)."""
+    _, (run_dir, summary) = _reviewer_cnn(tmp_path / "a")
+    assert summary["verdict"] == "exploding"
+    assert summary["verdict_reason"].startswith("the forward stream explodes, not the gradient")
+    assert "from conv0 to conv29" in summary["verdict_reason"]
+    d = diagnose(run_dir, ablation=False, write=False)
+    ev = next(i for i in d["indicators"] if i["key"] == "exploding")["evidence"]
+    assert ev["forward_stream"] and ev["act_rms_growth_first_step"] > 1e4
+    assert 1e-2 < ev["relative_grad_ratio_first_step"] < 1
+    assert ev["delta_ratio_first_step"] > 1e4  # delta's conv0/conv29 ratio mirrors the stream
+    th = d["theory"]["residual"]
+    assert th["applicable"] is False and th["reason"] == residual.CNN_PREDICTION and th["ends"] == "conv0/conv29"
+    assert [r["set"] for r in d["recommendations"][:2]] == [{"model.residual_scale": "1/sqrt(depth)"}, {"model.norm": "batch"}]
+    assert "train.clip_norm" not in d["recommendations"][0]["set"]
+    _, (_, scaled) = _reviewer_cnn(tmp_path / "b", "model.residual_scale=0.18")
+    assert scaled["verdict"] == "healthy"
+
+
+def test_cnn_act_rms_pools_channels_and_pixels(tmp_path):
+    """act_rms from a CNN row (act_mean, act_std measured per channel) is the branch output's RMS over
+    batch, channels and pixels, recomputed here from the step-0 batch."""
+    cfg = validate(small(model={"kind": "cnn", "depth": 4, "width": 8, "activation": "relu", "init": "kaiming_normal",
+                                "residual": True}, task={"name": "shapes", "image_size": 8},
+                         train={"steps": 1, "batch_size": 16}))
+    run_dir, _ = run_experiment(cfg, tmp_path)
+    rows = sorted((r for r in read_table(run_dir, "layers.csv") if r["step"] == 0), key=lambda r: r["layer"])
+    task = cfg.task.make(cfg.seed)
+    net = build_model(cfg.model, task, cfg.seed)
+    idx = torch.randint(len(task.x_train), (cfg.train.batch_size,), generator=torch.Generator().manual_seed(cfg.seed + 1))
+    outs = []
+    for b in net.blocks:
+        b.act.register_forward_hook(lambda m, i, o: outs.append(float(o.detach().double().square().mean().sqrt())))
+    with torch.no_grad():
+        net(task.x_train[idx])
+    assert [residual.act_rms(r) for r in rows[:-1]] == pytest.approx(outs, rel=1e-4)
+    assert residual.ends_label(rows, "cnn") == "conv0/conv3"
+
+
+def test_batch_norm_cnn_chapters_keep_the_delta_reading():
+    """Chapters 19 and 21 (batch norm + shortcuts): not a residual net without norm, so their verdict
+    still reads delta_norm conv0/last block (tests/test_configs.py checks it is healthy)."""
+    for name in ("19_cnn_relu_residual_batchnorm.yaml", "21_cnn_residual_56.yaml"):
+        model = load_config(CONFIGS / name, []).model.model_dump()
+        assert model["residual"] and not residual.applies(model)
+    assert residual.applies({**model, "norm": "none"})

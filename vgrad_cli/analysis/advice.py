@@ -87,7 +87,7 @@ def _recurrent_vanishing(m: dict, seq_len) -> list[dict]:
 
 
 def _forward_stream(m: dict) -> list[dict]:
-    """A residual MLP without norm whose forward stream explodes: scale the branches, or normalise."""
+    """A residual MLP or CNN without norm whose forward stream explodes: scale the branches, or normalise."""
     depth, out = int(m.get("depth", 1)), []
     now, after = residual.predicted_growth(m), residual.predicted_growth(m, 1 / depth**0.5)
     theory_says = (f"; theory: the stream's RMS grows x{now:.3g} over the residual blocks now, x{after:.3g} with "

@@ -203,7 +203,7 @@ def theory_section(run, th: dict | None) -> dict:
         out["measured_factor"] = measured_factor(first, hidden)  # measured even where no theory applies
         out["measured_step"] = run.steps[0]
     stream = residual.section((run.config or {}).get("model") or {}, first)
-    if stream is not None:  # a residual MLP without norm: the forward stream's growth, predicted and measured
+    if stream is not None:  # a residual MLP or CNN without norm: the forward stream's growth, predicted and measured
         out["residual"] = stream
     if run.time:  # the decay per time step, and W_hh's rho and sigma_max beside it
         out["recurrent"] = rec = recurrent_theory(run)

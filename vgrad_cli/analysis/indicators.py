@@ -155,7 +155,7 @@ def _across_layers(run, rows) -> bool:
 
 
 def _scale_invariant(rows, per: dict) -> float | None:
-    """A residual MLP without norm: delta's ratio follows the stream's scale (analysis/residual.py),
+    """A residual MLP or CNN without norm: delta's ratio follows the stream's scale (analysis/residual.py),
     so the verdict reads ||dL/dW||/||W|| of layer 0 over the last hidden layer instead."""
     r = residual.relative_grad_ratio(rows)
     per["relative_grad_ratio"] = r
@@ -201,7 +201,7 @@ def gradient_decay(run, model: dict | None = None) -> dict:
         if invariant:
             r = _scale_invariant(rows, per)
             if r is not None:
-                parts.append(f"step {step}: ||dL/dW||/||W|| layer 0/last hidden {r:.2g} (scale-invariant; "
+                parts.append(f"step {step}: ||dL/dW||/||W|| {residual.ends_label(rows, kind)} {r:.2g} (scale-invariant; "
                              f"delta_norm's {per['delta']['ratio'] or 0:.2g} follows the residual stream's scale)")
         if r is not None and r < T["vanishing_ratio"]:
             found.append(("across layers", step))
@@ -335,10 +335,10 @@ def exploding(run, baseline: float | None, clip: float | None, model: dict | Non
         r = _decay(first.get("delta_norm"), last.get("delta_norm"), len(rows) - 1)["ratio"]
         ev[f"delta_ratio_{when}_step"] = r
         if invariant:
-            signs[:0] = _forward_stream(rows, step, r, ev, when)
+            signs[:0] = _forward_stream(rows, step, r, ev, when, _kind(run))
             r = ev[f"relative_grad_ratio_{when}_step"] = residual.relative_grad_ratio(rows)
             if r is not None and r > T["exploding_ratio"]:
-                signs.append(f"||dL/dW||/||W|| layer 0/last hidden {r:.3g} at step {step}")
+                signs.append(f"||dL/dW||/||W|| {residual.ends_label(rows, _kind(run))} {r:.3g} at step {step}")
         elif r is not None and r > T["exploding_ratio"] and _across_layers(run, rows):
             signs.append(f"{ends_label(rows, _kind(run)).replace(' ', '-')} delta_norm {r:.3g} at step {step}")
         if run.time:
@@ -377,14 +377,17 @@ def exploding(run, baseline: float | None, clip: float | None, model: dict | Non
     return indicator(8, "exploding", name, "present" if signs else "absent", summary, ev, thr)
 
 
-def _forward_stream(rows, step, delta_ratio, ev: dict, when: str) -> list[str]:
+def _forward_stream(rows, step, delta_ratio, ev: dict, when: str, kind: str | None) -> list[str]:
     """The sign of a residual stream that explodes forward (not the gradient): the branch output's
-    RMS growing by more than the exploding ratio from layer 0 to the last hidden layer."""
+    RMS growing by more than the exploding ratio from layer 0 to the last hidden layer (a CNN: conv0
+    to the last conv block; act_mean and act_std pool its channels into the layer's RMS)."""
     g = ev[f"act_rms_growth_{when}_step"] = residual.measured_growth(rows)
     if g is None or g <= T["exploding_ratio"] or ev.get("forward_stream"):
         return []
     ev["forward_stream"] = True
     rms = [residual.act_rms(r) for r in rows[:-1]]
-    mirror = f"; delta_norm's layer-0/output {delta_ratio:.3g} mirrors it" if delta_ratio and delta_ratio > 1 else ""
-    return [f"the forward stream explodes, not the gradient (residual branch output RMS x{g:.3g} from layer 0 "
-            f"to {len(rms) - 1} at step {step}: {rms[0]:.3g} -> {rms[-1]:.3g}){mirror}"]
+    mirror = (f"; delta_norm's {ends_label(rows, kind).replace(' ', '-')} {delta_ratio:.3g} mirrors it"
+              if delta_ratio and delta_ratio > 1 else "")
+    start, end = (rows[0].get("name"), rows[-2].get("name")) if kind == "cnn" else ("layer 0", len(rms) - 1)
+    return [f"the forward stream explodes, not the gradient (residual branch output RMS x{g:.3g} from {start} "
+            f"to {end} at step {step}: {rms[0]:.3g} -> {rms[-1]:.3g}){mirror}"]

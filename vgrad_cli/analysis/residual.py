@@ -1,5 +1,5 @@
-"""Residual MLPs without normalisation: the forward stream's growth (theory and measurement) and a
-scale-invariant gradient ratio for the verdict (numpy only, no torch).
+"""Residual MLPs (and CNNs) without normalisation: the forward stream's growth (theory and
+measurement) and a scale-invariant gradient ratio for the verdict (numpy only, no torch).
 
 vgrad's residual MLP (models/mlp.py): h_1 = phi(W_0 x + b) (block 0 has no skip), then for blocks
 l = 1 .. depth-1
@@ -26,6 +26,13 @@ stream), so delta's layer-0/output ratio measures the stream, not the gradient. 
 layer by, relative to its size, per unit of learning rate) does not depend on the stream's scale:
 it is the ratio the verdict uses for these nets (layer 0 over the last hidden layer: the output
 layer's weights have another gain and fan-in, and it reads the whole stream).
+
+A residual CNN without norm (models/cnn.py: h <- h + s * phi(conv(h) + b)) gets the same reading:
+the ratio runs conv0 / last conv block (verdict.ends()), and act_mean / act_std, though measured per
+channel, pool into the layer's mean and total variance (measure/probes.py), so act_rms is the RMS
+over batch, channels and pixels. The *prediction* stays MLP-only: a 3x3 conv has the same recursion
+with fan_in = 9 x channels, but zero padding feeds border pixels fewer inputs, and on the real net
+it overshoots (CNN_PREDICTION says by how much), so diagnose says so instead of quoting it.
 """
 
 from __future__ import annotations
@@ -42,9 +49,17 @@ _LX, _LW = leggauss(160)
 
 
 def applies(model: dict) -> bool:
-    """A residual MLP without normalisation: the case where delta is not scale-invariant."""
-    return (model.get("kind", "mlp") == "mlp" and bool(model.get("residual"))
+    """A residual MLP or CNN without normalisation: the case where delta is not scale-invariant."""
+    return (model.get("kind", "mlp") in ("mlp", "cnn") and bool(model.get("residual"))
             and model.get("norm", "none") in (None, "none"))
+
+
+# Measured (docs/diagnose.md): `vgrad run configs/19_cnn_relu_residual_batchnorm.yaml --set model.norm=none
+# --set model.depth=30 --set model.width=W --seed S --steps 1`, W = 32 and 64, seeds 0-2: the branch
+# output's RMS growth conv0 -> conv29 is 0.33-0.61 (W = 32) and 0.59-0.67 (W = 64) of the MLP recursion's.
+CNN_PREDICTION = ("the forward-stream prediction is derived for the MLP block h + s*phi(Wh + b); a 3x3 conv with "
+                  "zero padding grows the stream less at the image border (measured 0.59-0.67 of it at width 64, "
+                  "depth 30), so none is given for a CNN: the verdict and advice still apply")
 
 
 def _mean(f, b: float, q: float, kinked: bool) -> float:
@@ -94,6 +109,13 @@ def relative_grad_ratio(rows: list[dict]) -> float | None:
     return first / last if first is not None and last else None
 
 
+def ends_label(rows: list[dict], kind: str | None) -> str:
+    """How the text names the scale-invariant ratio's ends: 'layer 0/last hidden', a CNN's 'conv0/conv29'."""
+    if kind == "cnn" and len(rows) >= 3:
+        return f"{rows[0].get('name')}/{rows[-2].get('name')}"
+    return "layer 0/last hidden"
+
+
 def act_rms(row: dict) -> float | None:
     """sqrt(E[a^2]) of a layer's activation from act_mean and act_std (over the batch and units)."""
     mean, std = row.get("act_mean"), row.get("act_std")
@@ -118,7 +140,10 @@ def section(model: dict, rows: list[dict]) -> dict | None:
     depth, act = int(model.get("depth", 1)), model.get("activation")
     scale = branch_scale(model.get("residual_scale", 1.0), depth)
     out = {"scale": scale, "relative_grad_ratio": relative_grad_ratio(rows),
+           "ends": ends_label(rows, model.get("kind")),
            "act_rms_measured": [act_rms(r) for r in rows[:-1]], "act_rms_growth_measured": measured_growth(rows)}
+    if model.get("kind") == "cnn":
+        return {**out, "applicable": False, "reason": CNN_PREDICTION}
     sw2 = theory.sigma_w2(model.get("init", "default"), act, model.get("init_std"),
                           int(model.get("width", 64)), int(model.get("width", 64)))
     first = rows[0]
@@ -138,7 +163,7 @@ def section(model: dict, rows: list[dict]) -> dict | None:
 
 def line(sec: dict) -> str:
     """One console line for diagnose."""
-    m = sec.get("act_rms_growth_measured")
+    m, ends = sec.get("act_rms_growth_measured"), sec.get("ends", "layer 0/last hidden")
     text = f"residual stream (branch scale {sec['scale']:.3g}): "
     if sec.get("applicable"):
         text += (f"predicted RMS growth x{sec['stream_rms_growth']:.3g} over the residual blocks "
@@ -146,10 +171,12 @@ def line(sec: dict) -> str:
                  f"layer 0 -> last hidden: predicted x{sec['act_rms_growth_predicted']:.3g}")
         text += f", measured x{m:.3g}" if m is not None else ""
     elif m is not None:
-        text += f"branch output RMS layer 0 -> last hidden: measured x{m:.3g}"
+        text += f"branch output RMS {ends.replace('/', ' -> ')}: measured x{m:.3g}"
     r = sec.get("relative_grad_ratio")
     if r is not None:
-        text += f"; scale-invariant ||dL/dW||/||W|| layer 0 / last hidden {r:.3g}"
+        text += f"; scale-invariant ||dL/dW||/||W|| {ends.replace('/', ' / ')} {r:.3g}"
+    if not sec.get("applicable") and sec.get("reason") == CNN_PREDICTION:
+        text += f"\n({CNN_PREDICTION})"
     return text
 
 
@@ -160,7 +187,7 @@ def predicted_growth(model: dict, scale: float | None = None) -> float | None:
     depth, act, b = int(model.get("depth", 1)), model.get("activation"), float(model.get("bias_init") or 0.0)
     width = int(model.get("width", 64))
     sw2 = theory.sigma_w2(model.get("init", "default"), act, model.get("init_std"), width, width)
-    if act not in theory.PHI or sw2 is None or depth < 2:
+    if act not in theory.PHI or sw2 is None or depth < 2 or model.get("kind") == "cnn":  # CNN_PREDICTION
         return None
     phi, kinked = theory.PHI[act][0], act in theory.KINKED
     mu0, m0 = _mean(phi, b, sw2, kinked), _mean(lambda x: phi(x) ** 2, b, sw2, kinked)

@@ -246,7 +246,8 @@ def activation_columns(run) -> list[str]:
 def activations(run, path: Path) -> Path | None:
     """Per hidden layer, the fractions of units that have stopped responding; None (no file) when
     activations were not logged. Few hidden layers: lines over training steps instead. A residual
-    MLP without norm adds a panel: the forward stream (the branch outputs' RMS) against theory."""
+    MLP or CNN without norm adds a panel: the forward stream (the branch outputs' RMS) against theory
+    (an MLP's only: analysis/residual.py)."""
     from ..analysis.residual import applies
 
     cols = activation_columns(run)
