@@ -40,7 +40,8 @@ def compare(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help=RUNS_DIR_HELP),
 ):
     """Put runs side by side: per-layer grad_norm and delta_norm, log10 ratios to the first run, each run's verdict."""
-    from ..report.compare import FORMATS, build, parse_step, render_csv, render_json, render_markdown, render_table
+    from ..report.compare import FORMATS, build, parse_step
+    from ..report.compare_render import render_csv, render_json, render_markdown, render_table
     from ..errors import UsageError
     from ..report.console import make_console
 
@@ -101,7 +102,8 @@ def show(
     first, last = (r.layer_rows(steps[0]), r.layer_rows(steps[-1])) if steps else ([], [])
     print_summary(console, r.path, s, first, last)
     if r.time and steps and not s.get("time_profile"):  # print_summary showed the summary's own profile
-        from ..report.compare import build, print_blocks, time_block
+        from ..report.compare import build, time_block
+        from ..report.compare_render import print_blocks
 
         print_blocks([time_block(build([r], ["first", "last"]))], console)
     if steps and r.metrics:  # the diagnosis lines `vgrad run` printed (from diagnosis.json when there is one)
