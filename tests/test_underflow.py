@@ -194,3 +194,23 @@ def test_gradient_flow_says_below_float32_range_unless_a_layer_is_dead(rows, not
     (line,) = ax.lines
     assert [y for y in line.get_ydata() if y == y] == [1e-3]  # no point at 4.02e-43 or 0
     plt.close(fig)
+
+
+def test_compare_plot_leaves_values_below_float32_range_as_gaps_and_says_so(tmp_path, monkeypatch):
+    """compare --plot: a 0 or a subnormal delta is a gap with a note, not a point at 1e-43."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    from vgrad_cli.analysis.verdict import FLOAT32_TINY
+    from vgrad_cli.report.plots import compare_plot
+
+    run_dir, _ = run_experiment(validate(small(model=DEEP, train={"steps": 2}, log={"every": 1})), tmp_path)
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)  # keep the saved figure open to read it back
+    compare_plot([run_dir], tmp_path / "cmp.png")
+    delta_ax = kept[0].axes[1]
+    ys = [y for ln in delta_ax.get_lines() for y in ln.get_ydata()]
+    assert any(math.isnan(y) for y in ys) and all(math.isnan(y) or y >= FLOAT32_TINY for y in ys)
+    assert any("below float32 range" in t.get_text() for t in delta_ax.texts)
+    assert (tmp_path / "cmp.png").stat().st_size > 0

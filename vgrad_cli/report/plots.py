@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 
 from .axes import (  # noqa: F401 - DPI: figure sizes are FIGSIZE x DPI, part of this module's interface
-    DPI, FEW_LAYERS, diverged_line, empty_note, finite, has_values, include_y, integer_x, layer_lines, marks,
-    over_steps, pick_steps, pyplot, positive, save, step_legend, run_title,
+    DPI, FEW_LAYERS, below_float32, diverged_line, empty_note, finite, has_values, include_y, integer_x, layer_lines,
+    marks, over_steps, pick_steps, pyplot, positive, save, step_legend, run_title,
 )
 
 FIGSIZE = {  # inches; at DPI 100 -> pixels
@@ -363,15 +363,22 @@ def compare_plot(runs, path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=FIGSIZE["compare"], layout="constrained")
     palette = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
     colors = [palette(i % palette.N) for i in range(len(runs))]
+    left_out = set()  # panels where a value below float32's range (a 0 or a subnormal) is a gap, not a point
     for run, color in zip(runs, colors):
         steps = run.steps
         for ax, col in ((axes[0], "grad_norm"), (axes[1], "delta_norm")):
             for step, ls in ((steps[0], "--"), (steps[-1], "-")) if steps else ():
                 rows = run.layer_rows(step)
-                ax.plot([r["layer"] for r in rows], positive(r.get(col) for r in rows), ls=ls, marker="o", ms=3,
-                        color=color)
+                values = [r.get(col) for r in rows]
+                if any(below_float32(v) for v in values):
+                    left_out.add(col)
+                ax.plot([r["layer"] for r in rows], positive(None if below_float32(v) else v for v in values),
+                        ls=ls, marker="o", ms=3, color=color)
         _draw_loss(axes[2], run, color)
     for ax, col in ((axes[0], "grad_norm"), (axes[1], "delta_norm")):
+        if col in left_out:
+            ax.annotate("gaps: 0 or below float32 range (< 1e-38)", xy=(0.01, 0.99), xycoords="axes fraction",
+                        fontsize=8, va="top")
         if any(has_values(list(ln.get_ydata())) for ln in ax.get_lines()):
             ax.set_yscale("log")
         else:
