@@ -116,7 +116,7 @@ class _Trainer:
         """The learning rate of step `step`'s update (metrics.csv's lr): linear warm-up from
         lr/warmup_steps to lr over the first warmup_steps updates (Goyal et al. 2017; Xiong et al.
         2020: what a Post-LN Transformer needs), then lr."""
-        if self.warmup:
+        if step < self.warmup:  # afterwards the groups keep lr: nothing to do per step
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr * min(1.0, (step + 1) / self.warmup)
 
