@@ -20,13 +20,15 @@ from vgrad_cli.training.runner import run_experiment
 
 def test_shifted_gaussian_means_match_closed_forms():
     """E[relu(b + s z)] = b Phi(b/s) + s pdf(b/s); E[relu(.)^2] = (b^2 + s^2) Phi(b/s) + b s pdf(b/s):
-    a kink that the bias moves off the centre of the quadrature."""
+    a kink that the bias moves off the centre of the quadrature (the quadrature the stream uses)."""
+    from vgrad_cli.analysis.gaussian import gaussian_mean
+
     relu = lambda x: torch.relu(torch.as_tensor(x)).numpy()  # noqa: E731
     for b, q in ((0.3, 2.0), (-0.5, 0.7), (0.0, 1.3)):
         s = math.sqrt(q)
         cdf, pdf = 0.5 * math.erfc(-b / s / math.sqrt(2)), math.exp(-(b / s) ** 2 / 2) / math.sqrt(2 * math.pi)
-        assert residual._mean(relu, b, q, True) == pytest.approx(b * cdf + s * pdf, rel=1e-9)
-        assert residual._mean(lambda x: relu(x) ** 2, b, q, True) == pytest.approx((b * b + q) * cdf + b * s * pdf, rel=1e-9)
+        assert gaussian_mean(relu, q, True, b) == pytest.approx(b * cdf + s * pdf, rel=1e-9)
+        assert gaussian_mean(lambda x: relu(x) ** 2, q, True, b) == pytest.approx((b * b + q) * cdf + b * s * pdf, rel=1e-9)
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.25])

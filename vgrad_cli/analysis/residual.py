@@ -39,14 +39,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-from numpy.polynomial.legendre import leggauss
 
 from . import theory
-from ..config import branch_scale
-
-_LX, _LW = leggauss(160)
-
+from .gaussian import KINKED, PHI, gaussian_mean
+from ..kinds import branch_scale
 
 def applies(model: dict) -> bool:
     """A residual MLP or CNN without normalisation: the case where delta is not scale-invariant."""
@@ -62,30 +58,16 @@ CNN_PREDICTION = ("the forward-stream prediction is derived for the MLP block h 
                   "depth 30), so none is given for a CNN: the verdict and advice still apply")
 
 
-def _mean(f, b: float, q: float, kinked: bool) -> float:
-    """E[f(b + sqrt(q) z)], z ~ N(0, 1). Around a kink at 0 that b moves off the centre, each side
-    of the kink gets its own Gauss-Legendre rule (12 standard deviations wide)."""
-    if not kinked or b == 0 or q <= 0:
-        return theory.gaussian_mean(lambda x: f(x + b), max(q, 0.0), kinked) if q > 0 else float(f(np.array(b)))
-    s, total = math.sqrt(q), 0.0
-    for lo, hi in ((min(0.0, b - 12 * s), 0.0), (0.0, max(0.0, b + 12 * s))):
-        if hi > lo:
-            y = (hi - lo) / 2 * (_LX + 1) + lo
-            pdf = np.exp(-((y - b) / s) ** 2 / 2) / (s * math.sqrt(2 * math.pi))
-            total += (hi - lo) / 2 * float(np.dot(_LW, f(y) * pdf))
-    return total
-
-
 def stream(activation: str, sw2: float, b: float, scale: float, blocks: int, mu0: float, m0: float) -> dict:
     """Iterate the stream's (mean, second moment) through `blocks` residual blocks from the output
     of block 0 (mean mu0, second moment m0). Returns the predicted E[a_l^2] of each branch output
     (block 0's is m0), and the stream's second moment fed to the output layer."""
-    phi = theory.PHI[activation][0]
-    kinked = activation in theory.KINKED
+    phi = PHI[activation][0]
+    kinked = activation in KINKED
     mu, m, act_ms = mu0, m0, [m0]
     for _ in range(blocks):
         q = sw2 * m
-        e1, e2 = _mean(phi, b, q, kinked), _mean(lambda x: phi(x) ** 2, b, q, kinked)
+        e1, e2 = gaussian_mean(phi, q, kinked, b), gaussian_mean(lambda x: phi(x) ** 2, q, kinked, b)
         act_ms.append(e2)
         m, mu = m + 2 * scale * mu * e1 + scale**2 * e2, mu + scale * e1
         if not math.isfinite(m) or m > 1e300:
@@ -147,7 +129,7 @@ def section(model: dict, rows: list[dict]) -> dict | None:
     sw2 = theory.sigma_w2(model.get("init", "default"), act, model.get("init_std"),
                           int(model.get("width", 64)), int(model.get("width", 64)))
     first = rows[0]
-    if act not in theory.PHI or sw2 is None or act_rms(first) is None:
+    if act not in PHI or sw2 is None or act_rms(first) is None:
         return {**out, "applicable": False,
                 "reason": "no phi for the activation, no weight variance, or no activation statistics at layer 0"}
     mu0, m0 = first["act_mean"], act_rms(first) ** 2
@@ -187,9 +169,9 @@ def predicted_growth(model: dict, scale: float | None = None) -> float | None:
     depth, act, b = int(model.get("depth", 1)), model.get("activation"), float(model.get("bias_init") or 0.0)
     width = int(model.get("width", 64))
     sw2 = theory.sigma_w2(model.get("init", "default"), act, model.get("init_std"), width, width)
-    if act not in theory.PHI or sw2 is None or depth < 2 or model.get("kind") == "cnn":  # CNN_PREDICTION
+    if act not in PHI or sw2 is None or depth < 2 or model.get("kind") == "cnn":  # CNN_PREDICTION
         return None
-    phi, kinked = theory.PHI[act][0], act in theory.KINKED
-    mu0, m0 = _mean(phi, b, sw2, kinked), _mean(lambda x: phi(x) ** 2, b, sw2, kinked)
+    phi, kinked = PHI[act][0], act in KINKED
+    mu0, m0 = gaussian_mean(phi, sw2, kinked, b), gaussian_mean(lambda x: phi(x) ** 2, sw2, kinked, b)
     s = branch_scale(model.get("residual_scale", 1.0), depth) if scale is None else scale
     return math.sqrt(stream(act, sw2, b, s, depth - 1, mu0, m0)["stream_second_moment"] / m0) if m0 > 0 else None
