@@ -9,8 +9,6 @@ import torch
 def first_tensor(x):
     """A module's output as one tensor: the first tensor of a tuple/list (an LSTM's output sequence,
     attention's output), else None (e.g. a dict)."""
-    import torch
-
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, (tuple, list)):

@@ -15,7 +15,7 @@ import torch
 from ..analysis.spread import summarize
 from ..analysis.theory import measured_factor
 from ..analysis.verdict import BELOW_KEY, cell_ratio, ends_label, factor_span, ratios, time_ratio
-from .loop import _Trainer, resolve_device
+from .loop import resolve_device, step0
 
 SPREAD_COLUMNS = ["seed", "layer", "name", "grad_norm", "delta_norm", "act_std", "act_dead_frac"]
 
@@ -23,11 +23,7 @@ SPREAD_COLUMNS = ["seed", "layer", "name", "grad_norm", "delta_norm", "act_std",
 def measure_seed(cfg, seed: int, device) -> tuple[list[dict], list[dict]]:
     """(layers.csv rows, time.csv rows) of step 0 for `cfg` with `seed`."""
     c = cfg.model_copy(update={"seed": seed})
-    task = c.task.make(seed).to(device)
-    tr = _Trainer(c, task, device)
-    out, y, loss = tr.forward_backward(logged=True)
-    host = tr.measured(out, y, loss, torch.zeros(0, device=device))
-    return tr.probe.rows(0, host), tr.probe.time_rows(0, host)
+    return step0(c, c.task.make(seed).to(device), device)
 
 
 def init_spread(cfg, k: int) -> tuple[dict, list[dict]]:

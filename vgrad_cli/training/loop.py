@@ -259,14 +259,20 @@ def _train(cfg, task, writer: RunWriter, on_log, device) -> TrainResult:
     return result
 
 
+def step0(cfg, task, device, dtype=torch.float32) -> tuple[list[dict], list[dict]]:
+    """(layers.csv rows, time.csv rows) of step 0 alone: the initial weights and the first batch,
+    one measured forward/backward, no update (float64_step0; the init spread's seeds)."""
+    tr = _Trainer(cfg, task, device, dtype)
+    out, y, loss = tr.forward_backward(True)
+    host = tr.measured(out, y, loss, torch.zeros(0, device=device))
+    return tr.probe.rows(0, host), tr.probe.time_rows(0, host)
+
+
 def float64_step0(cfg, task, device) -> list[dict]:
     """Step 0 measured again in float64: the same initial weights and the same first batch, converted
     exactly to float64, one forward/backward. Where float32 underflows (a deep sigmoid net's early
     layers: delta below 1e-38, or exactly 0), these rows hold the true values. Training never uses it."""
-    tr = _Trainer(cfg, task, device, torch.float64)
-    out, y, loss = tr.forward_backward(True)
-    host = tr.measured(out, y, loss, torch.zeros(0, device=device))
-    return tr.probe.rows(0, host)
+    return step0(cfg, task, device, torch.float64)[0]
 
 
 def _replay(cfg, task, device, is_logged, last_written: int, first_bad: int, detected: int, write) -> int:
