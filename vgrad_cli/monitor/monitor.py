@@ -24,6 +24,7 @@ non-finite loss in between. Framework callbacks over this class: vgrad_cli/integ
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -66,7 +67,9 @@ class Monitor:
         self._started = time.time()
         # A compiled model: hooks inside its graph would break it, so δ and the activation
         # statistics stay empty (said in summary.json's notes) and the rest is measured as usual.
-        self.compiled = isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
+        # (a compiled model means torch._dynamo is loaded already: importing it here would cost ~1 s)
+        dynamo = sys.modules.get("torch._dynamo")
+        self.compiled = dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule)
         inner = model._orig_mod if self.compiled else model
         self.name = name or type(inner).__name__
         self._class = type(inner).__name__

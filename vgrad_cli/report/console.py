@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..analysis.verdict import ends, ends_label, underflowed
+from ..analysis.verdict import BELOW_SHORT, ends, ends_label, underflowed
 
 VERDICT_STYLE = {"vanishing": "bold yellow", "exploding": "bold red", "healthy": "bold green"}
 
@@ -135,7 +135,7 @@ class RunProgress:
             return
         first, last = ends(rows, self.kind)
         ratio = first["delta_norm"] / last["delta_norm"] if last["delta_norm"] else math.inf
-        shown = "< 1e-38 (float32 underflow)" if underflowed(rows, 0) else fmt(ratio, 2)
+        shown = f"{BELOW_SHORT} (float32 underflow)" if underflowed(rows, 0) else fmt(ratio, 2)
         info = f"loss {fmt(metrics['loss'])}  delta_norm {ends_label(rows, self.kind)} {shown}"
         if self.progress is not None:
             self.progress.update(self.task, completed=step, info=info)
@@ -159,7 +159,7 @@ def layer_table(first_rows: list[dict], last_rows: list[dict], title: str) -> Ta
         for s in steps:
             t.add_column(f"{col}\nstep {s}", justify="right")
     def cell(rows, col, i):  # a value under float32's range is no 0 (a dead layer's exact 0 still is)
-        return "< 1e-38" if underflowed(rows, i, col) else fmt(rows[i].get(col))
+        return BELOW_SHORT if underflowed(rows, i, col) else fmt(rows[i].get(col))
 
     last_index = {r["layer"]: i for i, r in enumerate(last_rows)}
     for i, r in enumerate(first_rows):

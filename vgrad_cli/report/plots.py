@@ -363,6 +363,8 @@ def compare_plot(runs, path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=FIGSIZE["compare"], layout="constrained")
     palette = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
     colors = [palette(i % palette.N) for i in range(len(runs))]
+    from ..analysis.verdict import BELOW_FLOAT32
+
     left_out = set()  # panels where a value below float32's range (a 0 or a subnormal) is a gap, not a point
     for run, color in zip(runs, colors):
         steps = run.steps
@@ -377,7 +379,7 @@ def compare_plot(runs, path) -> Path:
         _draw_loss(axes[2], run, color)
     for ax, col in ((axes[0], "grad_norm"), (axes[1], "delta_norm")):
         if col in left_out:
-            ax.annotate("gaps: 0 or below float32 range (< 1e-38)", xy=(0.01, 0.99), xycoords="axes fraction",
+            ax.annotate(f"gaps: 0 or {BELOW_FLOAT32}", xy=(0.01, 0.99), xycoords="axes fraction",
                         fontsize=8, va="top")
         if any(has_values(list(ln.get_ydata())) for ln in ax.get_lines()):
             ax.set_yscale("log")
