@@ -314,6 +314,7 @@ def _ddp_worker(rank, world, init_file, out):
             mon.step(loss)
             opt.step()
     assert (mon.path is None) == (rank != 0)
+    dist.barrier()  # both ranks done (rank 0 writes its run) before gloo is torn down under either
     dist.destroy_process_group()
 
 
