@@ -22,13 +22,12 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
 from vgrad_cli.config import validate
 from vgrad_cli.models import build_model
 from vgrad_cli.training.runner import run_experiment
 from vgrad_cli.tasks.losses import LOSSES
-from vgrad_cli.training.loop import OPTIMIZERS
+from vgrad_cli.training.trainer import OPTIMIZERS
 
 
 def mlp_config(steps=1000, depth=20, width=128, batch=128, every=1) -> dict:

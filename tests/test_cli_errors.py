@@ -1,7 +1,6 @@
 """Every bad input: one clear line, exit code 2, no traceback, no run directory."""
 
 import pytest
-import yaml
 
 from conftest import small, vgrad_subprocess
 

@@ -2,8 +2,7 @@
 
 from conftest import ROOT
 from vgrad_cli.docgen import render
-from vgrad_cli.measure.probes import LAYER_COLUMNS, TIME_COLUMNS
-from vgrad_cli.rundir.files import METRIC_COLUMNS
+from vgrad_cli.vocab import LAYER_COLUMNS, METRIC_COLUMNS, TIME_COLUMNS
 
 
 def test_config_reference_is_generated_from_the_schema():

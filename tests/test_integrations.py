@@ -241,7 +241,7 @@ def test_monitor_with_a_closure_optimizer_and_evaluation_between_steps(tmp_path)
             with torch.no_grad():
                 model(torch.zeros(3, 4))  # an evaluation pass between steps: another batch size, ignored
 
-            def closure():
+            def closure(step=step):
                 opt.zero_grad()
                 loss = nn.functional.mse_loss(model(x), y)
                 loss.backward()

@@ -69,7 +69,7 @@ def test_bias_init():
 def test_structure_and_layer_order():
     model, _ = mlp(depth=4, width=32, input_dim=7, norm="batch", residual=True, activation="prelu")
     layers = model.probe_layers()
-    assert [l.name for l in layers] == ["hidden0", "hidden1", "hidden2", "hidden3", "output"]
+    assert [layer.name for layer in layers] == ["hidden0", "hidden1", "hidden2", "hidden3", "output"]
     assert layers[0].weight.shape == (32, 7) and layers[-1].weight.shape == (4, 32)
     # grad_norm covers every parameter of a block: Linear weight+bias, BN gamma+beta, PReLU slopes
     assert len(layers[1].params) == 5

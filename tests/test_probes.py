@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from vgrad_cli.activations import ACTIVATIONS
 from vgrad_cli.config import validate
 from vgrad_cli.models import build_model
-from vgrad_cli.measure.probes import LAYER_COLUMNS, LayerProbe
+from vgrad_cli.measure.probes import LayerProbe
+from vgrad_cli.vocab import LAYER_COLUMNS
 
 
 def tiny(activation="tanh", norm="none", residual=False):
@@ -187,7 +188,7 @@ def monitored(tmp_path, every, steps, act=torch.nn.ReLU, loss_of=None, before_up
 def test_monitor_keeps_hooks_only_while_the_next_step_is_logged(tmp_path):
     for every, armed_between in ((1, True), (2, False)):
         seen = []
-        _, model = monitored(tmp_path, every, 4, after_update=lambda step, model: seen.append(hooked(model) > 0))
+        _, model = monitored(tmp_path, every, 4, after_update=lambda step, model, seen=seen: seen.append(hooked(model) > 0))
         assert hooked(model) == 0
         # after step 0 (logged): armed for step 1 only if step 1 is logged too
         assert seen[0] is armed_between and seen[1] is True

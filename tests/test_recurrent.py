@@ -12,7 +12,8 @@ from vgrad_cli.activations import ACTIVATIONS
 from vgrad_cli.config import validate
 from vgrad_cli.errors import UsageError
 from vgrad_cli.models import build_model
-from vgrad_cli.measure.probes import TIME_COLUMNS, LayerProbe, Recorder
+from vgrad_cli.measure.probes import LayerProbe, Recorder
+from vgrad_cli.vocab import TIME_COLUMNS
 from vgrad_cli.training.runner import run_experiment
 
 

@@ -14,8 +14,7 @@ import yaml
 
 from conftest import CONFIGS, ROOT, only_run_dir, small, vgrad_subprocess
 from vgrad_cli.config import load_config, validate
-from vgrad_cli.measure.probes import LAYER_COLUMNS
-from vgrad_cli.rundir.files import METRIC_COLUMNS
+from vgrad_cli.vocab import LAYER_COLUMNS, METRIC_COLUMNS
 from vgrad_cli.training.runner import run_experiment
 
 
@@ -103,8 +102,9 @@ def test_divergence_between_logged_steps_replays_to_the_same_rows(tmp_path):
     dense, s2 = run_experiment(validate({**base, "log": {"every": 1, "eval_every": 1000}}), tmp_path / "b")
     assert s1["diverged_step"] == s2["diverged_step"]
     step = s1["diverged_step"]
-    pick = lambda rows: [(r["step"], r["layer"], r["grad_norm"], r["delta_norm"]) for r in rows
-                         if int(r["step"]) in (step - 1, step)]
+    def pick(rows):
+        return [(r["step"], r["layer"], r["grad_norm"], r["delta_norm"]) for r in rows
+                if int(r["step"]) in (step - 1, step)]
     assert pick(read_csv(sparse / "layers.csv")) == pick(read_csv(dense / "layers.csv"))
 
 

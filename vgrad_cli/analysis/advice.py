@@ -178,8 +178,8 @@ def recommend(cfg: dict, verdict: str, indicators: dict, recovered: bool, data: 
     m, t = cfg["model"], cfg["train"]
     if m.get("kind") == "custom":
         advice = list(OWN_MODEL.get(verdict, []))
-        if verdict == "vanishing" and any(str(l.get("type")) in ("RNN", "LSTM", "GRU") or "RNN" in str(l.get("type"))
-                                          for l in m.get("layers") or []):
+        if verdict == "vanishing" and any("RNN" in str(layer.get("type")) or str(layer.get("type")) in ("LSTM", "GRU")
+                                          for layer in m.get("layers") or []):
             advice.insert(0, ("gated units, or an orthogonal recurrent init",
                               "an LSTM or GRU can learn to keep the path back in time open (Hochreiter & Schmidhuber 1997)"))
         return [{**rec(title, why, {}), "optional": recovered, "command": None} for title, why in advice]

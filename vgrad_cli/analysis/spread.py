@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import statistics
 
-from .verdict import BELOW_KEY, BELOW_SHORT, EXPLODING_RATIO, VANISHING_RATIO, judged_time_ratio
+from ..vocab import BELOW_KEY
+from .verdict import BELOW_SHORT, EXPLODING_RATIO, VANISHING_RATIO, judged_time_ratio
 
 CSV_NAME = "init_spread.csv"
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+from ..vocab import BELOW_KEY
+
 VANISHING_RATIO = 1e-2
 EXPLODING_RATIO = 1e2
 GROWTH = 1e3
@@ -95,7 +97,6 @@ def _ratio(first, last) -> float | None:
     return first / last
 
 
-BELOW_KEY = "below_float32"  # summary.json: the ratios whose first end underflowed float32 (value null)
 BELOW_SHORT = "< 1e-38"       # how tables (sweep.csv, compare, the sweep table) show such a ratio
 
 

@@ -50,6 +50,6 @@ def usage_errors(fn):
             from ..report.console import error
 
             error(str(e))
-            raise typer.Exit(e.exit_code)
+            raise typer.Exit(e.exit_code) from None
 
     return wrapper

@@ -78,21 +78,17 @@ def run(
     from ..report.console import error
 
     try:
-        run_dir, summary = run_experiment(cfg, out, on_start=progress.start, on_log=on_log)
+        run_dir, summary = run_experiment(cfg, out, on_start=progress.start, on_log=on_log, plots=not no_plots)
     except KeyboardInterrupt:  # pragma: no cover - Ctrl-C before training; inside it, signals end the run
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except UsageError:
         raise
     except Exception as e:  # the run directory already holds status "failed" and the traceback
         progress.stop()
         error(f"run failed: {type(e).__name__}: {e} (details in the run's summary.json)")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     finally:
         progress.stop()
-    if not no_plots:
-        from ..report.plots import write_run_plots
-
-        write_run_plots(run_dir)
     if quiet:
         print(run_dir)
     else:

@@ -110,6 +110,6 @@ def sweep(
 def check_devices(plan):
     """train.device: cuda on a machine without CUDA would fail every local run: say so up front."""
     if any((p.config.get("train") or {}).get("device") == "cuda" for p in plan.points):
-        from ..training.loop import resolve_device
+        from ..training.trainer import resolve_device
 
         resolve_device("cuda")

@@ -69,7 +69,7 @@ def discover(model, order: list, same_tensor, calls, layers=None) -> tuple[list[
     called = [m for m in order if _holds_params(m)]
     owner = {}  # parameter -> the called module that holds it: itself, or its nearest called ancestor
     called_ids = {id(m) for m in called}
-    for mod_name, module in model.named_modules():
+    for module in model.modules():
         if id(module) not in called_ids:
             continue
         for p in module.parameters():

@@ -14,16 +14,12 @@ from __future__ import annotations
 import torch
 
 from ..activations import ACTIVATIONS, Activation
+from ..vocab import LAYER_COLUMNS
 from .norms import abs_max_each, norms64, per_layer_norm
 from .recorder import Recorder  # noqa: F401  (tests and models import it from here)
-from .recurrent import TIME_COLUMNS, spectra_layers, time_rows, whh_spectra  # noqa: F401  (TIME_COLUMNS: loop, tests)
+from .recurrent import spectra_layers, time_rows, whh_spectra
 from .layers import hook_candidates, is_activation
 
-LAYER_COLUMNS = [
-    "step", "layer", "name", "grad_norm", "grad_max_abs", "delta_norm", "weight_norm", "weight_drift",
-    "update_ratio", "act_mean", "act_std", "act_saturated_frac", "act_dead_frac", "act_unresponsive_frac",
-    "whh_spectral_radius", "whh_sigma_max",  # recurrent rows only (recurrent.py)
-]
 # A unit is "unresponsive" when its output varies across the batch by less than this fraction
 # of its typical magnitude (std_b(a) <= UNRESPONSIVE_REL * mean_b|a|): it says the same thing
 # for every input.

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import torch
 
-TIME_COLUMNS = ["step", "layer", "t", "delta_norm", "cell_grad_norm"]
-
 
 def time_rows(step: int, host: dict) -> list[dict]:
     """time.csv rows: ||dL/dh_t|| per stacked layer and time step (recurrent models only), and

@@ -40,6 +40,7 @@ class CNN(nn.Module):
         )
         self.head = nn.Linear(cfg.width, output_dim)
         self.scale = cfg.branch_scale()  # residual_scale: 1.0 unless set (only with residual)
+        self.activation = cfg.activation  # its name: the probe's saturation rule for the conv rows
         init_weights([b.conv for b in self.blocks], self.head, cfg)  # a conv's fan_in: channels_in x 9
 
     def forward(self, x):  # x: (batch, channels, height, width)
@@ -51,7 +52,7 @@ class CNN(nn.Module):
 
     def probe_layers(self) -> list[ProbeLayer]:
         # the channels are the units (axis 1): activation statistics per channel, over batch and pixels
-        layers = [ProbeLayer(f"conv{i}", list(b.parameters()), b.conv.weight, delta=b.norm, act=b.act, channel_dim=1)
-                  for i, b in enumerate(self.blocks)]
+        layers = [ProbeLayer(f"conv{i}", list(b.parameters()), b.conv.weight, delta=b.norm, act=b.act, channel_dim=1,
+                             activation=self.activation) for i, b in enumerate(self.blocks)]
         layers.append(ProbeLayer("output", list(self.head.parameters()), self.head.weight, delta=self.head))
         return layers

@@ -48,6 +48,7 @@ class MLP(nn.Module):
         )
         self.head = nn.Linear(cfg.width, output_dim)
         self.scale = cfg.branch_scale()
+        self.activation = cfg.activation  # its name: the probe's saturation rule for the hidden rows
         init_weights([b.linear for b in self.blocks], self.head, cfg)
 
     def forward(self, x):
@@ -67,7 +68,7 @@ class MLP(nn.Module):
         # δ at the norm's output: the pre-activation z, i.e. the input of the nonlinearity. With batch
         # norm, the Linear's raw output would fold BN's 1/sigma into δ and hide what the activation
         # does to the gradient. The activation statistics: the activation module's output.
-        layers = [ProbeLayer(f"hidden{i}", list(b.parameters()), b.linear.weight, delta=b.norm, act=b.act)
-                  for i, b in enumerate(self.blocks)]
+        layers = [ProbeLayer(f"hidden{i}", list(b.parameters()), b.linear.weight, delta=b.norm, act=b.act,
+                             activation=self.activation) for i, b in enumerate(self.blocks)]
         layers.append(ProbeLayer("output", list(self.head.parameters()), self.head.weight, delta=self.head))
         return layers

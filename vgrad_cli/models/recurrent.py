@@ -48,6 +48,8 @@ class RecurrentNet(nn.Module):
         self.head = nn.Linear(cfg.width, output_dim)
         self.cell = _cell_fn(cfg.kind, cfg.activation)
         self.recorder = None
+        # the hidden state's range: tanh's (-1, 1) for lstm/gru too; the probe's saturation rule
+        self.activation = cfg.activation or "tanh"
         self._init(cfg)
 
     @torch.no_grad()
@@ -80,7 +82,8 @@ class RecurrentNet(nn.Module):
         bias[:h] = -b_f
 
     def forward(self, x):  # x: (batch, time, features)
-        rec = self.recorder
+        # an evaluation (no autograd) between a logged step's backward and its update stays fused
+        rec = self.recorder if torch.is_grad_enabled() else None
         seq = x
         for i, (rnn, norm) in enumerate(zip(self.layers, self.norms)):
             out = self._unrolled(i, rnn, seq, rec) if rec is not None else rnn(seq)[0]
@@ -112,7 +115,7 @@ class RecurrentNet(nn.Module):
     def probe_layers(self) -> list[ProbeLayer]:
         layers = [
             ProbeLayer(f"{self.kind}{i}", list(rnn.parameters()) + list(norm.parameters()), rnn.weight_hh_l0,
-                       recurrent=True)
+                       recurrent=True, activation=self.activation)
             for i, (rnn, norm) in enumerate(zip(self.layers, self.norms))
         ]
         layers.append(ProbeLayer("output", list(self.head.parameters()), self.head.weight))

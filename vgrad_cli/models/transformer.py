@@ -83,6 +83,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg, input_dim: int, output_dim: int, seq_len: int, output_steps: int = 1):
         super().__init__()
         self.output_steps = output_steps
+        self.activation = cfg.activation  # its name: the probe's saturation rule for the blocks' MLP units
         self.embedding = Embedding(input_dim, cfg.width, seq_len)
         self.blocks = nn.ModuleList(Block(cfg.width, cfg) for _ in range(cfg.depth))
         # Post-LN's last block already ends in a LayerNorm; Pre-LN's stream needs one before the head
@@ -116,8 +117,8 @@ class Transformer(nn.Module):
         emb = self.embedding
         layers = [ProbeLayer("embedding", list(emb.parameters()), emb.proj.weight, delta=emb, act=emb,
                              activation="linear")]
-        layers += [ProbeLayer(f"block{i}", list(b.parameters()), b.ff1.weight, delta=b, act=b.act)
-                   for i, b in enumerate(self.blocks)]
+        layers += [ProbeLayer(f"block{i}", list(b.parameters()), b.ff1.weight, delta=b, act=b.act,
+                              activation=self.activation) for i, b in enumerate(self.blocks)]
         head = list(self.final_norm.parameters()) + list(self.head.parameters())
         layers.append(ProbeLayer("output", head, self.head.weight, delta=self.head))
         return layers

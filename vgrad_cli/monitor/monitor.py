@@ -1,4 +1,4 @@
-"""Monitor: vgrad's measurements on the user's own model, in the user's own training loop.
+"""Monitor: vgrad's measurements on any model, in any training loop — the user's, and `vgrad run`'s.
 
     mon = Monitor(model, optimizer=opt, out="runs", name="mynet", every=10)
     for x, y in loader:
@@ -12,59 +12,65 @@ The step counter counts optimizer steps when an optimizer is given (gradient acc
 mon.step() calls per opt.step(); the last one's gradient, the accumulated one, is measured), else
 mon.step() calls. A logged step is armed before its forward pass (the hooks must see it) and
 measured in mon.step(); with an optimizer, its step hooks add the update ratio and the norm after
-clipping (re-measured only if a gradient changed after mon.step(): in-place version counters;
-also for step(closure), where forward, backward and clipping run inside the optimizer's step:
-Lightning, LBFGS). Forward passes without autograd (evaluation under torch.no_grad) are not
-recorded, even on a logged step. When the next step is logged too (every=1) the hooks stay armed
-instead of being removed and made again. Steps that are not logged do no measurement work and no
-host synchronisation: one reference to the (detached) loss, read at the next logged step to catch a
-non-finite loss in between. Framework callbacks over this class: vgrad_cli/integrations/.
+clipping (re-measured when the loop says it clips, or when a gradient changed after mon.step():
+in-place version counters; also for step(closure), where forward, backward and clipping run inside
+the optimizer's step: Lightning, LBFGS). Forward passes without autograd (evaluation under
+torch.no_grad) are not recorded, even on a logged step. When the next step is logged too (every=1)
+the hooks stay armed instead of being removed and made again. Steps that are not logged do no
+measurement work and no host synchronisation: one reference to the (detached) loss, read at the
+next logged step to catch a non-finite loss in between. What a logged step leaves on disk is the
+Recording's (recording.py). Framework callbacks over this class: vgrad_cli/integrations/.
 """
 
 from __future__ import annotations
 
-import math
+import re
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from .. import vocab as V
 from ..errors import GradientProblem
-from ..measure.probes import LAYER_COLUMNS, LayerProbe
-from ..rundir.files import METRIC_COLUMNS, SCHEMA_VERSION, RunWriter
+from ..measure.probes import LayerProbe
+from .recording import Recording
 from .watch import Watch
 
 ON_PROBLEM = ("warn", "raise", None)
 COMPILED_NOTE = ("torch.compile'd model: delta_norm and the activation columns are left empty (they need hooks "
                  "inside the compiled graph, which would break it); gradient, weight and update columns are exact, "
                  "layers in definition order")
+_METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")
 
 
 class Monitor:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, out="runs",
-                 name: str | None = None, every: int = 10, on_problem: str | None = "warn", layers=None,
-                 activations: bool = True, plots: bool = True, steps: int | None = None):
+                 name: str | None = None, every=10, on_problem: str | None = "warn", layers=None,
+                 activations: bool = True, plots: bool = True, steps: int | None = None,
+                 clip_norm: float | None = None, clip_value: float | None = None, *, recording: Recording | None = None):
         """model: any torch.nn.Module. optimizer: optional; with it, update_ratio and the gradient
         norm after clipping are recorded and only optimizer steps count. out/name: the run directory
         is out/<name>-<date>-<time>-<id> (name: the model's class). every: log every N steps (step 0
-        always). on_problem: "warn" prints one line the first time a problem shows, "raise" raises
-        GradientProblem, None is silent. layers: module names (or prefixes) to keep, or {row name:
-        [module names]} to group several modules into one row; default: every module with
-        parameters. activations: activation statistics (dead, saturated, unresponsive units).
-        plots: write plots/ at close(). steps: the planned number of steps, for the summary."""
+        always), or a function step -> bool. on_problem: "warn" prints one line the first time a
+        problem shows, "raise" raises GradientProblem, None is silent. layers: module names (or
+        prefixes) to keep, or {row name: [module names]} to group several modules into one row;
+        default: every module with parameters. activations: activation statistics (dead, saturated,
+        unresponsive units). plots: write plots/ at close(). steps: the planned number of steps, for
+        the summary. clip_norm / clip_value: the clipping your loop applies after mon.step()
+        (recorded in config.yaml; the diagnosis reads it). recording: where the rows go (`vgrad run`
+        makes its own); default: a new run directory under `out`."""
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"Monitor needs a torch.nn.Module, got {type(model).__name__}")
         check_options(every, on_problem, layers)
         self.model, self.optimizer, self.every, self.plots = model, optimizer, every, plots
+        self._logged = every if callable(every) else (lambda step: step % every == 0)
+        self.clip = {"clip_norm": clip_norm, "clip_value": clip_value}
         self.step_index = 0              # the step being accumulated (optimizer steps, or step() calls)
-        self.status = "running"
-        self.diverged_step: int | None = None
+        self.status = V.RUNNING
         self._rank0 = _rank() == 0
-        self._armed = False
-        self._measured = False
+        self._armed = self._measured = False
         self._t0 = time.perf_counter()
-        self._started = time.time()
         # A compiled model: hooks inside its graph would break it, so δ and the activation
         # statistics stay empty (said in summary.json's notes) and the rest is measured as usual.
         # (a compiled model means torch._dynamo is loaded already: importing it here would cost ~1 s)
@@ -78,21 +84,14 @@ class Monitor:
         if layers is not None:
             _check_names(inner, layers)
         self.watch = Watch(on_problem)
-        self._recent: list = []  # the losses of the unlogged steps since the last logged one (detached)
-        self._first = self._last = None
-        self._max_total = None  # the largest finite grad_norm_total logged: grad_norm_total_growth
+        self._losses = LossBuffer()   # the losses of the unlogged steps since the last logged one
+        self._figures: dict = {}      # log_metrics() of the step being measured
+        self._pending: dict = {}      # log_metrics() of unlogged steps: step -> figures
         self._handles = []
-        self.writer = None
+        self._own_recording = recording is None
+        self.recording = None         # only rank 0 of a distributed run writes
         if self._rank0:
-            self.writer = RunWriter(out, self.name)
-            self._layers_csv = self.writer.table("layers.csv", LAYER_COLUMNS)
-            self._metrics_csv = self.writer.table("metrics.csv", METRIC_COLUMNS)
-            self.summary = {"schema_version": SCHEMA_VERSION, "name": self.name, "status": "running", "source": "monitor",
-                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self._started)),
-                            "steps_planned": steps, "seed": None, "versions": _versions(),
-                            "task_loss": None, "baseline_loss": None, "chance_accuracy": None}
-            self.writer.write_summary(self.summary)
-            self.writer.write_config(self._config())  # again at close(), with the layers found
+            self.recording = recording or Recording(out, self.name, self._config(), {"steps_planned": steps})
         if optimizer is not None:
             self._handles = [optimizer.register_step_pre_hook(self._before_update),
                              optimizer.register_step_post_hook(self._after_update)]
@@ -108,20 +107,31 @@ class Monitor:
     @property
     def path(self) -> Path | None:
         """The run directory (None on ranks other than 0 of a distributed run: only rank 0 writes)."""
-        return self.writer.path if self.writer is not None else None
+        return self.recording.path if self.recording is not None else None
+
+    @property
+    def summary(self) -> dict | None:
+        """summary.json as last written (None on ranks other than 0)."""
+        return self.recording.summary if self.recording is not None else None
+
+    @property
+    def diverged_step(self) -> int | None:
+        """The first step whose loss was non-finite, once a logged step (or close()) has read it."""
+        return self.recording.diverged_step if self.recording is not None else None
 
     def step(self, loss=None):
         """After loss.backward(), before clipping and optimizer.step()."""
-        if self.status != "running":
+        if self.status != V.RUNNING:
             raise RuntimeError(f"Monitor.step() after close() (status {self.status})")
         if not self._armed:
             if loss is not None:
-                self._buffer(loss)
+                self._losses.add(self.step_index, loss)
             if self.optimizer is None:
                 self._advance()
             return
-        self._loss = loss.detach() if isinstance(loss, torch.Tensor) else (
-            torch.tensor(float(loss)) if loss is not None else None)
+        if self._measured and self._loss is not None:  # an earlier micro-batch of this step: checked too
+            self._losses.add(self.step_index, self._loss)
+        self._loss = loss
         # with an optimizer the hooks stay for the next micro-batches of this step; else they go now,
         # unless the next step is logged too (every=1): then they stay armed for it
         self.probe.after_backward(keep_hooks=self.optimizer is not None or self._logged(self.step_index + 1))
@@ -130,28 +140,78 @@ class Monitor:
             self._finish()
             self._advance()
 
-    def close(self, status: str | None = None):
-        """End the run: summary.json with the verdict, then plots. Safe to call twice."""
-        if self.status != "running":
+    def log_metrics(self, **values):
+        """Your own figures for the current step into metrics.csv: eval_loss, eval_accuracy, accuracy,
+        lr, or any name (a new name becomes a column). Numbers or one-element tensors; tensors are read
+        with the logged step's other statistics, in its one host transfer. On a step that is not
+        logged they make a row of their own, written at the next logged step."""
+        figures = {}
+        for key, value in values.items():
+            if not _METRIC_NAME.fullmatch(key) or key in V.MEASURED_METRICS:
+                raise ValueError(f"log_metrics: {key!r} cannot be a metrics.csv column (vgrad measures "
+                                 f"{', '.join(V.MEASURED_METRICS)}; a name is letters, digits, _ . - /)")
+            if isinstance(value, torch.Tensor):
+                if value.numel() != 1:
+                    raise ValueError(f"log_metrics: {key} must be one number, got a tensor of shape {tuple(value.shape)}")
+                value = value.detach().reshape(())
+            elif value is not None and not isinstance(value, (int, float)):
+                raise ValueError(f"log_metrics: {key} must be a number or a one-element tensor, "
+                                 f"not {type(value).__name__}")
+            figures[key] = value
+        if self.recording is None:
             return
+        if self._armed:
+            self._figures.update(figures)
+        else:
+            self._pending.setdefault(self.step_index, {}).update(figures)
+
+    def finish_step(self):
+        """Record the step measured by step() now, for a step no optimizer step follows (the last one
+        of a loop; an evaluation-only pass). close() does it too."""
+        if not self._measured:
+            return
+        self.probe.detach()
+        self.probe.after_clip(clipped=self._clipped())
+        self.probe.recorder = None
+        self._finish()
+        self._armed = self._measured = False  # the next optimizer step only advances the counter
+
+    def close(self, status: str | None = None, **summary):
+        """End the run: summary.json with the verdict, then plots. Safe to call twice. status: the
+        run's end (default: completed, or diverged); summary: keys for summary.json (stop_reason,
+        error, ...: Recording.finish)."""
+        if self.status != V.RUNNING:
+            return
+        stopped = None
+        try:
+            self.finish_step()  # a step measured but followed by no optimizer step
+            if self.recording is not None and (len(self._losses) or self._pending):
+                self._flush()   # losses and figures of the steps since the last logged one
+        except GradientProblem as e:  # on_problem="raise" on that last step: end the run, then raise
+            stopped, status, summary["stop_reason"] = e, V.INTERRUPTED, str(e)
+        finally:
+            self.remove()
+        self.status = status or (V.DIVERGED if self.diverged_step is not None else V.COMPLETED)
+        if self.recording is not None:
+            notes = self.probe.notes + ([COMPILED_NOTE] if self.compiled else [])
+            self.recording.finish(self.status, self.step_index, notes=notes, **summary)
+            if self._own_recording:
+                self.recording.write_config(self._config())  # with the layers found
+            if self.plots:
+                from ..report.plots import write_run_plots
+
+                write_run_plots(self.path)
+        if stopped is not None:
+            raise stopped
+
+    def remove(self):
+        """Remove every hook from the model and the optimizer (torch's RemovableHandle.remove):
+        nothing is measured or written after this, except by close()."""
         for h in self._handles:
             h.remove()
         self._handles = []
         self.probe.detach()
-        self.status = status or ("diverged" if self.diverged_step is not None else "completed")
-        if self.writer is None:
-            return
-        self.writer.close()
-        self.summary.update(self._final_summary())
-        self.writer.write_summary(self.summary)
-        from ..training.runner import judge
-
-        self.summary.update(judge(self.writer.path, self.summary))
-        self.writer.write_summary(self.summary)
-        if self.plots:
-            from ..report.plots import write_run_plots
-
-            write_run_plots(self.writer.path)
+        self._armed = self._measured = False
 
     def __enter__(self):
         return self
@@ -160,11 +220,11 @@ class Monitor:
         if exc_type is None:
             self.close()
         elif issubclass(exc_type, GradientProblem):  # on_problem="raise": stopped on purpose
-            if self.writer is not None:
-                self.summary["stop_reason"] = str(exc)
-            self.close("interrupted")
+            self.close(V.INTERRUPTED, stop_reason=str(exc))
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close(V.INTERRUPTED)
         else:
-            self.close("interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed")
+            self.close(V.FAILED, error=exc)
         return False
 
     # ------------------------------------------------------------------ the optimizer's hooks
@@ -192,7 +252,7 @@ class Monitor:
         if self._measured:
             if not self._logged(self.step_index + 1):  # else the hooks stay armed for the next step
                 self.probe.detach()
-            self.probe.after_clip(clipped=None)   # the norm the optimizer will apply (re-measured if clipped)
+            self.probe.after_clip(clipped=self._clipped())  # the norm the optimizer will apply
             self.probe.recorder = None            # its layer outputs: not needed past this point
             self.probe.before_update()
 
@@ -203,12 +263,14 @@ class Monitor:
         self._advance()
 
     # ------------------------------------------------------------------ internals
-    def _logged(self, step: int) -> bool:
-        return step % self.every == 0
+    def _clipped(self) -> bool | None:
+        """True when the loop said it clips (the norm is measured again), else None: detected."""
+        return True if any(v is not None for v in self.clip.values()) else None
 
     def _arm(self):
         self._armed = self._rank0 and self._logged(self.step_index)  # other ranks measure nothing
         self._measured = False
+        self._figures, self._loss = {}, None
         if self._armed:
             self.probe.attach()
 
@@ -216,88 +278,133 @@ class Monitor:
         self.step_index += 1
         self._arm()
 
-    def _buffer(self, loss):
-        """An unlogged step's loss, kept where it is (a reference to the detached tensor: no device
-        work, no copy): checked for non-finite at the next logged step."""
-        if isinstance(loss, torch.Tensor) and len(self._recent) < self.every:
-            self._recent.append(loss.detach())
-
     def _finish(self):
         """A measured step: one host transfer, the rows, the live checks."""
         step = self.step_index
-        extra = {}
         device = self.probe.param_layer.device
-        if self._loss is not None:
-            extra["loss"] = self._loss.reshape(-1)[0].float().to(device)
-        if self._recent:
-            extra["recent_losses"] = torch.stack([l.reshape(-1)[0].float().to(device) for l in self._recent])
+        extra = {}
+        if isinstance(self._loss, torch.Tensor):
+            extra["loss"] = self._loss.detach().reshape(-1)[0].float().to(device)
+        earlier_steps, earlier = self._losses.take()
+        if earlier is not None:
+            extra["recent_losses"] = earlier.to(device)
+        # the user's figures: this step's (None), and those of unlogged steps since the last logged one
+        figures = [(None, k, v) for k, v in self._figures.items()] + [
+            (s, k, v) for s, f in sorted(self._take_pending().items()) for k, v in f.items()]
+        extra.update({f"figure{i}": v.to(device) for i, (_, _, v) in enumerate(figures) if isinstance(v, torch.Tensor)})
         host = self.probe.to_host(extra)
-        recent = host.pop("recent_losses", [])
-        if not isinstance(recent, list):
-            recent = [recent]
-        self._recent = []
-        rows = self.probe.rows(step, host)
+        figures = [(s, k, host.get(f"figure{i}", v)) for i, (s, k, v) in enumerate(figures)]
+        earlier = list(zip(earlier_steps, _listed(host.get("recent_losses", []))))
         lr = self.optimizer.param_groups[0].get("lr") if self.optimizer is not None else None
-        metrics = {"step": step, "loss": host.get("loss"), "accuracy": None,
-                   "grad_norm_total": host["grad_norm_total"], "grad_norm_clipped": host.get("grad_norm_clipped"),
-                   "eval_loss": None, "eval_accuracy": None, "lr": lr if isinstance(lr, (int, float)) else None,
-                   "time_s": round(time.perf_counter() - self._t0, 4)}
-        bad = [i for i, v in enumerate(recent + [metrics["loss"]]) if v is not None and not math.isfinite(v)]
-        if bad and self.diverged_step is None:
-            self.diverged_step = step - len(recent) + bad[0]
-        if self.writer is not None:
-            self._layers_csv.append(rows)
-            self._metrics_csv.append([metrics])
-            if self._first is None:
-                self._first = (rows, metrics)
-            if metrics["loss"] is None or math.isfinite(metrics["loss"]):
-                self._last = (rows, metrics)
-                total = metrics["grad_norm_total"]
-                if math.isfinite(total):
-                    self._max_total = max(self._max_total or 0.0, total)
-        if self._rank0:
+        loss = host.get("loss", self._loss if isinstance(self._loss, (int, float)) else None)
+        metrics = {"step": step, "loss": loss, "accuracy": None, "grad_norm_total": host["grad_norm_total"],
+                   "grad_norm_clipped": host.get("grad_norm_clipped"), "eval_loss": None, "eval_accuracy": None,
+                   "lr": lr if isinstance(lr, (int, float)) else None, "time_s": round(time.perf_counter() - self._t0, 4)}
+        metrics.update({k: v for s, k, v in figures if s is None})
+        rows = self.probe.rows(step, host)
+        self._figures, self._loss = {}, None
+        if self.recording is not None:
+            self.recording.write(step, rows, metrics, self.probe.time_rows(step, host), earlier,
+                                 _figure_rows(figures, earlier))
+        if self._rank0 and self.watch.on_problem is not None:
             self.watch.check(step, rows, metrics, self.diverged_step, self.path)
 
-    def _final_summary(self) -> dict:
-        from ..analysis.verdict import ratios
+    def _take_pending(self) -> dict:
+        pending, self._pending = self._pending, {}
+        return pending
 
-        first_rows, first_m = self._first or ([], {})
-        last_rows, last_m = self._last or ([], {})
-        # as for `vgrad run`: the largest logged total over the first one (not just the last one)
-        growth = self._max_total / first_m["grad_norm_total"] if first_m.get("grad_norm_total") and self._max_total else None
-        out = {"status": self.status, "steps_completed": self.step_index, "diverged_step": self.diverged_step,
-               "final_loss": last_m.get("loss"), "final_accuracy": None, "final_eval_loss": None,
-               "final_eval_accuracy": None, "wall_time_s": round(time.time() - self._started, 3),
-               "first_logged_step": first_rows[0]["step"] if first_rows else None,
-               "last_logged_step": last_rows[0]["step"] if last_rows else None,
-               "n_layers": len(first_rows), "grad_norm_total_growth": growth,
-               "notes": self.probe.notes + ([COMPILED_NOTE] if self.compiled else []),
-               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        out.update(ratios(first_rows, last_rows))
-        self.writer.write_config(self._config())
-        return out
+    def _flush(self):
+        """At close(): the losses of the steps since the last logged one (a non-finite one is the
+        run's divergence) and the figures logged on them, in one host transfer."""
+        steps, losses = self._losses.take()
+        figures = [(s, k, v) for s, f in sorted(self._take_pending().items()) for k, v in f.items()]
+        tensors = [v for _, _, v in figures if isinstance(v, torch.Tensor)]
+        parts = ([losses] if losses is not None else []) + tensors
+        flat = torch.cat([t.detach().double().reshape(-1).cpu() for t in parts]).tolist() if parts else []
+        earlier = list(zip(steps, flat))
+        values = iter(flat[len(steps):])
+        figures = [(s, k, next(values) if isinstance(v, torch.Tensor) else v) for s, k, v in figures]
+        self.recording.check(earlier, _figure_rows(figures, earlier))
 
     def _config(self) -> dict:
         """config.yaml of a monitored run: what the model and the optimizer were (not a config that
         `vgrad run` can train: the model is the user's)."""
         layers = self.probe.layers or []
         opt = self.optimizer
-        train = {"optimizer": type(opt).__name__ if opt is not None else None, "clip_norm": None}
+        train = {"optimizer": type(opt).__name__ if opt is not None else None, **self.clip}
         if opt is not None:
             train["lr"] = opt.param_groups[0].get("lr") if isinstance(opt.param_groups[0].get("lr"), (int, float)) else None
-        return {"name": self.name, "source": "monitor",
+        every = self.every if isinstance(self.every, int) else None
+        return {"name": self.name, "source": V.SOURCE_MONITOR,
                 "model": {"kind": "custom", "class": self._class,
                           "parameters": sum(p.numel() for p in self.model.parameters()),
-                          "layers": [{"name": l.name, "type": type(l.delta).__name__ if l.delta is not None else None,
-                                      "parameters": sum(p.numel() for p in l.params)} for l in layers]},
-                "train": train, "log": {"every": self.every, "activations": self.probe.keep_activations}}
+                          "layers": [{"name": row.name, "type": type(row.delta).__name__ if row.delta is not None else None,
+                                      "parameters": sum(p.numel() for p in row.params)} for row in layers]},
+                "train": train, "log": {"every": every, "activations": self.probe.keep_activations}}
+
+
+class LossBuffer:
+    """The losses of the steps between two logged ones, as references to the detached tensors: no
+    device work and no copy per step. Every 1024 of them are stacked into one tensor (one kernel),
+    so a long stretch between logged steps keeps memory small."""
+
+    CHUNK = 1024
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self._loose: list = []
+        self._chunks: list = []
+
+    def __len__(self):
+        return len(self.steps)
+
+    def add(self, step: int, loss):
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
+        elif isinstance(loss, (int, float)):
+            loss = torch.tensor(float(loss))
+        else:
+            return
+        self.steps.append(step)
+        self._loose.append(loss)
+        if len(self._loose) >= self.CHUNK:
+            self._chunks.append(self._stack(self._loose))
+            self._loose = []
+
+    @staticmethod
+    def _stack(losses):
+        return torch.stack([t.reshape(-1)[0].to(losses[0].device) for t in losses]).float()
+
+    def take(self) -> tuple[list[int], torch.Tensor | None]:
+        """(steps, their losses as one 1-d tensor, or None) and empty the buffer."""
+        parts = self._chunks + ([self._stack(self._loose)] if self._loose else [])
+        steps = self.steps
+        self.steps, self._loose, self._chunks = [], [], []
+        if not parts:
+            return steps, None
+        return steps, torch.cat([p.to(parts[0].device) for p in parts])
+
+
+def _listed(v) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+def _figure_rows(figures: list[tuple], losses: list[tuple]) -> list[dict]:
+    """metrics.csv rows of unlogged steps that have figures of the user's: (step, name, value) ->
+    one row per step, with that step's loss (the last one, under gradient accumulation)."""
+    loss = dict(losses)
+    rows: dict = {}
+    for step, key, value in figures:
+        if step is not None:
+            rows.setdefault(step, {"step": step, "loss": loss.get(step)})[key] = value
+    return [rows[s] for s in sorted(rows)]
 
 
 def check_options(every, on_problem, layers) -> None:
     """Monitor's options that can be wrong before there is a model (framework callbacks check them
     when they are made, not at the start of training)."""
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-        raise ValueError(f"every must be an integer >= 1, got {every!r}")
+    if not callable(every) and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+        raise ValueError(f"every must be an integer >= 1 or a function step -> bool, got {every!r}")
     if on_problem not in ON_PROBLEM:
         raise ValueError(f"on_problem must be 'warn', 'raise' or None, got {on_problem!r}")
     if layers is not None and not isinstance(layers, (list, tuple, dict)):
@@ -320,9 +427,3 @@ def _rank() -> int:
     import torch.distributed as dist
 
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _versions() -> dict:
-    from ..training.runner import versions
-
-    return versions()

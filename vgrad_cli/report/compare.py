@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..analysis.verdict import BELOW_KEY, BELOW_SHORT, MLP_ENDS, run_stats, underflowed
+from ..analysis.verdict import BELOW_SHORT, MLP_ENDS, run_stats, underflowed
+from ..vocab import BELOW_KEY
 from ..rundir.store import Run
 
 FORMATS = ("table", "json", "csv", "markdown")

@@ -8,7 +8,7 @@ import io
 import json
 import math
 
-from ..analysis.verdict import BELOW_KEY
+from ..vocab import BELOW_KEY
 from .compare import Block, blocks, compact_blocks
 
 

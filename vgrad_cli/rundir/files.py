@@ -19,22 +19,26 @@ from pathlib import Path
 import yaml
 
 from ..errors import UsageError
-
-SCHEMA_VERSION = 1
-METRIC_COLUMNS = [
-    "step", "loss", "accuracy", "grad_norm_total", "grad_norm_clipped", "eval_loss", "eval_accuracy", "lr", "time_s",
-]
-RUN_FILES = ("config.yaml", "summary.json")
-TEXT_COLUMNS = ("name",)
+from ..vocab import CONFIG_YAML, SUMMARY_JSON, TEXT_COLUMNS
 
 
 class CsvTable:
     """An append-only CSV file: header at creation, then whole rows handed to the OS per append."""
 
     def __init__(self, path: Path, columns: list[str]):
-        self.columns = columns
+        self.path, self.columns = Path(path), list(columns)
         self.file = open(path, "wb", buffering=0)  # unbuffered: each append is one write() call
         self._write(",".join(columns) + "\n")
+
+    def widen(self, new: list[str]):
+        """Add columns at the end: the file is written again whole, with empty cells in the rows it
+        already has, and replaces the old one atomically (a reader or a crash sees one or the other)."""
+        self.file.close()
+        rows = self.path.read_text(encoding="utf-8").splitlines()[1:]
+        self.columns += new
+        pad = "," * len(new)
+        write_text_atomic(self.path, ",".join(self.columns) + "\n" + "".join(f"{r}{pad}\n" for r in rows))
+        self.file = open(self.path, "ab", buffering=0)
 
     def append(self, rows: list[dict]):
         # Format every row first, then write them with a single system call: a SIGKILL lands
@@ -89,14 +93,14 @@ class RunWriter:
 
     def write_config(self, config: dict):
         text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
-        (self.path / "config.yaml").write_text(text, encoding="utf-8")
+        write_text_atomic(self.path / CONFIG_YAML, text)
 
     def table(self, name: str, columns: list[str]) -> CsvTable:
         self.tables[name] = CsvTable(self.path / name, columns)
         return self.tables[name]
 
     def write_summary(self, summary: dict):
-        write_json_atomic(self.path / "summary.json", summary)
+        write_json_atomic(self.path / SUMMARY_JSON, summary)
 
     def close(self):
         for t in self.tables.values():
@@ -108,9 +112,9 @@ class RunWriter:
 
 def read_summary(run: Path) -> dict:
     try:
-        return json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        return json.loads((run / SUMMARY_JSON).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UsageError(f"'{run}' is not a vgrad run: summary.json is missing") from None
+        raise UsageError(f"'{run}' is not a vgrad run: {SUMMARY_JSON} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"'{run}/summary.json' is corrupt: {e}") from None
 

@@ -12,23 +12,23 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import vocab as V
 from ..errors import UsageError
 from .files import read_summary, read_table
 
-# A run that did not reach its end: its tables hold what was logged so far, and that is worth showing.
-INCOMPLETE = ("running", "interrupted", "failed")
+# A run that did not reach its end (vocab.INCOMPLETE): its tables hold what was logged so far, and
+# that is worth showing.
 REQUIRED = {
-    "layers.csv": ("step", "layer", "grad_norm", "delta_norm"),
-    "metrics.csv": ("step", "loss"),
-    "time.csv": ("step", "layer", "t", "delta_norm"),
-    "layers_float64.csv": ("step", "layer", "grad_norm", "delta_norm"),
+    V.LAYERS_CSV: ("step", "layer", "grad_norm", "delta_norm"),
+    V.METRICS_CSV: ("step", "loss"),
+    V.TIME_CSV: ("step", "layer", "t", "delta_norm"),
+    V.FLOAT64_CSV: ("step", "layer", "grad_norm", "delta_norm"),
 }
-INT_COLUMNS = ("step", "layer", "t")
 _STAMP = re.compile(r"-(\d{4})(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})-[0-9a-f]{4}$")
 
 
 def is_run(d: Path) -> bool:
-    return (d / "summary.json").is_file()
+    return (d / V.SUMMARY_JSON).is_file()
 
 
 def is_sweep(d: Path) -> bool:
@@ -56,13 +56,13 @@ class Run:
 
     @property
     def incomplete(self) -> bool:
-        return self.status in INCOMPLETE
+        return self.status in V.INCOMPLETE
 
     @property
     def steps(self) -> list[int]:
         """The logged steps with finite numbers: a diverged run's tables end with the step whose loss
         went non-finite (kept as evidence), which no ratio, plot line or indicator should read."""
-        bad = self.summary.get("diverged_step") if self.status == "diverged" else None
+        bad = self.summary.get("diverged_step") if self.status == V.DIVERGED else None
         return sorted({r["step"] for r in self.layers if bad is None or r["step"] < bad})
 
     def layer_rows(self, step: int | None) -> list[dict]:
@@ -170,7 +170,7 @@ def _checked_table(run: Path, name: str, incomplete: bool, notes: list[str]) -> 
     if rows and _torn_last_line(run / name, len(rows[0])):
         rows[-1][None] = "torn"  # fewer fields than the header: flagged like any malformed row below
     for i, r in enumerate(rows):
-        bad = None in r or any(not isinstance(r[c], int) for c in required if c in INT_COLUMNS) or any(
+        bad = None in r or any(not isinstance(r[c], int) for c in required if c in V.INT_COLUMNS) or any(
             isinstance(r[c], str) for c in required)
         if not bad:
             continue
@@ -205,30 +205,30 @@ def load_run(path: Path) -> Run:
         raise UsageError(f"'{path}/summary.json' is corrupt: not a JSON object")
     notes: list[str] = []
     status = str(summary.get("status", "unknown"))
-    incomplete = status in INCOMPLETE
+    incomplete = status in V.INCOMPLETE
     try:
-        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+        config = yaml.safe_load((path / V.CONFIG_YAML).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         config = {}
-        notes.append("config.yaml is missing")
+        notes.append(f"{V.CONFIG_YAML} is missing")
     except (yaml.YAMLError, UnicodeDecodeError):
         raise UsageError(f"'{path}/config.yaml' is corrupt: not valid YAML") from None
     tables = {}
-    for name in ("layers.csv", "metrics.csv"):
+    for name in (V.LAYERS_CSV, V.METRICS_CSV):
         if incomplete and not (path / name).exists():
             tables[name] = []  # a run that failed before its first step has no tables: say so, don't fail
             continue
         tables[name] = _checked_table(path, name, incomplete, notes)
-    time_rows = _checked_table(path, "time.csv", incomplete, notes) if (path / "time.csv").exists() else None
-    f64 = path / "layers_float64.csv"
+    time_rows = _checked_table(path, V.TIME_CSV, incomplete, notes) if (path / V.TIME_CSV).exists() else None
+    f64 = path / V.FLOAT64_CSV
     float64 = sorted(_checked_table(path, f64.name, incomplete, notes), key=lambda r: r["layer"]) if f64.exists() else None
-    run = Run(path, summary, config if isinstance(config, dict) else {}, tables["layers.csv"],
-              tables["metrics.csv"], time_rows, notes, float64 or None)
+    run = Run(path, summary, config if isinstance(config, dict) else {}, tables[V.LAYERS_CSV],
+              tables[V.METRICS_CSV], time_rows, notes, float64 or None)
     if incomplete:
         steps = run.steps
         span = f"steps {steps[0]}–{steps[-1]} of {summary.get('steps_planned', '?')}" if steps else "no steps yet"
-        why = {"running": "is still running, or was killed", "interrupted": "was interrupted",
-               "failed": f"failed ({summary.get('error', 'see summary.json')})"}[status]
+        why = {V.RUNNING: "is still running, or was killed", V.INTERRUPTED: "was interrupted",
+               V.FAILED: f"failed ({summary.get('error', 'see summary.json')})"}[status]
         notes.insert(0, f"incomplete run: it {why}; showing what it logged ({span})")
     elif not run.layers:
         raise UsageError(f"'{path}/layers.csv' has no rows, although the run is {status}")

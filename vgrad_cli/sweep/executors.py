@@ -37,7 +37,7 @@ def warm_up():
         return
     import torch
 
-    from ..training import loop, runner  # noqa: F401
+    from ..training import runner  # noqa: F401
 
     w = torch.ones(2, requires_grad=True)
     w.sum().backward()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..analysis.verdict import BELOW_FLOAT32, BELOW_KEY, BELOW_SHORT, MLP_ENDS
+from ..analysis.verdict import BELOW_FLOAT32, BELOW_SHORT, MLP_ENDS
+from ..vocab import BELOW_KEY
 from ..report.console import VERDICT_STYLE, fmt, print_phrases, print_table
 from ..rundir.files import write_text_atomic
 from .plan import cell
@@ -333,8 +334,8 @@ def figure(plan, groups: list[dict]):
                 if len(plan.seeds) > 1:
                     ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
             # A ratio below float32's range (or an exact 0, a dead layer) has no log: _floor marks it.
-            for what, test in ((f"ratio {BELOW_FLOAT32}", lambda g: g.get("_below", {}).get(metric)),
-                               ("ratio exactly 0 (a dead layer)", lambda g: g[f"{metric}_min"] == 0)):
+            for what, test in ((f"ratio {BELOW_FLOAT32}", lambda g, m=metric: g.get("_below", {}).get(m)),
+                               ("ratio exactly 0 (a dead layer)", lambda g, m=metric: g[f"{m}_min"] == 0)):
                 at = [xs[g[xp.name]] for g in members if "_ratio_" in metric and test(g)]
                 if at:
                     floor.setdefault(ax, []).append((at, color, what))

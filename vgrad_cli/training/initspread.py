@@ -10,14 +10,13 @@ applied and nothing is written here; one seed costs one step of the run.
 
 from __future__ import annotations
 
-import torch
-
 from ..analysis.spread import summarize
 from ..analysis.theory import measured_factor
-from ..analysis.verdict import BELOW_KEY, cell_ratio, ends_label, factor_span, ratios, time_ratio
-from .loop import resolve_device, step0
-
-SPREAD_COLUMNS = ["seed", "layer", "name", "grad_norm", "delta_norm", "act_std", "act_dead_frac"]
+from ..analysis.verdict import cell_ratio, ends_label, factor_span, ratios, time_ratio
+from ..threads import torch_threads
+from ..vocab import BELOW_KEY, SPREAD_COLUMNS
+from .loop import step0
+from .trainer import resolve_device
 
 
 def measure_seed(cfg, seed: int, device) -> tuple[list[dict], list[dict]]:
@@ -29,12 +28,9 @@ def measure_seed(cfg, seed: int, device) -> tuple[list[dict], list[dict]]:
 def init_spread(cfg, k: int) -> tuple[dict, list[dict]]:
     """(the `init_spread` summary, init_spread.csv rows) over seeds cfg.seed .. cfg.seed + k - 1."""
     device = resolve_device(cfg.train.device)
-    threads = torch.get_num_threads()
-    if device.type == "cpu" and cfg.train.cpu_threads > 0:
-        torch.set_num_threads(cfg.train.cpu_threads)  # as training does (loop.train says why)
     per_seed, table = [], []
     kind, hidden, label = cfg.model.kind, cfg.model.depth, "layer 0/output"
-    try:
+    with torch_threads(cfg.train.cpu_threads if device.type == "cpu" else None):  # as training does
         for seed in range(cfg.seed, cfg.seed + k):
             rows, time_rows = measure_seed(cfg, seed, device)
             # the verdict's ends (a transformer: first and last block) and the theory line's span
@@ -55,6 +51,4 @@ def init_spread(cfg, k: int) -> tuple[dict, list[dict]]:
                              across_layers=len(rows) > 2)
             per_seed.append(entry)
             table += [{"seed": seed, **{c: r.get(c) for c in SPREAD_COLUMNS[1:]}} for r in rows]
-    finally:
-        torch.set_num_threads(threads)
     return summarize(per_seed, hidden, label), table

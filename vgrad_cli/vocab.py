@@ -1,0 +1,87 @@
+"""The words of a run directory, defined once: its files, the columns of its tables, the statuses
+of a run, the keys of summary.json and the verdicts. Every other module imports them from here, and
+tests/test_docs.py checks that docs/run-format.md documents each column and summary key.
+
+No torch, no numpy: the CLI's start-up, `compare` and `show` import this.
+"""
+
+from __future__ import annotations
+
+VERSION = "0.1.0"
+SCHEMA_VERSION = 1
+
+# ----------------------------------------------------------------------------- files of a run
+CONFIG_YAML = "config.yaml"
+SUMMARY_JSON = "summary.json"
+LAYERS_CSV = "layers.csv"
+METRICS_CSV = "metrics.csv"
+TIME_CSV = "time.csv"                   # a model that records its hidden states through time
+FLOAT64_CSV = "layers_float64.csv"      # step 0 again in float64 (vgrad run, where float32 underflows)
+SPREAD_CSV = "init_spread.csv"          # step 0 of K seeds (vgrad run --init-seeds K)
+DIAGNOSIS_JSON = "diagnosis.json"
+MODEL_PT = "model.pt"
+PLOTS_DIR = "plots"
+
+# ----------------------------------------------------------------------------- table columns
+LAYER_COLUMNS = [
+    "step", "layer", "name", "grad_norm", "grad_max_abs", "delta_norm", "weight_norm", "weight_drift",
+    "update_ratio", "act_mean", "act_std", "act_saturated_frac", "act_dead_frac", "act_unresponsive_frac",
+    "whh_spectral_radius", "whh_sigma_max",  # recurrent rows only
+]
+METRIC_COLUMNS = [
+    "step", "loss", "accuracy", "grad_norm_total", "grad_norm_clipped", "eval_loss", "eval_accuracy", "lr", "time_s",
+]
+# what vgrad measures itself: Monitor.log_metrics may not set them (the others it may, and any new name)
+MEASURED_METRICS = ("step", "grad_norm_total", "grad_norm_clipped", "time_s")
+TIME_COLUMNS = ["step", "layer", "t", "delta_norm", "cell_grad_norm"]
+SPREAD_COLUMNS = ["seed", "layer", "name", "grad_norm", "delta_norm", "act_std", "act_dead_frac"]
+TEXT_COLUMNS = ("name",)                # a layer's name stays text: an nn.Sequential's are "0", "1", ...
+INT_COLUMNS = ("step", "layer", "t")
+
+# ----------------------------------------------------------------------------- a run's status
+RUNNING = "running"          # still going, or killed
+COMPLETED = "completed"
+DIVERGED = "diverged"        # a non-finite loss
+INTERRUPTED = "interrupted"  # SIGINT/SIGTERM, Ctrl-C, or stopped by on_problem="raise"
+FAILED = "failed"            # an unexpected error
+STATUSES = (RUNNING, COMPLETED, DIVERGED, INTERRUPTED, FAILED)
+ENDED = (COMPLETED, DIVERGED, INTERRUPTED, FAILED)  # the statuses a finished run can have
+INCOMPLETE = (RUNNING, INTERRUPTED, FAILED)         # its tables hold what was logged so far
+FINAL = (COMPLETED, DIVERGED)                       # ran its course: a sweep's --resume keeps it
+
+# who wrote the run: `vgrad run` (a config vgrad can train again) or Monitor (the user's own model)
+SOURCE_RUN = "run"
+SOURCE_MONITOR = "monitor"
+
+# ----------------------------------------------------------------------------- verdicts
+EXPLODING = "exploding"
+DYING_RELU = "dying-relu"
+VANISHING = "vanishing"
+UNDERFITTING = "underfitting"
+HEALTHY = "healthy"
+UNKNOWN = "unknown"
+VERDICTS = (EXPLODING, DYING_RELU, VANISHING, UNDERFITTING, HEALTHY, UNKNOWN)  # in order of severity
+
+# ----------------------------------------------------------------------------- summary.json
+# first end / last end (analysis/verdict.py: ends) of grad_norm and delta_norm, at the first and the
+# last logged step
+RATIO_KEYS = [f"{col}_ratio_{when}_step" for col in ("grad_norm", "delta_norm") for when in ("first", "last")]
+TIME_RATIO_KEYS = ["time_ratio_first_step", "time_ratio_last_step"]  # through time (time.csv)
+BELOW_KEY = "below_float32"  # the ratio keys whose first end underflowed float32 (their value: null)
+
+# written when the run starts (status "running"), in this order
+SUMMARY_START_KEYS = [
+    "schema_version", "name", "source", "status", "started_at", "steps_planned", "seed", "versions",
+    "task_loss", "baseline_loss", "chance_accuracy", "input_dim", "input_second_moment",
+]
+# added when it ends, in this order (a key that does not apply is null)
+SUMMARY_FINAL_KEYS = [
+    "status", "steps_completed", "diverged_step", "stop_signal", "stop_reason", "final_loss", "final_accuracy",
+    "final_eval_loss", "final_eval_accuracy", "wall_time_s", "first_logged_step", "last_logged_step", "n_layers",
+    "grad_norm_total_growth", *RATIO_KEYS, *TIME_RATIO_KEYS, "notes", "finished_at", "verdict", "verdict_reason",
+]
+# only where they apply
+SUMMARY_OPTIONAL_KEYS = [
+    BELOW_KEY, "float64_init", "time_profile", "init_spread", "error", "traceback",
+]
+SUMMARY_KEYS = list(dict.fromkeys(SUMMARY_START_KEYS + SUMMARY_FINAL_KEYS + SUMMARY_OPTIONAL_KEYS))
