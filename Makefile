@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 CONFIG ?= configs/01_deep_sigmoid.yaml
 
-.PHONY: install install-test install-peers demo test bench bench-quick clean
+.PHONY: install install-test install-peers demo test test-fast lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,15 @@ install-peers: $(VENV)/.installed-peers
 demo: install
 	$(BIN)/vgrad run $(CONFIG)
 
-test: install-test
+test: install-test lint
 	$(BIN)/python -m pytest
+
+# The inner loop: everything but the tests marked slow (about a minute on 2 cores).
+test-fast: install-test lint
+	$(BIN)/python -m pytest -m "not slow" -q
+
+lint: install-test
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vgrad_cli.threads import torch_threads
+
 MODELS = ("mlp", "cnn", "transformer")
 VARIANTS = ("every1", "every10", "lightning", "wandb", "tensorboard", "cockpit")
 PEERS = {  # variant -> the modules it needs
@@ -255,9 +257,7 @@ def installed(variant: str) -> bool:
 
 def train(variant: str, data: dict, steps: int) -> dict:
     """One run of the user's loop with `variant`'s tool: {"loop_s", "cpu_s", "setup_s", "close_s"}."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         torch.manual_seed(0)
         model = data["build"]()
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -290,8 +290,6 @@ def train(variant: str, data: dict, steps: int) -> dict:
         if final != final:
             raise RuntimeError(f"{variant}: the loss became NaN")
         return {"loop_s": t2 - t1, "cpu_s": c2 - c1, "setup_s": t1 - t0, "close_s": t3 - t2}
-    finally:
-        torch.set_num_threads(threads)
 
 
 def spread(values: list[float]) -> dict:

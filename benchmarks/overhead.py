@@ -27,6 +27,7 @@ from vgrad_cli.config import validate
 from vgrad_cli.models import build_model
 from vgrad_cli.training.runner import run_experiment
 from vgrad_cli.tasks.losses import LOSSES
+from vgrad_cli.threads import torch_threads
 from vgrad_cli.training.trainer import OPTIMIZERS
 
 
@@ -93,9 +94,7 @@ def _unrolled_forward(model, x):
 
 def time_bare(cfg, task, mode: str) -> float:
     """Seconds for a bare loop of cfg.train.steps updates. mode: mlp, cell or fused."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.train.cpu_threads)  # what vgrad's train() sets
-    try:
+    with torch_threads(cfg.train.cpu_threads):  # what vgrad's runner sets
         start = time.perf_counter()  # like vgrad's side, building the model and optimizer counts
         model, optimizer, gen = _bare_setup(cfg, task)
         loss_fn = LOSSES[task.loss]
@@ -115,8 +114,6 @@ def time_bare(cfg, task, mode: str) -> float:
             optimizer.step()
         loss.item()  # a user's loop reads the loss at least once
         return time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
 
 
 def spread(values: list[float]) -> dict:

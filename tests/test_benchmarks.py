@@ -1,6 +1,7 @@
 """The benchmark command runs end to end in --quick mode and writes every group (no timing assertions)."""
 
 import json
+import pytest
 import math
 import os
 import subprocess
@@ -14,6 +15,7 @@ def _numbers(d):
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in d.values() if not isinstance(v, dict))
 
 
+@pytest.mark.slow
 def test_run_all_quick_writes_every_group(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--out", str(out)],

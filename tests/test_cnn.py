@@ -198,6 +198,7 @@ def test_cnn_defaults_and_bad_input_through_the_cli(cli, write_config, tmp_path)
 # ----------------------------------------------------------------------------- every command on a CNN run
 
 
+@pytest.mark.slow
 def test_run_compare_diagnose_and_plots_read_a_cnn_run(cli, write_config, tmp_path):
     out = tmp_path / "runs"
     plain = write_config(cnn(depth=6, activation="sigmoid", init="xavier_normal"), "plain.yaml")
@@ -260,6 +261,7 @@ def test_isometry_says_why_a_cnn_has_no_jacobian_spectrum():
     assert reason.startswith("model.kind cnn:") and "feature map" in reason and "recurrent" not in reason
 
 
+@pytest.mark.slow
 def test_sweep_depth_over_a_cnn_config(cli, write_config, tmp_path):
     base = write_config(cnn(), "base.yaml")
     out = tmp_path / "sweep"
@@ -307,6 +309,7 @@ def twins(*stems: str, tmp_path) -> list[tuple[dict, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_plain_56_block_cnn_does_not_train_where_its_residual_twin_does(tmp_path):
     """He et al. 2016 with the bundled chapters 20 and 21 as shipped (56 conv blocks, width 8, batch
     norm, ReLU + Kaiming, 150 Adam steps on 12x12 shapes). The plain net's gradient explodes at init
@@ -319,6 +322,7 @@ def test_plain_56_block_cnn_does_not_train_where_its_residual_twin_does(tmp_path
     assert plain["delta_norm_ratio_first_step"] > 1e3 and plain["delta_norm_ratio_first_step"] > 20 * res["delta_norm_ratio_first_step"]
 
 
+@pytest.mark.slow
 def test_deep_sigmoid_cnn_learns_nothing_where_its_rescued_twin_learns(tmp_path):
     """Chapters 18 and 19 as shipped (12 conv blocks of 16 channels, 200 Adam steps on 12x12 shapes):
     the sigmoid net's gradient vanishes at init (conv0/conv11 delta 5e-8-1.1e-7 over seeds 0-2) and

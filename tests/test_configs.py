@@ -22,6 +22,7 @@ def test_verdict_at_init_matches_the_story(path, tmp_path):
     assert summary["verdict"] == expected, summary["verdict_reason"]
 
 
+@pytest.mark.slow
 def test_dying_relu_dies_and_leaky_relu_keeps_every_unit(tmp_path):
     """Chapters 7 and 8 as shipped. Measured over seeds 0-5: ReLU ends with 71-84 % of its hidden
     units dead (the verdict's line: 40 %), one layer 97-100 % dead, and a final eval loss of
@@ -41,6 +42,7 @@ def test_dying_relu_dies_and_leaky_relu_keeps_every_unit(tmp_path):
     assert all(r["act_dead_frac"] == 0 for r in last)
 
 
+@pytest.mark.slow
 def test_lstm_learns_the_adding_problem_where_a_tanh_rnn_cannot(tmp_path):
     """The classic demonstration, with the bundled configs as shipped (seq_len 50, hidden 64,
     batch 64, Adam 1e-3, clip 1.0, 3000 steps): ~15 s for the RNN and ~40 s for the LSTM on 2 cores."""

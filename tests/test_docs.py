@@ -9,10 +9,16 @@ def test_config_reference_is_generated_from_the_schema():
     assert (ROOT / "docs" / "config.md").read_text() == render(), "run: python -m vgrad_cli.docgen > docs/config.md"
 
 
-def test_run_format_documents_every_column():
+def test_run_format_documents_every_file_column_status_and_summary_key():
+    from vgrad_cli import vocab as V
+
     text = (ROOT / "docs" / "run-format.md").read_text()
-    for col in LAYER_COLUMNS + METRIC_COLUMNS + TIME_COLUMNS:
-        assert f"`{col}`" in text, col
+    words = (LAYER_COLUMNS + METRIC_COLUMNS + TIME_COLUMNS + V.SPREAD_COLUMNS + V.SUMMARY_KEYS + list(V.STATUSES)
+             + [V.SOURCE_RUN, V.SOURCE_MONITOR])
+    assert not [w for w in words if f"`{w}`" not in text]
+    files = [V.CONFIG_YAML, V.SUMMARY_JSON, V.LAYERS_CSV, V.METRICS_CSV, V.TIME_CSV, V.FLOAT64_CSV, V.SPREAD_CSV,
+             V.DIAGNOSIS_JSON, V.MODEL_PT, V.PLOTS_DIR + "/"]
+    assert not [f for f in files if f not in text]
 
 
 def test_readme_quickstart_commands_are_the_ci_commands():

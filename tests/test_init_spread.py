@@ -5,7 +5,8 @@ import json
 import pytest
 
 from conftest import TEST_SEED, only_run_dir, small
-from vgrad_cli.analysis.spread import CSV_NAME, note, reading
+from vgrad_cli.analysis.spread import note, reading
+from vgrad_cli.vocab import SPREAD_CSV as CSV_NAME
 from vgrad_cli.config import validate
 from vgrad_cli.training.initspread import init_spread
 from vgrad_cli.training.runner import run_experiment

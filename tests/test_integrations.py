@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from conftest import ROOT
@@ -134,6 +135,8 @@ def test_lightning_trainer_fit(tmp_path, cli):
     rows = read_csv(vgrad.path / "layers.csv")
     assert [r["name"] for r in rows if r["step"] == "0"] == ["net.0", "net.2", "net.4"]
     check_run(vgrad.path, model, pre, post, [0, 2, 4], 5, cli)
+    # the Trainer's clipping, told to Monitor: config.yaml says it (the diagnosis reads it)
+    assert yaml.safe_load((vgrad.path / "config.yaml").read_text())["train"]["clip_norm"] == 0.01
 
 
 def test_lightning_exception_ends_the_run_as_failed(tmp_path):
@@ -222,6 +225,7 @@ def test_huggingface_trainer(tmp_path, cli, accumulate):
     assert names[0] == "bert.embeddings.word_embeddings" and names[-1] == "classifier"
     assert "bert.encoder.layer.1.output.dense" in names
     check_run(vgrad.path, model, pre, post, [0, 2, 4], 5, cli)
+    assert yaml.safe_load((vgrad.path / "config.yaml").read_text())["train"]["clip_norm"] == 0.05
 
 
 # ---------------------------------------------------------------------------------------- Monitor

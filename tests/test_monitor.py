@@ -325,6 +325,7 @@ def _ddp_case():
     return model, torch.randn(32, 8, generator=g), torch.randint(0, 2, (32,), generator=g)
 
 
+@pytest.mark.slow
 def test_ddp_rank0_writes_the_synchronised_gradient(tmp_path):
     """Two gloo processes on CPU, each on half the batch: rank 0 alone writes, and its gradients are
     the all-reduced ones, i.e. those of the whole batch in one process."""

@@ -10,7 +10,8 @@ from conftest import small
 from PIL import Image
 
 from vgrad_cli.config import validate
-from vgrad_cli.report.plots import DPI, FIGSIZE, compare_plot, write_run_plots
+from vgrad_cli.report.compare_plot import compare_plot
+from vgrad_cli.report.plots import DPI, FIGSIZE, write_run_plots
 from vgrad_cli.training.runner import run_experiment
 
 RUN_PLOTS = ["gradient_flow", "grad_heatmap", "loss", "activations"]
@@ -120,10 +121,11 @@ def figures(monkeypatch):
     """The figures the plot functions make, kept open instead of written."""
     import matplotlib.pyplot as plt
 
-    from vgrad_cli.report import plots
+    from vgrad_cli.report import compare_plot, plots
 
     made = []
-    monkeypatch.setattr(plots, "save", lambda fig, path: made.append(fig) or path)
+    for module in (plots, compare_plot):
+        monkeypatch.setattr(module, "save", lambda fig, path: made.append(fig) or path)
     yield made
     for fig in made:
         plt.close(fig)
@@ -190,7 +192,7 @@ def test_diverged_run_loss_plot_is_legible(figures, tmp_path):
 
 
 def test_compare_legend_does_not_cover_the_curves(runs, tmp_path, figures):
-    from vgrad_cli.report.plots import compare_plot
+    from vgrad_cli.report.compare_plot import compare_plot
 
     copies = [shutil.copytree(runs[0], tmp_path / f"run{i}-20990101-000000-000{i}") for i in range(6)]
     compare_plot(copies, tmp_path / "cmp.png")

@@ -126,6 +126,7 @@ def test_cuda_request_without_cuda_is_a_usage_error(cli, write_config, tmp_path)
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_quiet_prints_only_the_path_and_no_color_codes(write_config, tmp_path):
     proc = vgrad_subprocess("run", write_config(small()), "--out", tmp_path / "runs", "--quiet")
     assert proc.returncode == 0, proc.stderr
@@ -150,6 +151,7 @@ def _start_long_run(write_config, tmp_path):
     raise AssertionError("run did not start logging in time")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signals_end_the_run_as_interrupted(write_config, tmp_path, sig):
     proc, run = _start_long_run(write_config, tmp_path)
@@ -164,6 +166,7 @@ def test_signals_end_the_run_as_interrupted(write_config, tmp_path, sig):
     assert len(read_csv(run / "layers.csv")) == 4 * len(metrics)
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_tables_that_parse(write_config, tmp_path):
     proc, run = _start_long_run(write_config, tmp_path)
     proc.kill()
@@ -176,6 +179,7 @@ def test_sigkill_leaves_tables_that_parse(write_config, tmp_path):
     assert json.loads((run / "summary.json").read_text())["status"] == "running"
 
 
+@pytest.mark.slow
 def test_every_bundled_config_runs(tmp_path):
     configs = sorted(CONFIGS.glob("*.yaml"))
     assert len(configs) >= 10

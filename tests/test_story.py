@@ -49,6 +49,7 @@ def story(tmp_path_factory):
     return {"res": res, "out": out, "configs": configs}
 
 
+@pytest.mark.slow
 def test_story_csv_has_a_row_per_chapter_with_counts_and_ranges(story):
     assert story["res"].exit_code == 0, story["res"].output
     out = story["out"]
@@ -113,6 +114,7 @@ def test_story_md_and_console_show_the_tables(story):
     assert len(table_lines) == 2 and not any("[" in line for line in table_lines) and "(ranges: story.md)" in output
 
 
+@pytest.mark.slow
 def test_bundled_chapters_by_number_and_stem_from_anywhere(cli, tmp_path, monkeypatch):
     """Without --configs and outside a checkout, the configs/ beside the package; seeds from the config."""
     monkeypatch.chdir(tmp_path)

@@ -78,6 +78,7 @@ def grid(tmp_path_factory):
     return {"out": out, "sweep": sweep_dirs(out)[0], "output": res.output, "base": base}
 
 
+@pytest.mark.slow
 def test_grid_with_seeds_end_to_end(grid):
     sweep = grid["sweep"]
     assert sweep.name.startswith("sweep-depth-activation-")
@@ -103,6 +104,7 @@ def test_grid_with_seeds_end_to_end(grid):
     assert "[8/8]" in out and "verdict" in out and "sweep.csv" in out
 
 
+@pytest.mark.slow
 def test_resume_runs_only_missing_or_incomplete(grid, tmp_path, cli):
     import shutil
 
@@ -127,6 +129,7 @@ def test_resume_runs_only_missing_or_incomplete(grid, tmp_path, cli):
     assert all(r["status"] == "completed" for r in rows)
 
 
+@pytest.mark.slow
 def test_diverging_point_is_recorded_and_isolated(cli, write_config, tmp_path):
     base = write_config(small(model={"activation": "relu", "init": "kaiming_normal"}))
     res = cli("sweep", "lr", "--values", "0.1,1e4", "--config", base, "--workers", "2", "--out", tmp_path)
@@ -150,6 +153,7 @@ def test_default_base_is_the_bundled_deep_sigmoid_config():
     assert plan.points[0].config["train"]["steps"] == 7 and "300" not in plan.notes[0]
 
 
+@pytest.mark.slow
 def test_sweep_without_config_uses_the_bundled_base(cli, tmp_path):
     res = cli("sweep", "depth", "--values", "1", "--set", "train.steps=5", "--workers", "1", "--out", tmp_path)
     assert res.exit_code == 0, res.output
@@ -224,6 +228,7 @@ def test_unreachable_ray_address_is_a_one_line_error(cli, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_workers_and_leaves_sweep_csv_consistent(write_config, tmp_path):
     """A real SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
     base = write_config(small(train={"steps": 100_000}, log={"every": 50, "eval_every": 1000}))
@@ -254,6 +259,7 @@ def test_ctrl_c_stops_workers_and_leaves_sweep_csv_consistent(write_config, tmp_
 # ----------------------------------------------------------------------------- Ray
 
 
+@pytest.mark.slow
 def test_ray_executor_starts_and_stops_its_own_local_instance(write_config, tmp_path):
     """Without a running Ray, `--executor ray` starts a local instance and shuts it down after."""
     pytest.importorskip("ray")
@@ -276,6 +282,7 @@ def ray_instance():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_executor_grid_ships_run_files_back(ray_instance, cli, write_config, tmp_path):
     base = write_config(small())
     res = cli("sweep", "depth", "activation", "--values", "depth=1,2", "--values", "activation=tanh,relu",
@@ -354,6 +361,7 @@ def test_depth_is_plotted_on_a_linear_axis():
     plt.close(fig)
 
 
+@pytest.mark.slow
 def test_a_transformer_sweep_names_the_blocks_its_ratio_compares(cli, write_config, tmp_path):
     base = write_config(small(model={"kind": "transformer", "activation": None, "depth": 2, "width": 16, "heads": 2},
                               task={"name": "adding", "seq_len": 6, "train_size": 64, "eval_size": 32},

@@ -120,6 +120,7 @@ def chapter(stem: str, tmp_path, steps: int) -> tuple:
     return read_table(run, "layers.csv"), summary
 
 
+@pytest.mark.slow
 def test_post_ln_fails_without_warmup_pre_ln_and_warmup_train(tmp_path):
     """Chapters 22-24, cut short where their outcome is already decided (measured over seeds 0-4 as
     shipped, 300 steps: see their comments). 22: the first full-size Adam steps make the blocks near
@@ -136,6 +137,7 @@ def test_post_ln_fails_without_warmup_pre_ln_and_warmup_train(tmp_path):
         assert s["final_eval_accuracy"] > 0.9 and s["verdict"] == "healthy", s["verdict_reason"]
 
 
+@pytest.mark.slow
 def test_every_command_reads_a_transformer_run(tmp_path, cli):
     """run, compare, diagnose (theory: not applicable, and why), plots, sweep over depth."""
     paths = []

@@ -80,6 +80,7 @@ def test_no_float64_pass_without_underflow_or_request(tmp_path):
     assert not (run_dir / "layers_float64.csv").exists() and "float64_init" not in summary
 
 
+@pytest.mark.slow
 def test_sweep_and_compare_say_below_float32_range_not_0(tmp_path, cli, write_config, monkeypatch):
     """The last step of the deep net has no float64 measurement: its ratios are 'below float32 range',
     not the 0 float32 gives (summary.json: null, listed in below_float32; sweep.csv: an empty cell,
@@ -203,7 +204,7 @@ def test_compare_plot_leaves_values_below_float32_range_as_gaps_and_says_so(tmp_
     import matplotlib.pyplot as plt
 
     from vgrad_cli.analysis.verdict import FLOAT32_TINY
-    from vgrad_cli.report.plots import compare_plot
+    from vgrad_cli.report.compare_plot import compare_plot
 
     run_dir, _ = run_experiment(validate(small(model=DEEP, train={"steps": 2}, log={"every": 1})), tmp_path)
     kept = []

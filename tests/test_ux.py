@@ -82,6 +82,7 @@ def test_run_and_diagnose_keep_to_80_columns_in_a_pipe(cli, write_config, tmp_pa
             words = words[:-1] + lines[j].split()
         assert words[:2] == ["vgrad", "run"] and words[2].endswith("config.yaml") and words[3] == "--set", words
 
+@pytest.mark.slow
 def test_sweep_keeps_to_80_columns(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     monkeypatch.chdir(tmp_path)

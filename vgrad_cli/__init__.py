@@ -3,9 +3,8 @@
 This package's face stays small and light: nothing heavy (torch, matplotlib) is imported here.
 """
 
-__version__ = "0.1.0"
-
-from .errors import GradientProblem  # noqa: E402  (no torch: a plain exception)
+from .errors import GradientProblem  # no torch: a plain exception
+from .vocab import VERSION as __version__
 
 __all__ = ["Monitor", "GradientProblem", "__version__"]
 

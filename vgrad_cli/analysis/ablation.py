@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from .indicators import THRESHOLDS, indicator, span
+from .. import vocab as V
 
 MAX_EXAMPLES = 2048  # the fixed batch set: the first training examples, in train.batch_size batches
 
@@ -33,7 +34,7 @@ def _not(summary: str, ev: dict | None = None) -> dict:
 
 def ablation(run_dir: Path, cfg, baseline: float | None, k: int | None = None) -> dict:
     """cfg: the run's validated Config. Returns indicator 5."""
-    path = Path(run_dir) / "model.pt"
+    path = Path(run_dir) / V.MODEL_PT
     if not path.is_file():
         return _not("no model.pt (a diverged run saves no weights)")
     depth = cfg.model.depth
@@ -44,10 +45,9 @@ def ablation(run_dir: Path, cfg, baseline: float | None, k: int | None = None) -
 
     from ..models import build_model
     from ..tasks.losses import LOSSES
+    from ..threads import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small models; and diagnose must not crowd a shared machine
-    try:
+    with torch_threads(1):  # small models; and diagnose must not crowd a shared machine
         saved = torch.load(path, map_location="cpu", weights_only=True)
         task = cfg.task.make(cfg.seed)
         model = build_model(cfg.model, task, cfg.seed)
@@ -74,8 +74,6 @@ def ablation(run_dir: Path, cfg, baseline: float | None, k: int | None = None) -
         reset = loss_of(ablated)
         at_init = loss_of(saved["init"])
         restored = loss_of(saved["final"])  # the probe leaves the model as it found it
-    finally:
-        torch.set_num_threads(threads)
     if not (math.isfinite(final) and math.isfinite(reset)):
         return _not(f"non-finite loss (final {final}, ablated {reset})")
     # The probe asks what training the early layers added to what the model learned. A model that

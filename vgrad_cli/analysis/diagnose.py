@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 from . import indicators as ind
+from .. import vocab as V
 from ..errors import UsageError
 
 DIAGNOSIS_VERSION = 1
@@ -31,14 +32,14 @@ def load(run_dir) -> tuple:
     if not path.exists():
         raise UsageError(f"no run '{path}': no such directory")
     run = load_run(path)  # not a directory / no summary.json / corrupt tables -> UsageError
-    for name in ("layers.csv", "metrics.csv"):
+    for name in (V.LAYERS_CSV, V.METRICS_CSV):
         if not (path / name).is_file():
             raise UsageError(f"'{path}' has no {name}: nothing to diagnose")
     if not run.steps or not run.metrics:
         raise UsageError(f"'{path}' logged no step yet: nothing to diagnose")
     if not run.config:
         raise UsageError(f"'{path}' has no config.yaml: the diagnosis needs the model's config")
-    if run.config.get("source") == "monitor":  # a model of the user's own: no vgrad config to validate
+    if run.config.get("source") == V.SOURCE_MONITOR:  # a model of the user's own: no vgrad config to validate
         return run, None, run.config
     return run, validate(run.config, f"{path}/config.yaml"), run.config
 
@@ -78,7 +79,7 @@ def diagnose(run_dir, k: int | None = None, ablation: bool = True, write: bool =
     if write:
         from ..rundir.files import write_json_atomic
 
-        write_json_atomic(run.path / "diagnosis.json", out)
+        write_json_atomic(run.path / V.DIAGNOSIS_JSON, out)
     return out
 
 
@@ -106,7 +107,7 @@ def run_verdict(run) -> tuple[str, str]:
     indicators), so summary.json, `run`, `show`, `runs` and diagnosis.json never disagree. The
     verdict never depends on the ablation probe, which is left out here (no torch needed)."""
     if not run.steps or not run.metrics:
-        return "unknown", "nothing was measured (no logged step)"
+        return V.UNKNOWN, "nothing was measured (no logged step)"
     verdict, detail, _ = decide({i["key"]: i for i in indicators(run, run.config or {})})
     return verdict, detail
 
@@ -116,7 +117,7 @@ def stored_or_fresh(run) -> dict:
     ended), else computed now without the ablation probe (no torch) and without writing."""
     import json
 
-    path = run.path / "diagnosis.json"
+    path = run.path / V.DIAGNOSIS_JSON
     if not run.incomplete and path.is_file():
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
@@ -163,23 +164,23 @@ def decide(by_key: dict) -> tuple[str, str, bool]:
                                            "weights_barely_moving", "unresponsive_units") if k in on]
     also = f"; with: {', '.join(effects)}" if effects else ""
     if "exploding" in on:
-        return "exploding", by_key["exploding"]["summary"] + also, False
+        return V.EXPLODING, by_key["exploding"]["summary"] + also, False
     if "dying_relu" in on:
-        return "dying-relu", by_key["dying_relu"]["summary"] + also, False
+        return V.DYING_RELU, by_key["dying_relu"]["summary"] + also, False
     if "gradient_decay" in on:
         g = by_key["gradient_decay"]
         recovered = bool(g["evidence"].get("recovered")) and not ({"slow_training", "poor_performance"} & on)
         if recovered:
-            return "vanishing", ("the gradient vanished at the start but training recovered it, and the task was "
+            return V.VANISHING, ("the gradient vanished at the start but training recovered it, and the task was "
                                  f"learned: {g['summary']}"), True
-        return "vanishing", g["summary"] + also, False
+        return V.VANISHING, g["summary"] + also, False
     if {"slow_training", "poor_performance"} & on:
-        return "underfitting", ("the loss stays high but the gradient reaches every layer: not a gradient problem"
+        return V.UNDERFITTING, ("the loss stays high but the gradient reaches every layer: not a gradient problem"
                                 + also), False
     if effects:  # e.g. reliance on upper layers alone: worth reading, but no gradient problem behind it
-        return "healthy", ("no gradient problem: the gradient reaches every layer and the loss falls; present "
+        return V.HEALTHY, ("no gradient problem: the gradient reaches every layer and the loss falls; present "
                            f"nonetheless: {', '.join(effects)}"), False
-    return "healthy", "no indicator present", False
+    return V.HEALTHY, "no indicator present", False
 
 
 def theory_section(run, th: dict | None) -> dict:

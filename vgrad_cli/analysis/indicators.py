@@ -12,6 +12,7 @@ import math
 import statistics
 
 from . import residual
+from .. import vocab as V
 from .verdict import (BELOW_FLOAT32, EXPLODING_RATIO, GROWTH, VANISHING_RATIO, cell_profile, ends, ends_label,
                       judged_time_ratio, time_profile, underflowed)
 
@@ -110,7 +111,7 @@ def poor_performance(run, baseline: float | None, chance: float | None) -> dict:
     losses = [m["loss"] for m in run.metrics if _finite(m.get("loss"))]
     if not losses or baseline is None:
         return indicator(2, "poor_performance", name, "not measurable", "no finite loss or no baseline", {}, thr)
-    if len(losses) < 4 and run.status != "diverged":  # a run of a step or two cannot have learned yet
+    if len(losses) < 4 and run.status != V.DIVERGED:  # a run of a step or two cannot have learned yet
         return indicator(2, "poor_performance", name, "not measurable", f"only {len(losses)} finite logged loss{'' if len(losses) == 1 else 'es'}", {}, thr)
     end = smoothed_end_loss(losses)
     ev = {"loss_end": end, "baseline_loss": baseline, "loss_over_baseline": end / baseline if baseline else None}
@@ -127,7 +128,7 @@ def poor_performance(run, baseline: float | None, chance: float | None) -> dict:
             summary += f"; training accuracy {acc:.2f} (majority class {chance:.2f})"
     else:
         present = end >= T["high_loss"] * baseline
-    if run.status == "diverged":
+    if run.status == V.DIVERGED:
         summary = f"the run diverged at step {run.summary.get('diverged_step')}; " + summary
         present = True
     return indicator(2, "poor_performance", name, "present" if present else "absent", summary, ev, thr)
@@ -326,7 +327,7 @@ def exploding(run, baseline: float | None, clip: float | None, model: dict | Non
     s, steps = run.summary, run.steps
     signs, ev = [], {}
     invariant = residual.applies(model or {})
-    if run.status == "diverged":
+    if run.status == V.DIVERGED:
         signs.append(f"the loss became non-finite at step {s.get('diverged_step')}")
     ev["diverged_step"] = s.get("diverged_step")
     for when, step in _first_last(steps):

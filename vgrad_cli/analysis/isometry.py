@@ -55,10 +55,9 @@ def jacobian_at_init(cfg) -> dict:
 
     from ..measure.jacobian import spectrum
     from ..models import build_model
+    from ..threads import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the ablation probe: small matrices, a shared machine
-    try:
+    with torch_threads(1):  # as the ablation probe: small matrices, a shared machine
         task = cfg.task.make(cfg.seed)
         model = build_model(cfg.model, task, cfg.seed).double().train()  # the initial weights, in float64
         x = task.x_train[:EXAMPLES].to(torch.float64)
@@ -67,8 +66,6 @@ def jacobian_at_init(cfg) -> dict:
         # batch norm is excluded above, so a block treats the rows of a batch independently
         steps = [lambda h, i=i: model.block_step(i, h) for i in range(1, cfg.model.depth)]
         out = spectrum(steps, h0)
-    finally:
-        torch.set_num_threads(threads)
     out.update(applicable=True, dtype="float64", inputs=f"the first {len(x)} training examples",
                isometric=near_isometry(out))
     return out

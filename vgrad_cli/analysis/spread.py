@@ -17,7 +17,6 @@ import statistics
 from ..vocab import BELOW_KEY
 from .verdict import BELOW_SHORT, EXPLODING_RATIO, VANISHING_RATIO, judged_time_ratio
 
-CSV_NAME = "init_spread.csv"
 
 
 def reading(*ratios: float | None) -> str:

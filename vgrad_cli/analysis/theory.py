@@ -48,6 +48,7 @@ from pathlib import Path
 
 from .gaussian import KINKED, PHI, gaussian_mean  # noqa: F401 - PHI, gaussian_mean: also this module's API
 from .theory_bn import bn_chi, small_batch_note
+from .. import vocab as V
 
 # torch.nn.init.calculate_gain for each activation's `gain` in activations.py, as numbers so that
 # this module needs no torch (tests/test_theory.py checks them against torch).
@@ -274,12 +275,12 @@ def theory_for_run(run_dir) -> dict | None:
 
     run = Path(run_dir)
     try:
-        cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
-        rows = read_table(run, "layers.csv")
+        cfg = yaml.safe_load((run / V.CONFIG_YAML).read_text(encoding="utf-8")) or {}
+        rows = read_table(run, V.LAYERS_CSV)
     except Exception:  # noqa: BLE001 - a reader for tables: an unreadable run has no theory row
         return None
     try:
-        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((run / V.SUMMARY_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         summary = {}  # the prediction at depth needs it; the fixed point does not
     model = cfg.get("model") or {}
@@ -305,7 +306,7 @@ def _float64_if_underflowed(run: Path, first: list[dict]) -> list[dict]:
     if not first or first[0].get("step") != 0 or not underflowed(first, 0):
         return first
     try:
-        return sorted(read_table(run, "layers_float64.csv"), key=lambda r: r["layer"])
+        return sorted(read_table(run, V.FLOAT64_CSV), key=lambda r: r["layer"])
     except Exception:  # noqa: BLE001 - not measured again (or unreadable): no factor, as before
         return first
 

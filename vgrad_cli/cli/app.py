@@ -22,7 +22,7 @@ app = typer.Typer(
 
 def _version(value: bool):
     if value:
-        from .. import __version__
+        from ..vocab import VERSION as __version__
 
         typer.echo(f"vgrad {__version__}")
         raise typer.Exit()

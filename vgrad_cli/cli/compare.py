@@ -64,7 +64,7 @@ def compare(
         text = {"json": render_json, "csv": render_csv, "markdown": render_markdown}[format_](data)
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     if plot is not None:
-        from ..report.plots import compare_plot
+        from ..report.compare_plot import compare_plot
 
         plot.parent.mkdir(parents=True, exist_ok=True)
         compare_plot(loaded, plot)

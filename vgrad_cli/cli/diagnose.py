@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from .app import app, usage_errors
+from .. import vocab as V
 
 STATUS_STYLE = {"present": "bold red", "absent": "green", "not measurable": "dim"}
 
@@ -129,7 +130,7 @@ def render(d: dict, path: Path) -> None:
         opt = " [optional: training recovered]" if r.get("optional") else ""
         print_lines(console, [f"{n}. {r['title']}{opt}: {r['why']}{after}"])
         if r.get("command"):
-            print_command(console, ["vgrad run", str(path / "config.yaml"), *_arguments(r["command"])], "   ")
+            print_command(console, ["vgrad run", str(path / V.CONFIG_YAML), *_arguments(r["command"])], "   ")
     if any(r.get("command") for r in d["recommendations"]):
         print_lines(console, [f"`vgrad diagnose {d['run']} --try` prints recommendation 1 as a config file"], style="dim")
     print_lines(console, [f"written: {path / 'diagnosis.json'}"], style="dim")

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from .app import app, usage_errors
+from .. import vocab as V
 
 
 def _print_diagnosis(console, run_dir):
@@ -95,5 +96,5 @@ def run(
         print_summary(console, run_dir, summary, first_rows, last_rows)
         _print_diagnosis(console, run_dir)
         _print_spread(console, summary)
-    if summary["status"] == "interrupted":
+    if summary["status"] == V.INTERRUPTED:
         raise typer.Exit(130)

@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from .app import app, usage_errors
+from .. import vocab as V
 
 
 @app.command()
@@ -66,11 +67,11 @@ def story(
     print_phrases(console, [escape(str(story_dir / "story.md")), "story.csv (per run: sweep.csv)"], sep=", ",
                   head="results:")
     if interrupted:
-        finished = sum(r["status"] in ("completed", "diverged") for r in rows)
+        finished = sum(r["status"] in V.FINAL for r in rows)
         console.print(f"[yellow]interrupted[/]: {finished} of {len(plan.points)} runs finished; the story "
                       "covers those", soft_wrap=True)
         raise typer.Exit(130)
-    failed = sum(r["status"] == "failed" for r in rows)
+    failed = sum(r["status"] == V.FAILED for r in rows)
     if failed:
         from ..report.console import error
 

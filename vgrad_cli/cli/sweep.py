@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from .app import app, usage_errors
+from .. import vocab as V
 
 EXECUTORS = ("local", "ray")
 
@@ -95,11 +96,11 @@ def sweep(
     print_phrases(console, [escape(str(sweep_dir / "sweep.csv")), "sweep_summary.csv", "sweep.png"], sep=", ",
                   head="results:")
     if interrupted:
-        finished = sum(r["status"] in ("completed", "diverged") for r in rows)
+        finished = sum(r["status"] in V.FINAL for r in rows)
         console.print(f"[yellow]interrupted[/]: {finished} of {len(plan.points)} runs finished; "
                       f"finish with: vgrad sweep --resume {sweep_dir}", soft_wrap=True)
         raise typer.Exit(130)
-    failed = sum(r["status"] == "failed" for r in rows)
+    failed = sum(r["status"] == V.FAILED for r in rows)
     if failed:
         from ..report.console import error
 

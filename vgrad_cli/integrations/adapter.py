@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..monitor.monitor import Monitor, check_options
+from .. import vocab as V
 
 
 class MonitorAdapter:
@@ -22,9 +23,12 @@ class MonitorAdapter:
         """The run directory of the current (or last) training run; None before one starts."""
         return self.monitor.path if self.monitor is not None else None
 
-    def start(self, model, optimizer, steps: int | None):
-        self.close("failed")  # a previous run that ended without the framework saying so
-        self.monitor = Monitor(model, optimizer=innermost(optimizer), steps=steps, **self.options)
+    def start(self, model, optimizer, steps: int | None, clip_norm: float | None = None,
+              clip_value: float | None = None):
+        """A Monitor for one training run; clip_*: the framework's own clipping (into config.yaml)."""
+        self.close(V.FAILED)  # a previous run that ended without the framework saying so
+        self.monitor = Monitor(model, optimizer=innermost(optimizer), steps=steps, clip_norm=clip_norm,
+                               clip_value=clip_value, **self.options)
 
     def close(self, status: str | None = None):
         if self.monitor is not None:

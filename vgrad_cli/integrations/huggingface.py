@@ -31,6 +31,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 import torch
 
+from ..measure.hooks import Hooks
 from .adapter import MonitorAdapter
 
 
@@ -41,25 +42,26 @@ class VgradCallback(MonitorAdapter, TrainerCallback):
 
     _model = _loss = None
     _queued = False
-    _hooks = _grad_hooks = ()
+    _hooks = _grad_hooks = Hooks()
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._remove_hooks()
-        self.start(model, optimizer, state.max_steps if state.max_steps > 0 else None)
+        self.start(model, optimizer, state.max_steps if state.max_steps > 0 else None,
+                   clip_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None)
         self._model, self._loss, self._queued = model, None, False
-        self._hooks = [model.register_forward_hook(self._take_loss)]
+        self._hooks = Hooks([model.register_forward_hook(self._take_loss)])
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.monitor is not None and self.monitor.measuring:
-            self._grad_hooks = [p.register_post_accumulate_grad_hook(self._grad_ready)
-                                for p in self._model.parameters() if p.requires_grad]
+            self._grad_hooks = Hooks(p.register_post_accumulate_grad_hook(self._grad_ready)
+                                     for p in self._model.parameters() if p.requires_grad)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.monitor is not None and not self.monitor.measuring:
             self.monitor.step(self._loss)  # a step that is not logged: its loss, kept for the non-finite check
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._remove_grad_hooks()
+        self._grad_hooks.remove()
 
     def on_train_end(self, args, state, control, **kwargs):
         self._remove_hooks()
@@ -80,13 +82,6 @@ class VgradCallback(MonitorAdapter, TrainerCallback):
         self._queued = False
         self.monitor.step(self._loss)
 
-    def _remove_grad_hooks(self):
-        for h in self._grad_hooks:
-            h.remove()
-        self._grad_hooks = ()
-
     def _remove_hooks(self):
-        self._remove_grad_hooks()
-        for h in self._hooks:
-            h.remove()
-        self._hooks = ()
+        self._grad_hooks.remove()
+        self._hooks.remove()

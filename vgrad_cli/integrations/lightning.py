@@ -36,8 +36,11 @@ class VgradCallback(MonitorAdapter, Callback):
 
     def on_train_start(self, trainer, pl_module):
         optimizers = trainer.optimizers
+        clip = trainer.gradient_clip_val or None
+        by_value = str(getattr(trainer, "gradient_clip_algorithm", "norm")).lower().endswith("value")
         self.start(pl_module, optimizers[0] if len(optimizers) == 1 else None,
-                   trainer.max_steps if trainer.max_steps > 0 else None)
+                   trainer.max_steps if trainer.max_steps > 0 else None,
+                   clip_norm=None if by_value else clip, clip_value=clip if by_value else None)
         self._loss = None
 
     def on_before_backward(self, trainer, pl_module, loss):

@@ -18,6 +18,7 @@ from ..vocab import LAYER_COLUMNS
 from .norms import abs_max_each, norms64, per_layer_norm
 from .recorder import Recorder  # noqa: F401  (tests and models import it from here)
 from .recurrent import spectra_layers, time_rows, whh_spectra
+from .hooks import Hooks
 from .layers import hook_candidates, is_activation
 
 # A unit is "unresponsive" when its output varies across the batch by less than this fraction
@@ -55,7 +56,7 @@ class LayerProbe:
         self.stats: dict = {}
         self.notes: list[str] = []
         self.select = None
-        self._hooks: list = []
+        self._hooks = Hooks()
         self._hooked_for = None  # the layer list the armed hooks were made for
         self._scratch: dict = {}
         if layers is None and hasattr(model, "probe_layers"):
@@ -129,11 +130,11 @@ class LayerProbe:
             seen.add((id(m), role))
             keep = role == "delta"
             # the hooks write to whichever recorder is current: they can stay armed across steps
-            self._hooks.append(m.register_forward_hook(
+            self._hooks.add(m.register_forward_hook(
                 lambda mod, args, out, k=keep: self._on_output(mod, out, k)))
         if self.keep_activations or self.layers is None:
             for m in {id(m): m for m in inputs}.values():
-                self._hooks.append(m.register_forward_pre_hook(lambda mod, args: self._on_input(mod, args)))
+                self._hooks.add(m.register_forward_pre_hook(lambda mod, args: self._on_input(mod, args)))
         self._hooked_for = self.layers
 
     def _on_output(self, module, output, keep_grad: bool):
@@ -145,9 +146,7 @@ class LayerProbe:
             self.recorder.on_input(module, args)
 
     def detach(self):
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
+        self._hooks.remove()
         self._hooked_for = None
         if self.layers is not None and self.explicit:
             self.model.recorder = None

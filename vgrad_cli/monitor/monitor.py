@@ -33,7 +33,9 @@ import torch
 
 from .. import vocab as V
 from ..errors import GradientProblem
+from ..measure.hooks import Hooks
 from ..measure.probes import LayerProbe
+from .pending import LossBuffer, figure_rows, listed
 from .recording import Recording
 from .watch import Watch
 
@@ -87,14 +89,14 @@ class Monitor:
         self._losses = LossBuffer()   # the losses of the unlogged steps since the last logged one
         self._figures: dict = {}      # log_metrics() of the step being measured
         self._pending: dict = {}      # log_metrics() of unlogged steps: step -> figures
-        self._handles = []
+        self._handles = Hooks()      # the optimizer's step hooks
         self._own_recording = recording is None
         self.recording = None         # only rank 0 of a distributed run writes
         if self._rank0:
             self.recording = recording or Recording(out, self.name, self._config(), {"steps_planned": steps})
         if optimizer is not None:
-            self._handles = [optimizer.register_step_pre_hook(self._before_update),
-                             optimizer.register_step_post_hook(self._after_update)]
+            self._handles.add(optimizer.register_step_pre_hook(self._before_update))
+            self._handles.add(optimizer.register_step_post_hook(self._after_update))
         self._arm()
 
     # ------------------------------------------------------------------ the user's calls
@@ -207,9 +209,7 @@ class Monitor:
     def remove(self):
         """Remove every hook from the model and the optimizer (torch's RemovableHandle.remove):
         nothing is measured or written after this, except by close()."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self._handles.remove()
         self.probe.detach()
         self._armed = self._measured = False
 
@@ -294,7 +294,7 @@ class Monitor:
         extra.update({f"figure{i}": v.to(device) for i, (_, _, v) in enumerate(figures) if isinstance(v, torch.Tensor)})
         host = self.probe.to_host(extra)
         figures = [(s, k, host.get(f"figure{i}", v)) for i, (s, k, v) in enumerate(figures)]
-        earlier = list(zip(earlier_steps, _listed(host.get("recent_losses", []))))
+        earlier = list(zip(earlier_steps, listed(host.get("recent_losses", []))))
         lr = self.optimizer.param_groups[0].get("lr") if self.optimizer is not None else None
         loss = host.get("loss", self._loss if isinstance(self._loss, (int, float)) else None)
         metrics = {"step": step, "loss": loss, "accuracy": None, "grad_norm_total": host["grad_norm_total"],
@@ -305,7 +305,7 @@ class Monitor:
         self._figures, self._loss = {}, None
         if self.recording is not None:
             self.recording.write(step, rows, metrics, self.probe.time_rows(step, host), earlier,
-                                 _figure_rows(figures, earlier))
+                                 figure_rows(figures, earlier))
         if self._rank0 and self.watch.on_problem is not None:
             self.watch.check(step, rows, metrics, self.diverged_step, self.path)
 
@@ -324,7 +324,7 @@ class Monitor:
         earlier = list(zip(steps, flat))
         values = iter(flat[len(steps):])
         figures = [(s, k, next(values) if isinstance(v, torch.Tensor) else v) for s, k, v in figures]
-        self.recording.check(earlier, _figure_rows(figures, earlier))
+        self.recording.check(earlier, figure_rows(figures, earlier))
 
     def _config(self) -> dict:
         """config.yaml of a monitored run: what the model and the optimizer were (not a config that
@@ -341,63 +341,6 @@ class Monitor:
                           "layers": [{"name": row.name, "type": type(row.delta).__name__ if row.delta is not None else None,
                                       "parameters": sum(p.numel() for p in row.params)} for row in layers]},
                 "train": train, "log": {"every": every, "activations": self.probe.keep_activations}}
-
-
-class LossBuffer:
-    """The losses of the steps between two logged ones, as references to the detached tensors: no
-    device work and no copy per step. Every 1024 of them are stacked into one tensor (one kernel),
-    so a long stretch between logged steps keeps memory small."""
-
-    CHUNK = 1024
-
-    def __init__(self):
-        self.steps: list[int] = []
-        self._loose: list = []
-        self._chunks: list = []
-
-    def __len__(self):
-        return len(self.steps)
-
-    def add(self, step: int, loss):
-        if isinstance(loss, torch.Tensor):
-            loss = loss.detach()
-        elif isinstance(loss, (int, float)):
-            loss = torch.tensor(float(loss))
-        else:
-            return
-        self.steps.append(step)
-        self._loose.append(loss)
-        if len(self._loose) >= self.CHUNK:
-            self._chunks.append(self._stack(self._loose))
-            self._loose = []
-
-    @staticmethod
-    def _stack(losses):
-        return torch.stack([t.reshape(-1)[0].to(losses[0].device) for t in losses]).float()
-
-    def take(self) -> tuple[list[int], torch.Tensor | None]:
-        """(steps, their losses as one 1-d tensor, or None) and empty the buffer."""
-        parts = self._chunks + ([self._stack(self._loose)] if self._loose else [])
-        steps = self.steps
-        self.steps, self._loose, self._chunks = [], [], []
-        if not parts:
-            return steps, None
-        return steps, torch.cat([p.to(parts[0].device) for p in parts])
-
-
-def _listed(v) -> list:
-    return v if isinstance(v, list) else [v]
-
-
-def _figure_rows(figures: list[tuple], losses: list[tuple]) -> list[dict]:
-    """metrics.csv rows of unlogged steps that have figures of the user's: (step, name, value) ->
-    one row per step, with that step's loss (the last one, under gradient accumulation)."""
-    loss = dict(losses)
-    rows: dict = {}
-    for step, key, value in figures:
-        if step is not None:
-            rows.setdefault(step, {"step": step, "loss": loss.get(step)})[key] = value
-    return [rows[s] for s in sorted(rows)]
 
 
 def check_options(every, on_problem, layers) -> None:

@@ -114,6 +114,7 @@ class Recording:
                 (self.diverged_step is None or r["step"] <= self.diverged_step)]
         if kept:
             self._append_metrics(kept)
+            self.last_eval = next((r for r in reversed(kept) if r.get("eval_loss") is not None), self.last_eval)
 
     def _append_metrics(self, rows: list[dict]):
         new = [k for r in rows for k in r if k not in self._metrics.columns]
@@ -165,7 +166,8 @@ class Recording:
             k: v for k, v in {**out, **extra}.items() if k not in V.SUMMARY_FINAL_KEYS})
         self.writer.write_summary(self.summary)  # the figures are safe before the verdict reads the tables
         try:
-            self.summary.update(judge(self.path, self.summary))
+            self.summary.update(judge(self.path, self.summary) if self.last_written >= 0 else
+                                {"verdict": V.UNKNOWN, "verdict_reason": "nothing was measured (no logged step)"})
         except Exception:
             if error is None:
                 raise

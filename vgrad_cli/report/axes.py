@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from .. import vocab as V
 
 DPI = 100
 MAX_LINES = 6  # logged steps drawn in one panel: first, last and evenly spaced ones between
@@ -48,7 +49,7 @@ def diverged_line(ax, run):
     """Where a diverged run's loss became non-finite; training steps are whole numbers on the x-axis."""
     integer_x(ax)
     step = run.summary.get("diverged_step")
-    if run.status == "diverged" and isinstance(step, int):
+    if run.status == V.DIVERGED and isinstance(step, int):
         ax.axvline(step, color="tab:red", ls="--", lw=1, label=f"diverged at step {step} (non-finite loss)")
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 from ..analysis.verdict import BELOW_SHORT, MLP_ENDS, run_stats, underflowed
+from .. import vocab as V
 from ..vocab import BELOW_KEY
 from ..rundir.store import Run
 
@@ -218,11 +219,11 @@ def blocks(data: dict) -> list[Block]:
 def _run_cell(run: dict, key: str, short: bool = False) -> str:
     """A per-run value as the tables show it. A diverged run stopped before its end: its last eval
     (if any) and its last batch accuracy came from earlier steps and are no result of the run."""
-    if run.get("status") == "diverged" and key in ("final_accuracy", "final_eval_loss", "final_eval_accuracy"):
+    if run.get("status") == V.DIVERGED and key in ("final_accuracy", "final_eval_loss", "final_eval_accuracy"):
         return "—" if short else f"— (diverged at step {run.get('diverged_step')})"
     if key in run.get(BELOW_KEY, ()):
         return BELOW_SHORT
-    if run.get("status") == "diverged" and key == "final_loss" and run.get(key) is not None:
+    if run.get("status") == V.DIVERGED and key == "final_loss" and run.get(key) is not None:
         return "—" if short else f"{_fmt(run[key])} (last finite)"
     return _fmt(run.get(key))
 
@@ -247,7 +248,7 @@ def compact_blocks(data: dict) -> list[Block]:
         out.append(tb)
     fields = [(k, t) for k, t in COMPACT_FIELDS if any(r.get(k) is not None or k in r.get(BELOW_KEY, ())
                                                       for r in data["runs"])]
-    rows = [[r["label"], r["name"], str(r.get("verdict") or "") + ("" if r.get("status") == "completed" else
+    rows = [[r["label"], r["name"], str(r.get("verdict") or "") + ("" if r.get("status") == V.COMPLETED else
                                                                      f"\n({r.get('status')})")]
             + [_run_cell(r, k, short=True) for k, _ in fields] for r in data["runs"]]
     out.append(Block("runs", ["", "run", "verdict"] + [t for _, t in fields], rows, left=(0, 1, 2),

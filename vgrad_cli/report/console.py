@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..analysis.verdict import BELOW_SHORT, ends, ends_label, underflowed
+from .. import vocab as V
 
 VERDICT_STYLE = {"vanishing": "bold yellow", "exploding": "bold red", "healthy": "bold green"}
 
@@ -234,16 +235,18 @@ def status_phrases(summary: dict) -> list[str]:
     last eval (if any) came from an earlier step: its accuracy is no result of the run, so none is shown."""
     status = summary.get("status")
     done, planned = summary.get("steps_completed"), summary.get("steps_planned")
-    diverged = status == "diverged"
+    diverged = status == V.DIVERGED
     steps = f"{'?' if done is None else done}" + (f"/{planned}" if planned is not None else "")  # Monitor: no plan
     parts = [f"{status}, {steps} steps" + (f" (non-finite loss at step {summary.get('diverged_step')})" if diverged else "")]
     if summary.get("final_loss") is not None:
         what = "last finite loss" if diverged else "final loss"
         base = summary.get("baseline_loss")
         parts.append(f"{what} {fmt(summary['final_loss'])}" + (f" (baseline {fmt(base)})" if base is not None else ""))
-    acc = summary.get("final_eval_accuracy")
+    acc, ev = summary.get("final_eval_accuracy"), summary.get("final_eval_loss")
     if acc is not None and not diverged:
         parts.append(f"eval accuracy {fmt(acc)} (chance {fmt(summary.get('chance_accuracy'))})")
+    elif ev is not None and not diverged:  # regression, or a Monitor run that logged only its eval loss
+        parts.append(f"eval loss {fmt(ev)}")
     parts.append(f"{fmt(summary.get('wall_time_s'))} s")
     return parts
 

@@ -23,7 +23,7 @@ FIGSIZE = {  # inches; at DPI 100 -> pixels
     "loss": (12, 4.5),
     "activations": (12, 4.5),
     "gradient_through_time": (10, 5),
-    "compare": (16, 6),
+    "compare": (16, 6),  # compare_plot.py
 }
 
 
@@ -121,7 +121,7 @@ def _nice_ticks(steps: list[int], target: int = 8) -> list[int]:
     return idx if len(idx) >= 2 else list(range(0, len(steps), max(1, math.ceil(len(steps) / 10))))
 
 
-def _decades(values) -> bool:
+def decades(values) -> bool:
     v = [x for x in positive(values) if not math.isnan(x)]
     return bool(v) and max(v) / min(v) > 100
 
@@ -129,7 +129,7 @@ def _decades(values) -> bool:
 def loss_curves(run, path: Path) -> Path:
     plt = pyplot()
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=FIGSIZE["loss"], layout="constrained")
-    _draw_loss(ax_l, run)
+    draw_loss(ax_l, run)
     m = run.metrics
     acc = finite(r.get("accuracy") for r in m)
     ev = [r for r in m if isinstance(r.get("eval_accuracy"), (int, float))]
@@ -186,7 +186,7 @@ def _relative_loss(ax, run):
     ax.legend(fontsize=8)
 
 
-def _draw_loss(ax, run, color=None) -> bool:
+def draw_loss(ax, run, color=None) -> bool:
     """Train loss (line) and eval loss (dots); log y when the loss spans more than two decades.
     A run's own figure (no color given) also shows the input-blind baseline, always on the axis, and
     where the run diverged; compare's shared panel shows only the curves. Returns whether it drew."""
@@ -207,7 +207,7 @@ def _draw_loss(ax, run, color=None) -> bool:
         ax.axhline(base, color="0.5", ls="--", lw=1, label=f"baseline {base:.3g}")
     if own:
         diverged_line(ax, run)
-    if own and _decades(loss + [r["eval_loss"] for r in ev] + ([base] if base else [])):
+    if own and decades(loss + [r["eval_loss"] for r in ev] + ([base] if base else [])):
         ax.set_yscale("log")  # compare decides for its shared panel once every run is drawn
     if base is not None:
         include_y(ax, base)
@@ -349,58 +349,3 @@ def write_run_plots(run_dir) -> list[Path]:
                loss_curves(run, out / "loss.png"), activations(run, out / "activations.png"),
                gradient_through_time(run, out / "gradient_through_time.png")]
     return [p for p in written if p is not None]
-
-
-def compare_plot(runs, path) -> Path:
-    """Runs side by side: grad_norm and delta_norm per layer (first step dashed, last solid), loss.
-    The run names go in one legend under the panels (in columns when there are many runs), so that
-    no legend covers a curve."""
-    from .compare import label
-    from ..rundir.store import Run, load_run
-
-    runs = [r if isinstance(r, Run) else load_run(Path(r)) for r in runs]
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=FIGSIZE["compare"], layout="constrained")
-    palette = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
-    colors = [palette(i % palette.N) for i in range(len(runs))]
-    from ..analysis.verdict import BELOW_FLOAT32
-
-    left_out = set()  # panels where a value below float32's range (a 0 or a subnormal) is a gap, not a point
-    for run, color in zip(runs, colors):
-        steps = run.steps
-        for ax, col in ((axes[0], "grad_norm"), (axes[1], "delta_norm")):
-            for step, ls in ((steps[0], "--"), (steps[-1], "-")) if steps else ():
-                rows = run.layer_rows(step)
-                values = [r.get(col) for r in rows]
-                if any(below_float32(v) for v in values):
-                    left_out.add(col)
-                ax.plot([r["layer"] for r in rows], positive(None if below_float32(v) else v for v in values),
-                        ls=ls, marker="o", ms=3, color=color)
-        _draw_loss(axes[2], run, color)
-    for ax, col in ((axes[0], "grad_norm"), (axes[1], "delta_norm")):
-        if col in left_out:
-            ax.annotate(f"gaps: 0 or {BELOW_FLOAT32}", xy=(0.01, 0.99), xycoords="axes fraction",
-                        fontsize=8, va="top")
-        if any(has_values(list(ln.get_ydata())) for ln in ax.get_lines()):
-            ax.set_yscale("log")
-        else:
-            empty_note(ax, f"no positive finite {col} values")
-        ax.set_title(f"{col} per layer (dashed: first step, solid: last)")
-        ax.set_xlabel("layer (0 = input side)")
-        ax.set_ylabel(f"{col} (log scale)")
-        integer_x(ax)
-    if _decades([y for ln in axes[2].get_lines() for y in ln.get_ydata()]):
-        axes[2].set_yscale("log")
-        axes[2].set_ylabel("loss (log scale)")
-    axes[2].set_title("loss (line: train batch, dots: eval)")
-    from matplotlib.lines import Line2D
-
-    many = len(runs) > 4
-    handles = [Line2D([], [], color=c, lw=2) for c in colors]
-    texts = [f"{label(i)} = {r.name} (" + ("" if many else f"{r.model_text()}; ")
-             + f"{r.status}, {r.summary.get('verdict') or 'no verdict'})" for i, r in enumerate(runs)]
-    fig.legend(handles, texts, loc="outside lower center", ncol=1 if not many else (2 if len(runs) <= 12 else 3),
-               fontsize=9 if not many else 7)
-    names = " vs ".join(str(r.summary.get("name", r.name)) for r in runs)
-    fig.suptitle(f"vgrad compare: {names}" if len(runs) <= 3 else f"vgrad compare: {len(runs)} runs")
-    return save(fig, Path(path))

@@ -38,9 +38,7 @@ def configs_dir(given: Path | None) -> Path:
     here = Path("configs")
     if here.is_dir():
         return here
-    import vgrad_cli
-
-    beside = Path(vgrad_cli.__file__).resolve().parents[1] / "configs"
+    beside = Path(__file__).resolve().parents[2] / "configs"  # vgrad_cli/story/chapters.py -> the checkout
     if beside.is_dir():
         return beside
     raise UsageError("no chapters found: there is no ./configs folder and none beside the vgrad package; "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..report.axes import below_float32, bottom_note, positive, pyplot, save
 from ..rundir.store import load_run
-from ..sweep.plan import FINAL_STATUSES
+from .. import vocab as V
 
 FIGSIZE = (11, 4.2)  # inches at 100 dpi: 1100 x 420 pixels, a slide's width
 
@@ -18,7 +18,7 @@ def chapter_figures(story_dir: Path, groups: list[dict], rows: list[dict]) -> di
     out = {}
     for g in groups:
         runs = [load_run(story_dir / r["run_dir"]) for r in rows
-                if r["chapter"] == g["chapter"] and r["status"] in FINAL_STATUSES and r.get("run_dir")]
+                if r["chapter"] == g["chapter"] and r["status"] in V.FINAL and r.get("run_dir")]
         if runs:
             rel = f"figures/{g['chapter']}.png"
             draw(runs, g, story_dir / rel)
@@ -49,10 +49,10 @@ def draw(runs: list, g: dict, path: Path) -> Path:
     ends = set()
     for i, run in enumerate(sorted(runs, key=lambda r: r.summary.get("seed", 0))):
         color = f"C{i % 10}"
-        label = f"seed {run.summary.get('seed')}" + ("" if run.status == "completed" else f" ({run.status})")
+        label = f"seed {run.summary.get('seed')}" + ("" if run.status == V.COMPLETED else f" ({run.status})")
         steps = run.steps
         panels = [(axes[0], steps[0])] if steps else []
-        if run.status == "completed" and len(steps) > 1:  # a diverged run has no meaningful end
+        if run.status == V.COMPLETED and len(steps) > 1:  # a diverged run has no meaningful end
             panels.append((axes[1], steps[-1]))
             ends.add(steps[-1])
         for ax, step in panels:

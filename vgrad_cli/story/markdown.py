@@ -7,7 +7,7 @@ import os
 import platform
 import time
 
-from .. import __version__
+from ..vocab import VERSION as __version__
 from .report import tables
 
 

@@ -15,24 +15,24 @@ from pathlib import Path
 
 from ..report.console import VERDICT_STYLE, fmt, print_table
 from ..rundir.files import read_summary
-from ..sweep.plan import FINAL_STATUSES
 from .chapters import Chapter
+from .. import vocab as V
 
-COMPLETED = ("completed",)
+COMPLETED = (V.COMPLETED,)
 FIGURES = {  # summary.json key -> the statuses of the runs it is taken from
-    "delta_norm_ratio_first_step": FINAL_STATUSES,   # layer 0 / output layer delta_norm
+    "delta_norm_ratio_first_step": V.FINAL,   # layer 0 / output layer delta_norm
     "delta_norm_ratio_last_step": COMPLETED,
-    "time_ratio_first_step": FINAL_STATUSES,         # ||dL/dh_0|| / ||dL/dh_T-1||, recurrent only
+    "time_ratio_first_step": V.FINAL,         # ||dL/dh_0|| / ||dL/dh_T-1||, recurrent only
     "time_ratio_last_step": COMPLETED,
     "final_eval_accuracy": COMPLETED,                # classification tasks only
     "final_eval_loss": COMPLETED,
-    "diverged_step": ("diverged",),
-    "wall_time_s": FINAL_STATUSES,
-    "chance_accuracy": FINAL_STATUSES,               # the eval set's majority class (classification)
-    "baseline_loss": FINAL_STATUSES,                 # the best input-blind prediction's eval loss
+    "diverged_step": (V.DIVERGED,),
+    "wall_time_s": V.FINAL,
+    "chance_accuracy": V.FINAL,               # the eval set's majority class (classification)
+    "baseline_loss": V.FINAL,                 # the best input-blind prediction's eval loss
 }
 STATS = ("median", "min", "max")
-COUNTS = ("completed", "diverged", "failed", "interrupted")
+COUNTS = (V.COMPLETED, V.DIVERGED, V.FAILED, V.INTERRUPTED)
 COLUMNS = (["chapter", "config", "kind", "task_loss", "shows", "seeds", *COUNTS, "verdicts"]
            + [f"{f}_{s}" for f in FIGURES for s in STATS])
 
@@ -63,7 +63,7 @@ def chapter_stats(chapter: Chapter, seeds: int, runs: list[tuple[dict, dict]]) -
     g["task_loss"] = next((s.get("task_loss") for _, s in runs if s.get("task_loss")), None)
     for status in COUNTS:
         g[status] = sum(r["status"] == status for r, _ in runs)
-    verdicts = [s.get("verdict") for r, s in runs if r["status"] in FINAL_STATUSES and s.get("verdict")]
+    verdicts = [s.get("verdict") for r, s in runs if r["status"] in V.FINAL and s.get("verdict")]
     g["verdicts"] = ", ".join(f"{v} ({verdicts.count(v)}/{seeds})" for v in dict.fromkeys(verdicts)) or None
     for figure, statuses in FIGURES.items():
         values = _numbers(s.get(figure) for r, s in runs if r["status"] in statuses)
@@ -84,7 +84,7 @@ def story_stats(story_dir: Path, chapters: list[Chapter], seeds: int, rows: list
         for r in rows:
             if r["chapter"] == chapter.stem:
                 summary = {}
-                if r.get("run_dir") and (story_dir / r["run_dir"] / "summary.json").is_file():
+                if r.get("run_dir") and (story_dir / r["run_dir"] / V.SUMMARY_JSON).is_file():
                     summary = read_summary(story_dir / r["run_dir"])
                 runs.append((r, summary))
         g = chapter_stats(chapter, seeds, runs)
@@ -131,7 +131,7 @@ def runs_cell(g: dict) -> str:
         mid = math.floor(mid + 0.5)
         step = f"{mid}" if lo == hi else f"{mid} [{int(lo)}–{int(hi)}]"
         parts.append(f"{g['diverged']} diverged at step {step}")
-    parts += [f"{g[s]} {s}" for s in ("failed", "interrupted") if g[s]]
+    parts += [f"{g[s]} {s}" for s in (V.FAILED, V.INTERRUPTED) if g[s]]
     missing = g["seeds"] - sum(g[s] for s in COUNTS)
     if missing:
         parts.append(f"{missing} not run")

@@ -44,7 +44,6 @@ DEFAULT_BASE = {
 }
 DEFAULT_STEPS = 300
 
-FINAL_STATUSES = ("completed", "diverged")  # what --resume keeps; anything else runs again
 MANIFEST = "sweep.json"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.table import Table
 
 from ..analysis.verdict import BELOW_FLOAT32, BELOW_SHORT, MLP_ENDS
+from .. import vocab as V
 from ..vocab import BELOW_KEY
 from ..report.console import VERDICT_STYLE, fmt, print_phrases, print_table
 from ..rundir.files import write_text_atomic
@@ -42,8 +43,8 @@ RATIOS = [m for m in METRICS if "_ratio_" in m]
 # End-of-run values: a diverged run's "last" ratio and "final" loss are wherever it blew up (often a
 # loss of 1e11), so their statistics are over completed runs only; first-step ones over every run.
 END_OF_RUN = [m for m in METRICS if m.startswith("final_") or m.endswith("_last_step")]
-STATUSES = ("completed", "diverged", "interrupted", "failed")
-STATUS_SHORT = {"completed": "ok", "diverged": "diverged", "interrupted": "stopped", "failed": "failed"}
+STATUSES = V.ENDED
+STATUS_SHORT = {V.COMPLETED: "ok", V.DIVERGED: "diverged", V.INTERRUPTED: "stopped", V.FAILED: "failed"}
 
 
 class SweepProgress:
@@ -92,15 +93,15 @@ def make_row(plan, point, sweep_dir: Path, run_dir: Path | None, error: str | No
     from ..rundir.files import read_summary
 
     row = {p.name: v for p, v in zip(plan.params, point.values)}
-    row.update(seed=point.seed, run_dir=None, status="failed", error=error)
-    if run_dir is not None and (Path(run_dir) / "summary.json").exists():
+    row.update(seed=point.seed, run_dir=None, status=V.FAILED, error=error)
+    if run_dir is not None and (Path(run_dir) / V.SUMMARY_JSON).exists():
         summary = read_summary(Path(run_dir))
         row.update({k: summary.get(k) for k in SUMMARY_KEYS})
         # the ratios whose layer 0 underflowed float32: their cells stay empty (not 0, and no text in
         # a numeric column), this one names them, space-separated
         row[BELOW_KEY] = " ".join(summary.get(BELOW_KEY) or []) or None
         row["run_dir"] = Path(run_dir).name  # relative to the sweep directory: the sweep can move
-        row["error"] = summary.get("error") or (error if summary.get("status") == "failed" else None)
+        row["error"] = summary.get("error") or (error if summary.get("status") == V.FAILED else None)
         row["_baseline_loss"] = summary.get("baseline_loss")  # for the plot only, not a CSV column
         row["_ends"] = _ends(Path(run_dir), point.config)  # what the ratios compare: for the captions only
         from ..analysis.theory import theory_columns
@@ -117,7 +118,7 @@ def _ends(run_dir: Path, config: dict) -> str:
     from ..rundir.files import read_table
 
     try:
-        rows = read_table(run_dir, "layers.csv")
+        rows = read_table(run_dir, V.LAYERS_CSV)
     except Exception:  # noqa: BLE001 - no table, no rows to name: the ratio is blank anyway
         return MLP_ENDS
     first = [r for r in rows if r.get("step") == min((r.get("step") for r in rows), default=None)]
@@ -189,7 +190,7 @@ def aggregate(plan, rows: list[dict]) -> list[dict]:
         verdicts = [m.get("verdict") or "-" for m in members]
         counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
         g["verdicts"] = " ".join(v if len(counts) == 1 else f"{v}:{c}" for v, c in counts.items())
-        completed = [r for r in members if r["status"] == "completed"]
+        completed = [r for r in members if r["status"] == V.COMPLETED]
         for m in METRICS:
             values = _finite(r.get(m) for r in (completed if m in END_OF_RUN else members))
             for stat, value in _stats(values).items():

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from .plan import FINAL_STATUSES, Plan
+from .. import vocab as V
+from .plan import Plan
 from .report import SweepCsv, SweepProgress, make_row, write_report
 
 
@@ -21,16 +22,16 @@ def finished_runs(sweep_dir: Path, plan: Plan) -> dict[int, Path]:
     stale = []
     for d in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
-            name = (yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}).get("name")
+            name = (yaml.safe_load((d / V.CONFIG_YAML).read_text(encoding="utf-8")) or {}).get("name")
         except (OSError, yaml.YAMLError, AttributeError):
             continue  # not a run directory: leave it alone
         if name not in by_name:
             continue
         try:
-            status = json.loads((d / "summary.json").read_text(encoding="utf-8")).get("status")
+            status = json.loads((d / V.SUMMARY_JSON).read_text(encoding="utf-8")).get("status")
         except (OSError, json.JSONDecodeError):
             status = None
-        if status in FINAL_STATUSES:
+        if status in V.FINAL:  # what --resume keeps; anything else runs again
             if by_name[name] in done:  # two finished runs of one point: keep the later (names sort by time)
                 stale.append(done[by_name[name]])
             done[by_name[name]] = d
@@ -73,5 +74,5 @@ def run_sweep(plan: Plan, sweep_dir: Path, executor, console, resume: bool = Fal
     ordered = [rows[i] for i in sorted(rows)]
     report(sweep_dir, plan, ordered, console)
     # Runs can be stopped without the driver noticing (a signal to the workers only): same outcome.
-    interrupted = interrupted or any(r["status"] == "interrupted" for r in ordered)
+    interrupted = interrupted or any(r["status"] == V.INTERRUPTED for r in ordered)
     return ordered, interrupted
