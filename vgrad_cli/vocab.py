@@ -14,6 +14,7 @@ SCHEMA_VERSION = 1
 CONFIG_YAML = "config.yaml"
 SUMMARY_JSON = "summary.json"
 LAYERS_CSV = "layers.csv"
+BLOCKS_CSV = "blocks.csv"               # a model with repeated blocks: one row per block (the run's view)
 METRICS_CSV = "metrics.csv"
 TIME_CSV = "time.csv"                   # a model that records its hidden states through time
 FLOAT64_CSV = "layers_float64.csv"      # step 0 again in float64 (vgrad run, where float32 underflows)

@@ -45,6 +45,15 @@ class Run:
     time: list[dict] | None = None                  # gradient through time, recurrent runs only
     notes: list[str] = field(default_factory=list)  # what is missing or partial, said to the user
     float64: list[dict] | None = None               # step 0 measured again in float64 (layers_float64.csv)
+    # `layers` is the run's view, what verdicts, plots and tables read: the block rows (blocks.csv) of a
+    # model with repeated blocks, else the module rows of layers.csv. `modules` holds layers.csv's rows
+    # when the view is the block one (else None: the two are the same).
+    modules: list[dict] | None = None
+
+    @property
+    def module_rows(self) -> list[dict]:
+        """layers.csv's rows: one per module (or per declared layer of vgrad's own models)."""
+        return self.modules if self.modules is not None else self.layers
 
     @property
     def name(self) -> str:
