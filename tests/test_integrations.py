@@ -228,6 +228,80 @@ def test_huggingface_trainer(tmp_path, cli, accumulate):
     assert yaml.safe_load((vgrad.path / "config.yaml").read_text())["train"]["clip_norm"] == 0.05
 
 
+class PlainLM(nn.Module):
+    """A model whose forward takes no **kwargs: the Trainer passes no num_items_in_batch and divides
+    each micro-batch's (mean) loss by gradient_accumulation_steps itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.out = nn.Embedding(64, 16), nn.Linear(16, 64)
+
+    def forward(self, input_ids, labels):
+        logits = self.out(self.emb(input_ids))
+        return {"loss": nn.functional.cross_entropy(logits.reshape(-1, 64), labels.reshape(-1)), "logits": logits}
+
+
+def lm_rows(n=24, length=8):
+    """Token rows whose labels mask a varying number of positions (-100): the micro-batches of one
+    optimizer step hold different numbers of tokens, so a sum, a mean and the last micro-batch differ."""
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(n):
+        ids = torch.randint(0, 64, (length,), generator=g)
+        labels = ids.clone()
+        labels[:int(torch.randint(0, length - 2, (1,), generator=g))] = -100
+        rows.append({"input_ids": ids, "labels": labels})
+    return rows
+
+
+def tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=16))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", ["gpt2", "bert", "plain"])
+def test_huggingface_loss_is_the_one_the_trainer_logs(tmp_path, build):
+    """gradient_accumulation_steps=4, logging_steps=1: metrics.csv's loss of every step is the Trainer's
+    logged loss for that step. GPT-2 and BERT get num_items_in_batch (the sum over micro-batches of
+    the model's loss is the step's), the plain module does not (the mean is)."""
+    from transformers import Trainer, TrainingArguments
+
+    from vgrad_cli.integrations.huggingface import VgradCallback
+
+    model, data = {"gpt2": (tiny_gpt2, lm_rows), "plain": (PlainLM, lm_rows),
+                   "bert": (tiny_bert, lambda: [Rows()[i] for i in range(24)])}[build]
+    model, data = model(), data()
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=3, per_device_train_batch_size=2,
+                             gradient_accumulation_steps=4, logging_steps=1, learning_rate=1e-3, report_to=[],
+                             use_cpu=True, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
+    handed = {}
+
+    class Seen(VgradCallback):  # the loss an unlogged step hands Monitor (for the non-finite check)
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            handed[state.global_step] = float(self._loss())
+            return super().on_pre_optimizer_step(args, state, control, **kwargs)
+
+    vgrad = Seen(out=tmp_path, name=build, every=2, on_problem=None, plots=False)
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[vgrad])
+    with vgrad:
+        trainer.train()
+    logged = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+    assert sorted(logged) == [1, 2, 3]
+    # metrics.csv's step s is the optimizer step the Trainer logs as global_step s + 1; steps 0 and 2 are
+    # measured (the loss summed over the backward passes the measurement waits for), step 1 is not
+    recorded = {int(m["step"]): float(m["loss"]) for m in read_csv(vgrad.path / "metrics.csv")}
+    assert sorted(recorded) == [0, 2] and sorted(handed) == [0, 1, 2]
+    for step in handed:
+        assert handed[step] == pytest.approx(logged[step + 1], rel=1e-4), (step, handed, logged)
+        if step in recorded:
+            assert recorded[step] == pytest.approx(logged[step + 1], rel=1e-4), (step, recorded, logged)
+    per_item = build != "plain"
+    assert trainer.model_accepts_loss_kwargs == per_item  # the two cases this test means to cover
+
+
 # ---------------------------------------------------------------------------------------- Monitor
 def test_monitor_with_a_closure_optimizer_and_evaluation_between_steps(tmp_path):
     """optimizer.step(closure) runs forward, backward and clipping inside step(): the update ratio and

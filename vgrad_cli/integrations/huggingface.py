@@ -16,9 +16,14 @@ backward pass itself (a post-accumulate-grad hook on every trainable parameter, 
 delta_norm and grad_norm_total are the gradients BEFORE the Trainer's clipping; grad_norm_clipped in
 metrics.csv is the norm AFTER it (the optimizer's step hook), with the update ratio. Steps are
 optimizer steps (state.global_step): with `gradient_accumulation_steps=k` the measured gradient is the
-one accumulated over the k micro-batches. The loss is the model output's `loss` on the last
-micro-batch (None when the Trainer computes the loss itself, e.g. label smoothing). Evaluation passes
-are not recorded. The Trainer has no exception callback: use `with vgrad:` (or call
+one accumulated over the k micro-batches. The loss is the one the Trainer logs for that step (its
+`state.log_history` with logging_steps=1): the model output's `loss` summed over the step's
+micro-batches when the forward received `num_items_in_batch` (the model then divided by the whole
+accumulated batch's token count, so each micro-batch's loss is a share of the step's), else their
+mean (the Trainer divides a per-micro-batch mean by k before its backward). None when the Trainer
+computes the loss itself (label smoothing, `compute_loss_func`); a non-finite micro-batch loss stays
+in it (the Trainer's log filters it out, vgrad reads it as the divergence). Evaluation passes are not
+recorded. The Trainer has no exception callback: use `with vgrad:` (or call
 `vgrad.close("failed")`) so that an exception does not leave the run's status "running".
 """
 
@@ -40,16 +45,18 @@ class VgradCallback(MonitorAdapter, TrainerCallback):
     plots=True): Monitor's keywords; the run directory is `callback.path`. Records the gradients
     before the Trainer's clipping to max_grad_norm (and the norm after it in grad_norm_clipped)."""
 
-    _model = _loss = None
-    _queued = False
+    _model = _loss_sum = None
+    _queued = _per_item = False
+    _micro = 0
     _hooks = _grad_hooks = Hooks()
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._remove_hooks()
         self.start(model, optimizer, state.max_steps if state.max_steps > 0 else None,
                    clip_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None)
-        self._model, self._loss, self._queued = model, None, False
-        self._hooks = Hooks([model.register_forward_hook(self._take_loss)])
+        self._model, self._queued = model, False
+        self._new_step()
+        self._hooks = Hooks([model.register_forward_hook(self._take_loss, with_kwargs=True)])
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.monitor is not None and self.monitor.measuring:
@@ -58,20 +65,39 @@ class VgradCallback(MonitorAdapter, TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.monitor is not None and not self.monitor.measuring:
-            self.monitor.step(self._loss)  # a step that is not logged: its loss, kept for the non-finite check
+            self.monitor.step(self._loss())  # a step that is not logged: its loss, kept for the non-finite check
 
     def on_step_end(self, args, state, control, **kwargs):
         self._grad_hooks.remove()
+        self._new_step()
 
     def on_train_end(self, args, state, control, **kwargs):
         self._remove_hooks()
         self.close()
 
     # ------------------------------------------------------------------ internals
-    def _take_loss(self, module, args, output):
-        if torch.is_grad_enabled():  # a training forward, not an evaluation
-            loss = output.get("loss") if hasattr(output, "get") else None
-            self._loss = loss.detach() if isinstance(loss, torch.Tensor) else None
+    def _new_step(self):
+        self._loss_sum, self._micro, self._per_item = None, 0, False
+
+    def _take_loss(self, module, args, kwargs, output):
+        """Each training forward of the step: its loss added on the device (no host synchronisation)."""
+        if not torch.is_grad_enabled():  # an evaluation, not a training forward
+            return
+        loss = output.get("loss") if hasattr(output, "get") else None
+        if not isinstance(loss, torch.Tensor):
+            self._loss_sum, self._micro = None, -1  # a micro-batch without its loss: the step's is unknown
+            return
+        if self._micro >= 0:
+            loss = loss.detach().reshape(-1)[0].float()
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._micro += 1
+            self._per_item = self._per_item or kwargs.get("num_items_in_batch") is not None
+
+    def _loss(self):
+        """The step's loss as the Trainer logs it (so far, on a measured step's earlier micro-batches)."""
+        if self._loss_sum is None or self._micro <= 0:
+            return None
+        return self._loss_sum if self._per_item else self._loss_sum / self._micro
 
     def _grad_ready(self, param):
         if not self._queued:  # the first parameter whose gradient is complete: measure when this backward ends
@@ -80,7 +106,7 @@ class VgradCallback(MonitorAdapter, TrainerCallback):
 
     def _backward_done(self):
         self._queued = False
-        self.monitor.step(self._loss)
+        self.monitor.step(self._loss())
 
     def _remove_hooks(self):
         self._grad_hooks.remove()
