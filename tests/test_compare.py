@@ -67,10 +67,13 @@ def test_table_aligns_runs_of_different_depth(cli, root):
     out = r.output
     assert "per-layer gradient at the first logged step (0)" in out and "the last logged step (20)" in out
     assert "A =" in out and "shallow-tanh-" in out and "B =" in out and "deep-sigmoid-" in out
-    # layer 3 is the shallow run's output and the deep run's hidden3; layer 5 exists only in B
-    assert "output / hidden3" in out
-    row5 = [ln for ln in out.splitlines() if ln.strip().startswith("5 ")][0]
-    assert "output" in row5 and row5.count("│") == 7
+    # rows pair by name: hidden3 and hidden4 exist only in B (blank A cells), the outputs pair
+    # (layer 3 of A, layer 5 of B), never A's output with B's hidden3
+    assert "output / hidden3" not in out
+    row = next(ln for ln in out.splitlines() if "hidden4" in ln)
+    assert row.split("│")[0].strip() == "4" and row.split("│")[2].strip() == "" and row.count("│") == 7
+    row = next(ln for ln in out.splitlines() if "output" in ln and "│" in ln)
+    assert row.split("│")[0].strip() == "3/5" and all(c.strip() for c in row.split("│")[2:6])
     for field in ("status", "verdict", "final loss", "delta_norm 0/out, first", "wall time (s)"):
         assert field in out
 
@@ -84,9 +87,13 @@ def test_json_carries_every_number(cli, root):
     assert [s["which"] for s in data["sections"]] == ["first", "last"]
     last = data["sections"][1]
     assert last["steps"] == {"A": 20, "B": 20}
-    assert len(last["layers"]) == 6                              # the deeper run sets the row count
-    assert last["layers"][4]["runs"]["A"] is None                 # A has layers 0..3 only
+    assert len(last["layers"]) == 6                              # hidden0..4 and output
+    assert last["layers"][4]["runs"]["A"] is None                 # A has no hidden4 ...
+    out_a, out_b = last["layers"][5]["runs"]["A"], last["layers"][5]["runs"]["B"]
+    assert (out_a["name"], out_a["layer"], out_b["name"], out_b["layer"]) == ("output", 3, "output", 5)  # ... pairs outputs
     la, lb = layers(a, 20), layers(b, 20)
+    assert out_b["log10_delta_norm_vs_A"] == pytest.approx(
+        math.log10(float(lb[5]["delta_norm"]) / float(la[3]["delta_norm"])))
     cell = last["layers"][1]["runs"]["B"]
     assert cell["grad_norm"] == float(lb[1]["grad_norm"]) and cell["delta_norm"] == float(lb[1]["delta_norm"])
     assert cell["log10_grad_norm_vs_A"] == pytest.approx(
@@ -114,7 +121,8 @@ def test_markdown(cli, root):
     assert "**per-layer gradient at the first logged step (0); layer 0 = input side**" in lines
     assert "| layer | name | A grad | A delta | B grad | B delta | B/A log10 grad | B/A log10 delta |" in lines
     assert "|---:|:---|---:|---:|---:|---:|---:|---:|" in lines
-    assert "| 5 | output |  |  |" in r.stdout                       # blank cells of the shallower run
+    assert "| 4 | hidden4 |  |  |" in r.stdout                      # blank cells of the shallower run
+    assert "| 3/5 | output |" in r.stdout                          # the outputs pair, whatever their index
     assert any(ln.startswith("| verdict |") for ln in lines)
 
 

@@ -38,8 +38,10 @@ def compare(
     format_: str = typer.Option("table", "--format", "-f", help="table, json, csv or markdown"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="also write a side-by-side figure (.png, .svg or .pdf)"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help=RUNS_DIR_HELP),
+    modules: bool = typer.Option(False, "--modules", help="one row per module (layers.csv), not per block"),
 ):
-    """Put runs side by side: per-layer grad_norm and delta_norm, log10 ratios to the first run, each run's verdict."""
+    """Put runs side by side: per-layer grad_norm and delta_norm, log10 ratios to the first run, each run's verdict.
+    Rows pair by name (a block view's blocks by their index in their stack)."""
     from ..report.compare import FORMATS, build, parse_step
     from ..report.compare_render import render_csv, render_json, render_markdown, render_table
     from ..errors import UsageError
@@ -53,7 +55,7 @@ def compare(
     loaded = _load(runs, runs_dir)
     if len(loaded) < 2:
         raise UsageError(f"compare needs at least two runs, got {len(loaded)} ('vgrad show RUN' shows one)")
-    data = build(loaded, which)
+    data = build(loaded, which, modules=modules)
     err = make_console(stderr=True)
     if format_ == "table":
         console = make_console()

@@ -169,7 +169,9 @@ def _rows(layers: list, blocks: list, order: list) -> list[ViewRow]:
             segment.delta = layers[i].delta  # δ at the segment's last module's output
     for r in rows + others:
         notes = {layers[i].note for i in r.members}
-        r.note = FROZEN if r.members and notes == {FROZEN} else "partly frozen" if FROZEN in notes else ""
+        trainable = any(layers[i].params for i in r.members)
+        # frozen: nothing of it trains (LoRA's head: a frozen ln_f and an lm_head tied to the frozen wte)
+        r.note = FROZEN if FROZEN in notes and not trainable else "partly frozen" if FROZEN in notes else ""
     return rows + others
 
 

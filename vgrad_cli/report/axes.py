@@ -117,7 +117,10 @@ def bottom_note(ax, exact: bool):
 
 
 def layer_lines(ax, run, column: str, steps: list[int], cmap):
-    """One line per step: this column against layer index, log y. Returns whether anything was drawn."""
+    """One line per step: this column against layer index, log y. A block view's line joins only the
+    rows of one residual stream (the embedding and a stack's blocks: stream_groups); its head (δ at
+    the logits, another tensor) and the rows between stacks are points of their own. Returns whether
+    anything was drawn."""
     from ..analysis.verdict import underflowed
 
     drawn, zeros = False, []
@@ -127,7 +130,13 @@ def layer_lines(ax, run, column: str, steps: list[int], cmap):
         y = positive(None if b else r.get(column) for r, b in zip(rows, below))
         color = cmap(i / max(1, len(steps) - 1))
         if has_values(y):
-            ax.plot([r["layer"] for r in rows], y, marker="o", ms=3, lw=1.5, color=color, label=f"step {step}")
+            lines, alone = stream_groups(rows)
+            for k, group in enumerate(lines):
+                ax.plot([rows[j]["layer"] for j in group], [y[j] for j in group], marker="o", ms=3, lw=1.5,
+                        color=color, label=f"step {step}" if k == 0 else None)
+            if alone:
+                ax.plot([rows[j]["layer"] for j in alone], [y[j] for j in alone], ls="none", marker="D", ms=4,
+                        mfc="none", color=color, label=None if lines else f"step {step}")
             drawn = True
         zeros += [(r["layer"], color, b) for r, b in zip(rows, below) if b or r.get(column) == 0]
     if drawn:
@@ -138,6 +147,56 @@ def layer_lines(ax, run, column: str, steps: list[int], cmap):
                        clip_on=False, zorder=5)
             bottom_note(ax, exact=not any(z[2] for z in zeros))
     return drawn
+
+
+def stream_groups(rows: list[dict]) -> tuple[list[list[int]], list[int]]:
+    """(runs of row indices a line may join, indices drawn as points alone). Module rows: one line.
+    A block view: the embedding (δ: the stream entering the first block) with the blocks after it,
+    each stack its own line; `between`, `head` and `other` rows alone."""
+    if not any(r.get("role") for r in rows):
+        return [list(range(len(rows)))], []
+    lines, alone, key = [], [], None
+    for j, r in enumerate(rows):
+        role = r.get("role")
+        if role == "block" and lines and key in (r.get("stack"), "embedding"):
+            lines[-1].append(j)
+        elif role in ("block", "embedding"):
+            lines.append([j])
+        else:
+            alone.append(j)
+        key = r.get("stack") if role == "block" else role
+    return lines, alone
+
+
+def row_ticks(ax, run, axis: str = "x") -> bool:
+    """A block view's rows named on the axis (embedding, h.0 .. h.11, head; a frozen one greyed); the
+    axis label says what the short names stand for and what greyed names and points alone mean.
+    False (nothing done) for module rows."""
+    from .console import short_names
+
+    rows = run.layer_rows(run.steps[0]) if run.steps else []
+    if not any(r.get("role") for r in rows):
+        return False
+    names, legend = short_names(rows)
+    every = max(1, -(-len(rows) // 30))  # at most ~30 labels: a 24-block stack keeps all of its own
+    shown = [k for k in range(len(rows)) if k % every == 0 or k == len(rows) - 1]
+    where, labels = [rows[k]["layer"] for k in shown], [names[k] for k in shown]
+    small = {"fontsize": 8 if len(shown) <= 16 else 7}
+    frozen = {rows[k]["layer"] for k in shown if rows[k].get("note") == "frozen"}
+    about = [legend] if legend else []
+    about += ["grey: frozen, not measured"] if frozen else []
+    if axis == "x":
+        about += ["◇: off the stream (the head's δ is at its output)"] if stream_groups(rows)[1] else []
+        ax.set_xticks(where, labels, rotation=90 if len(shown) > 6 else 0, **small)
+        ax.set_xlabel("\n".join(["block view row"] + about) if len(", ".join(about)) > 45 else
+                      "block view row" + (f" ({', '.join(about)})" if about else ""), fontsize=9)
+    else:
+        ax.set_yticks(where, labels, **small)
+        ax.set_ylabel("block view row" + (f" ({', '.join(about)})" if about else ""))
+    for tick, at in zip(ax.get_xticklabels() if axis == "x" else ax.get_yticklabels(), where):
+        if at in frozen:
+            tick.set_color("0.6")
+    return True
 
 
 def step_legend(fig, axes, title: str = "logged step"):

@@ -3,8 +3,9 @@
 One data structure (`build`) holds every number and `blocks` lays it out as tables; the four
 formats (compare_render.py) only render it, so the json output always carries every number the
 table shows. Runs are labelled A, B, C... in argument
-order; A is the reference that the log10 ratios compare against. Layers align by index from the
-input side (layer 0), so a shallower run simply has blank cells at the top.
+order; A is the reference that the log10 ratios compare against. Rows align by what they are
+(align.py): by name, and a block view's blocks by their index in their stack, so a row only some runs
+have is blank in the others, never paired with an unrelated row of another run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..analysis.verdict import BELOW_SHORT, MLP_ENDS, run_stats, underflowed
 from .. import vocab as V
 from ..vocab import BELOW_KEY
 from ..rundir.store import Run
+from .align import align
 
 FORMATS = ("table", "json", "csv", "markdown")
 MAX_TIME_ROWS = 16  # the through-time profile is subsampled for reading; json/csv carry every t
@@ -92,31 +94,34 @@ def run_info(run: Run, lab: str) -> dict:
     return info
 
 
-def build(runs: list[Run], which_steps: list) -> dict:
+def build(runs: list[Run], which_steps: list, modules: bool = False) -> dict:
+    """modules: compare the module rows (layers.csv) of runs that have a block view."""
     labels = [label(i) for i in range(len(runs))]
     ref = labels[0]
-    out = {"reference": ref, "runs": [run_info(r, lab) for r, lab in zip(runs, labels)], "sections": []}
+    # "blocks": some run is read by its block view (blocks.csv); "modules": layers.csv's rows
+    view = "modules" if modules or all(r.modules is None for r in runs) else "blocks"
+    out = {"reference": ref, "runs": [run_info(r, lab) for r, lab in zip(runs, labels)], "sections": [], "rows": view}
     for which in which_steps:
         steps = {lab: r.pick_step(which) for r, lab in zip(runs, labels)}
-        by_layer = {lab: {row["layer"]: row for row in r.layer_rows(steps[lab])} for r, lab in zip(runs, labels)}
-        below = {lab: _below(list(rows.values())) for lab, rows in by_layer.items()}
-        n_layers = max((max(rows, default=-1) for rows in by_layer.values()), default=-1) + 1
+        per_run = [(r.module_layer_rows if modules else r.layer_rows)(steps[lab]) for r, lab in zip(runs, labels)]
+        below = {lab: _below(rows) for lab, rows in zip(labels, per_run)}
         layers = []
-        for i in range(n_layers):
-            cells = {}
-            for lab in labels:
-                row = by_layer[lab].get(i)
+        for i, aligned in enumerate(align(per_run)):
+            cells, mine = {}, dict(zip(labels, aligned))
+            for lab, row in mine.items():
                 if row is None:
-                    cells[lab] = None  # this run is shallower: a blank cell, not a zero
+                    cells[lab] = None  # this run has no such row: a blank cell, not a zero
                     continue
-                cell = {"name": row.get("name"), "grad_norm": row.get("grad_norm"), "delta_norm": row.get("delta_norm"),
-                        BELOW_KEY: below[lab].get(i, [])}
-                if lab != ref and by_layer[ref].get(i) is not None:
+                cell = {"layer": row["layer"], "name": row.get("name"), "note": row.get("note"),
+                        "grad_norm": row.get("grad_norm"), "delta_norm": row.get("delta_norm"),
+                        BELOW_KEY: below[lab].get(row["layer"], [])}
+                base = mine[ref]
+                if lab != ref and base is not None:
                     for col in ("grad_norm", "delta_norm"):  # no ratio to a value float32 lost
-                        lost = col in cell[BELOW_KEY] or col in below[ref].get(i, [])
-                        cell[f"log10_{col}_vs_{ref}"] = None if lost else log10_ratio(row.get(col), by_layer[ref][i].get(col))
+                        lost = col in cell[BELOW_KEY] or col in below[ref].get(base["layer"], [])
+                        cell[f"log10_{col}_vs_{ref}"] = None if lost else log10_ratio(row.get(col), base.get(col))
                 cells[lab] = cell
-            layers.append({"layer": i, "runs": cells})
+            layers.append({"row": i, "runs": cells})
         time = None
         if any(r.time for r in runs):
             time = {lab: r.time_rows(steps[lab]) for r, lab in zip(runs, labels) if r.time}
@@ -151,6 +156,18 @@ def _fmt(v) -> str:
     return fmt(v)
 
 
+def _joined(values) -> str:
+    """One value for the runs of a row, or each run's where they differ: "3/5", "h.0 / layers.0"."""
+    values = list(dict.fromkeys(str(v) for v in values))
+    return (" / " if any(not v.isdigit() for v in values) else "/").join(values)
+
+
+def _label(c: dict) -> str:
+    from .console import row_label
+
+    return row_label(c)
+
+
 def _cell(c: dict | None, col: str) -> str:
     c = c or {}
     return BELOW_SHORT if col in c.get(BELOW_KEY, ()) else _fmt(c.get(col))
@@ -179,17 +196,17 @@ def blocks(data: dict) -> list[Block]:
         rows = []
         for entry in sec["layers"]:
             cells = entry["runs"]
-            names = list(dict.fromkeys(c["name"] for c in cells.values() if c and c.get("name")))
-            row = [str(entry["layer"]), " / ".join(names)]
+            row = [_joined(c["layer"] for c in cells.values() if c), _joined(_label(c) for c in cells.values() if c)]
             for lab in labels:
                 row += [_cell(cells[lab], "grad_norm"), _cell(cells[lab], "delta_norm")]
             for lab in others:
                 c = cells[lab] or {}
                 row += [_ratio(c.get(f"log10_grad_norm_vs_{ref}")), _ratio(c.get(f"log10_delta_norm_vs_{ref}"))]
             rows.append(row)
-        title = f"per-layer gradient at {_step_title(sec['which'], sec['steps'])}; layer 0 = input side"
-        caption = ("grad = grad_norm ||dL/dW||, delta = delta_norm ||dL/dz|| (blank: the run has no such layer;"
-                   f" {BELOW_SHORT}: below float32 range)")
+        what = "per-block" if data.get("rows") == "blocks" else "per-layer"
+        title = f"{what} gradient at {_step_title(sec['which'], sec['steps'])}; layer 0 = input side"
+        caption = ("grad = grad_norm ||dL/dW||, delta = delta_norm ||dL/dz||; rows pair by name, blocks by their "
+                   f"index in their stack (blank: the run has no such row; {BELOW_SHORT}: below float32 range)")
         if others:
             caption += f"; {others[0]}/{ref} log10 = log10 of {others[0]}'s value over {ref}'s (+2: 100x larger)"
         caption += "; " + ", ".join(f"{r['label']} = {r['name']}" for r in data["runs"])
@@ -238,7 +255,8 @@ def compact_blocks(data: dict) -> list[Block]:
     labels = [r["label"] for r in data["runs"]]
     out = []
     for sec in data["sections"]:
-        rows = [[str(e["layer"])] + [_cell(e["runs"][lab], "delta_norm") for lab in labels]
+        rows = [[_joined(c["layer"] for c in e["runs"].values() if c)] + [_cell(e["runs"][lab], "delta_norm")
+                                                                         for lab in labels]
                 for e in sec["layers"]]
         title = f"delta_norm per layer at {_step_title(sec['which'], sec['steps'])}; layer 0 = input side"
         out.append(Block(title, ["layer"] + labels, rows, caption="delta_norm ||dL/dz|| of each run, the last "

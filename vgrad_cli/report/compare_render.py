@@ -117,7 +117,7 @@ def render_csv(data: dict) -> str:
                 if c is None:
                     continue
                 w.writerow({"kind": "layer", "which": sec["which"], "step": sec["steps"][lab], "run": lab,
-                            "run_name": names[lab], "layer": entry["layer"], "name": c.get("name"),
+                            "run_name": names[lab], "layer": c["layer"], "name": c.get("name"),
                             # below float32 range: an empty cell, not the 0 (or subnormal) float32 kept
                             **{k: None if k in c[BELOW_KEY] else c.get(k) for k in ("grad_norm", "delta_norm")},
                             "log10_grad_norm_vs_ref": c.get(f"log10_grad_norm_vs_{ref}"),

@@ -150,11 +150,17 @@ class RunProgress:
             self.progress = None
 
 
-def layer_table(first_rows: list[dict], last_rows: list[dict], title: str) -> Table:
+def layer_table(first_rows: list[dict], last_rows: list[dict], title: str,
+                room: int | None = None) -> tuple[Table, list[str]]:
+    """grad_norm and delta_norm per row at the first and last logged step, and the lines that go
+    under it (what a tied row's weight is). A frozen row's cells say `frozen`; a tied one's name says
+    `(tied)`. room: the width the names have on a narrow console: they are shortened (short_names,
+    the title says how to read them) and broken after a dot or a space, never inside a word."""
     fs, ls = first_rows[0]["step"], last_rows[0]["step"]
-    t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    names, legend = short_names(first_rows) if room else ([str(r["name"]) for r in first_rows], "")
+    t = Table(title=title + (f"\n{legend}" if legend else ""), title_justify="left", show_edge=False, pad_edge=False)
     t.add_column("layer", justify="right")
-    t.add_column("name")
+    t.add_column("name", overflow="fold")  # never an ellipsis: it would cut a block's index
     steps = [fs] if fs == ls else [fs, ls]  # a run that diverged at step 1 logged only step 0
     for col in ("grad_norm", "delta_norm"):
         for s in steps:
@@ -163,12 +169,24 @@ def layer_table(first_rows: list[dict], last_rows: list[dict], title: str) -> Ta
         return BELOW_SHORT if underflowed(rows, i, col) else fmt(rows[i].get(col))
 
     last_index = {r["layer"]: i for i, r in enumerate(last_rows)}
+    under = []
     for i, r in enumerate(first_rows):
         j = last_index.get(r["layer"])
         cells = [cell(first_rows, col, i) if s == fs else (cell(last_rows, col, j) if j is not None else fmt(None))
                  for col in ("grad_norm", "delta_norm") for s in steps]
-        t.add_row(str(r["layer"]), row_label(r), *cells)
-    return t
+        note, name = r.get("note") or "", names[i]
+        if note == FROZEN_NOTE and not any(cells):
+            cells[0] = "frozen"  # measured nothing: its parameters do not train
+        elif note.startswith("tied to "):
+            under.append(f"{name} is tied: its weight is {note[len('tied to '):]}, measured in that row")
+            name += " (tied)"
+        elif note:
+            name += f" ({note})"
+        t.add_row(str(r["layer"]), escape(wrap_path(name, room) if room else name), *cells)
+    return t, under
+
+
+FROZEN_NOTE = "frozen"  # measure/layers.py's FROZEN (this module does not import the measuring side)
 
 
 def row_label(r: dict) -> str:
@@ -176,6 +194,43 @@ def row_label(r: dict) -> str:
     "bert.encoder.layer.0 (frozen)"."""
     note = r.get("note")
     return f"{r['name']} ({note})" if note else str(r["name"])
+
+
+def short_names(rows: list[dict]) -> tuple[list[str], str]:
+    """Row names for a narrow console, and the legend that reads them. A block view names each block
+    by its stack's last part and its path below the stack (`h.11` for transformer.h.11, `h.0` for
+    peft's base_model.model.transformer.h.0, `stages.1.layers.0` for a ResNet's block): the legend
+    says which stack `h` is. Module rows drop the part of the path every row shares (peft's
+    `base_model.model.`), said in the legend too."""
+    names = [str(r["name"]) for r in rows]
+    if any(r.get("role") for r in rows):
+        stacks = list(dict.fromkeys(r["stack"] for r in rows if r.get("role") == "block" and r.get("stack")))
+        tails = {st: st.rsplit(".", 1)[-1] for st in stacks}
+        names = [tails[r["stack"]] + n[len(r["stack"]):] if r.get("role") == "block" and r.get("stack") in tails
+                 and n.startswith(r["stack"]) else n for r, n in zip(rows, names)]
+        return names, ", ".join(f"{tails[st]} = {st}" for st in stacks if tails[st] != st)
+    paths = [n for n in names if not n.startswith("(")]
+    prefix = ""
+    if paths and all("." in p for p in paths):
+        for part in paths[0].split(".")[:-1]:
+            if not all(p.startswith(prefix + part + ".") for p in paths):
+                break
+            prefix += part + "."
+    return [n[len(prefix):] if prefix and n.startswith(prefix) else n for n in names], (
+        f"names under {prefix}" if prefix else "")
+
+
+def wrap_path(text: str, width: int) -> str:
+    """A module path broken into lines of at most `width` after its dots and spaces
+    (transformer.h.11.attn. / c_attn); a part longer than a line stays whole."""
+    import re
+
+    lines = [""]
+    for part in re.findall(r"[^. ]+[. ]?|[. ]", text):
+        if lines[-1] and len(lines[-1]) + len(part.rstrip()) > width:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(line.rstrip() for line in lines)
 
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -223,7 +278,14 @@ def print_summary(console: Console, run_dir, summary: dict, first_rows, last_row
     if first_rows:
         blocks = any(r.get("role") for r in first_rows)
         title = "per-block gradient (show --modules: per module)" if blocks else "per-layer gradient (layer 0 = input side)"
-        console.print(layer_table(first_rows, last_rows, title))
+        table, under = layer_table(first_rows, last_rows, title)
+        wide = console.measure(table, options=console.options.update(width=400)).maximum
+        if width_chosen(console) and wide > console.width:  # long names, narrow console
+            names = max(len(c) for c in table.columns[1].cells)
+            table, under = layer_table(first_rows, last_rows, title, room=max(12, console.width - (wide - names)))
+        print_table(console, table)
+        for line in under:
+            print_phrases(console, [escape(line)])
     if summary.get("time_profile"):
         console.print(time_table(summary["time_profile"], summary.get("first_logged_step"),
                                  summary.get("last_logged_step")))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .axes import (  # noqa: F401 - DPI: figure sizes are FIGSIZE x DPI, part of this module's interface
     DPI, FEW_LAYERS, below_float32, diverged_line, empty_note, finite, has_values, include_y, integer_x, layer_lines,
-    marks, over_steps, pick_steps, pyplot, positive, save, step_legend, run_title,
+    marks, over_steps, pick_steps, pyplot, positive, row_ticks, save, step_legend, run_title,
 )
 
 FIGSIZE = {  # inches; at DPI 100 -> pixels
@@ -39,7 +39,8 @@ def gradient_flow(run, path: Path) -> Path:
         ax.set_title(f"{col}: {what}")
         ax.set_xlabel("layer (0 = input side)")
         ax.set_ylabel(f"{col} (log scale)")
-        integer_x(ax)
+        if not row_ticks(ax, run):  # a block view: its rows by name
+            integer_x(ax)
     _theory_line(axes[1], run)
     step_legend(fig, axes)
     fig.suptitle(run_title("gradient flow", run))
@@ -107,7 +108,8 @@ def grad_heatmap(run, path: Path) -> Path:
     ax.set_xlabel("training step (logged steps)")
     ax.set_ylabel("layer (0 = input side)")
     ax.grid(False)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if not row_ticks(ax, run, axis="y"):
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(run_title("log10 grad_norm per layer and logged step", run))
     return save(fig, path)
 
