@@ -149,6 +149,10 @@ def _rows(layers: list, blocks: list, order: list) -> list[ViewRow]:
             view[k].members.append(i)
         elif layer.name == OTHER or not layer.modules or layer.modules[0] not in order:
             others.append(ViewRow(OTHER, "other", members=[i]))
+        elif any(bname.startswith(layer.name + ".") for _, bname, _ in blocks) or layer.name == "(model)":
+            # a module that holds blocks and parameters of its own (the root's position embedding): its
+            # call completes after the head's, but its output is no stream (the root's is the loss)
+            others.append(ViewRow(layer.name, "other", members=[i]))
         else:
             events.append((order.index(layer.modules[0]), "module", i))
     first_block, last_block = order.index(blocks[0][2]), order.index(blocks[-1][2])

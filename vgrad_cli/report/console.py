@@ -169,6 +169,8 @@ def layer_table(first_rows: list[dict], last_rows: list[dict], title: str,
         return BELOW_SHORT if underflowed(rows, i, col) else fmt(rows[i].get(col))
 
     last_index = {r["layer"]: i for i, r in enumerate(last_rows)}
+    # the path part short_names dropped from module rows (peft's base_model.model.): from the notes too
+    cut = next((str(r["name"])[:-len(n)] for r, n in zip(first_rows, names) if not r.get("role") and n != r["name"]), "")
     under = []
     for i, r in enumerate(first_rows):
         j = last_index.get(r["layer"])
@@ -178,7 +180,8 @@ def layer_table(first_rows: list[dict], last_rows: list[dict], title: str,
         if note == FROZEN_NOTE and not any(cells):
             cells[0] = "frozen"  # measured nothing: its parameters do not train
         elif note.startswith("tied to "):
-            under.append(f"{name} is tied: its weight is {note[len('tied to '):]}, measured in that row")
+            shares = note[len("tied to "):].replace(cut, "") if cut else note[len("tied to "):]
+            under.append(f"{name} is tied: its weight is {shares}, measured in that row")
             name += " (tied)"
         elif note:
             name += f" ({note})"
