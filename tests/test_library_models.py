@@ -400,6 +400,18 @@ def test_compare_pairs_blocks_of_different_architectures_by_their_index(cli, run
                      ("head", "head")]
 
 
+def test_compare_fits_peft_names_at_80_columns(cli, runs, monkeypatch):
+    """GPT-2 against its LoRA fine-tune at 80 columns: side by side, the blocks named h.k (the caption
+    says which stack in which run), the notes said per run."""
+    monkeypatch.setenv("COLUMNS", "80")
+    r = cli("compare", runs["gpt2"], runs["lora_gpt2"], "--step", "first")
+    assert r.exit_code == 0 and "do not fit" not in r.output, r.output
+    names = [ln.split("│")[1].strip() for ln in r.output.split("\n\nruns")[0].splitlines() if "│" in ln]
+    assert names == ["embedding (B: frozen)", *[f"h.{k} (B: partly frozen)" for k in range(4)], "head (B: frozen)"]
+    assert "h.k = transformer.h.k (A), base_model.model.transformer.h.k (B)" in " ".join(r.output.split())
+    show_lines(r.output, 80)
+
+
 def test_compare_pairs_module_rows_by_name(cli, runs):
     """Post-LN calls self_attn before norm1, Pre-LN after it: module rows pair by name, whatever their
     index; the Pre-LN encoder's final norm has no partner."""

@@ -112,7 +112,7 @@ def build(runs: list[Run], which_steps: list, modules: bool = False) -> dict:
                 if row is None:
                     cells[lab] = None  # this run has no such row: a blank cell, not a zero
                     continue
-                cell = {"layer": row["layer"], "name": row.get("name"), "note": row.get("note"),
+                cell = {"layer": row["layer"], "name": row.get("name"), "note": row.get("note"), "stack": row.get("stack"),
                         "grad_norm": row.get("grad_norm"), "delta_norm": row.get("delta_norm"),
                         BELOW_KEY: below[lab].get(row["layer"], [])}
                 base = mine[ref]
@@ -162,10 +162,22 @@ def _joined(values) -> str:
     return (" / " if any(not v.isdigit() for v in values) else "/").join(values)
 
 
-def _label(c: dict) -> str:
-    from .console import row_label
+def _row_name(cells: dict, short: bool) -> str:
+    """The runs' names of a row ("transformer.h.3 / model.layers.3"; short: a block by its stack's last
+    part, "h.3"), then the notes: "(frozen)" when every run says it, else "(B: partly frozen)"."""
+    present = {lab: c for lab, c in cells.items() if c}
+    names = _joined(_short(c) if short else c.get("name") for c in present.values())
+    notes = {lab: c["note"] for lab, c in present.items() if c.get("note")}
+    if not notes:
+        return names
+    if len(notes) == len(present) and len(set(notes.values())) == 1:
+        return f"{names} ({next(iter(notes.values()))})"
+    return f"{names} (" + ", ".join(f"{lab}: {n}" for lab, n in notes.items()) + ")"
 
-    return row_label(c)
+
+def _short(c: dict) -> str:
+    stack, name = c.get("stack"), str(c.get("name"))
+    return stack.rsplit(".", 1)[-1] + name[len(stack):] if stack and name.startswith(stack) else name
 
 
 def _cell(c: dict | None, col: str) -> str:
@@ -181,7 +193,9 @@ def _step_title(which, steps: dict) -> str:
     return f"the {which} logged step ({where})"
 
 
-def blocks(data: dict) -> list[Block]:
+def blocks(data: dict, short: bool = False) -> list[Block]:
+    """The tables. short: blocks named by their stack's last part (h.3 for transformer.h.3 and peft's
+    base_model.model.transformer.h.3), the caption saying which stacks: for a narrow console."""
     labels = [r["label"] for r in data["runs"]]
     ref = data["reference"]
     others = labels[1:]
@@ -196,7 +210,7 @@ def blocks(data: dict) -> list[Block]:
         rows = []
         for entry in sec["layers"]:
             cells = entry["runs"]
-            row = [_joined(c["layer"] for c in cells.values() if c), _joined(_label(c) for c in cells.values() if c)]
+            row = [_joined(c["layer"] for c in cells.values() if c), _row_name(cells, short)]
             for lab in labels:
                 row += [_cell(cells[lab], "grad_norm"), _cell(cells[lab], "delta_norm")]
             for lab in others:
@@ -210,6 +224,15 @@ def blocks(data: dict) -> list[Block]:
         if others:
             caption += f"; {others[0]}/{ref} log10 = log10 of {others[0]}'s value over {ref}'s (+2: 100x larger)"
         caption += "; " + ", ".join(f"{r['label']} = {r['name']}" for r in data["runs"])
+        stacks: dict = {}  # short name -> {stack: the runs that have it}
+        for e in sec["layers"]:
+            for lab, c in e["runs"].items():
+                if c and c.get("stack"):
+                    stacks.setdefault(c["stack"].rsplit(".", 1)[-1], {}).setdefault(c["stack"], set()).add(lab)
+        if short and stacks:
+            caption += "; " + ", ".join(f"{tail}.k = " + ", ".join(
+                f"{st}.k" + (f" ({', '.join(sorted(labs))})" if len(by) > 1 else "") for st, labs in by.items())
+                for tail, by in stacks.items())
         out.append(Block(title, headers, rows, left=(1,), caption=caption))
     tb = time_block(data)
     if tb is not None:

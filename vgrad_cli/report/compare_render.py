@@ -53,10 +53,11 @@ def render_table(data: dict, console) -> None:
     narrower view that says so: delta_norm per layer, one column per run, and one row per run;
     a table that still does not fit is left out rather than squeezed into columns of a few
     characters. Every number is always in --format markdown, csv and json."""
-    full = blocks(data)
-    if all(_fits(b, console) for b in full[:-1]):  # the layer tables; the runs table wraps its text
-        print_blocks(full, console)
-        return
+    for short in (False, True):  # long block names (peft's base_model.model....): by their stack's last part
+        full = blocks(data, short=short)
+        if all(_fits(b, console) for b in full[:-1]):  # the layer tables; the runs table wraps its text
+            print_blocks(full, console)
+            return
     compact = compact_blocks(data)
     shown = [b for b in compact[:-1] if _fits(b, console)] + compact[-1:]
     left_out = len(compact) - len(shown)
