@@ -8,9 +8,9 @@ on a 12-block GPT-2 in under 40 lines, `compare` pairing rows of different archi
 they are, and the plots naming a block view's rows.
 
 Every model is tiny (4 blocks of width 64; 12 or 24 where depth is the point) and trains on one fixed
-batch, so that a healthy run clearly learns in 30 steps. The outcome tests hold for seeds 0-3 (the
-margins are in the comments: `VGRAD_TEST_SEED=k` runs them with seed k; measured on a 2-core Xeon
-with /tmp/w19c's script, each figure is the worst of the four seeds).
+batch, so that a healthy run clearly learns in 30 steps. The outcome tests hold for seeds 0-3
+(`VGRAD_TEST_SEED=k` runs them with seed k); the comments give the figures over those seeds, measured
+with `train` below on a 2-core Xeon.
 """
 
 import contextlib
@@ -33,6 +33,16 @@ from vgrad_cli.rundir.store import load_run
 transformers.logging.set_verbosity_error()
 V = 128          # vocabulary
 B, T = 8, 32     # batch, sequence length
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: torch's second thread only waits for the first (on a busy 2-core machine
+    this file took 157 s of CPU with 2 threads, 15 s with one). Restored for the other test files."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------ models
