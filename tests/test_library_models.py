@@ -416,7 +416,14 @@ def test_compare_fits_peft_names_at_80_columns(cli, runs, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     r = cli("compare", runs["gpt2"], runs["lora_gpt2"], "--step", "first")
     assert r.exit_code == 0 and "do not fit" not in r.output, r.output
-    names = [ln.split("│")[1].strip() for ln in r.output.split("\n\nruns")[0].splitlines() if "│" in ln]
+    names = []
+    for ln in r.output.split("\n\nruns")[0].splitlines():
+        if "│" in ln:  # a name the column wrapped continues on a line with no layer index
+            layer, name = (c.strip() for c in ln.split("│")[:2])
+            if layer:
+                names.append(name)
+            else:
+                names[-1] += " " + name
     assert names == ["embedding (B: frozen)", *[f"h.{k} (B: partly frozen)" for k in range(4)], "head (B: frozen)"]
     assert "h.k = transformer.h.k (A), base_model.model.transformer.h.k (B)" in " ".join(r.output.split())
     show_lines(r.output, 80)
