@@ -406,3 +406,13 @@ def test_run_format_documents_the_detected_keys(tmp_path):
     keys = set(s) | set(s["stacks"][0]) | set(s["adapters"]) | set(d) | {"warmup_until", "residual_evidence"}
     text = (ROOT / "docs" / "run-format.md").read_text()
     assert not [k for k in sorted(keys) if f"`{k}`" not in text]
+
+
+def test_a_model_that_cannot_be_read_keeps_training_and_gets_the_general_advice():
+    from vgrad_cli.measure.structure import detect
+
+    broken = detect(nn.Linear(2, 2), [], None, rec=None, feeds=None)  # no recorder: nothing can be read
+    assert broken["error"].startswith("not detected: AttributeError")
+    cfg = {"model": {"kind": "custom", "structure": broken}, "train": {"optimizer": "Adam", "lr": 1e-3}}
+    recs = recommend(cfg, "vanishing", {}, False)
+    assert recs and recs[0]["title"] == "a non-saturating activation with Kaiming init"  # advice.OWN_MODEL's

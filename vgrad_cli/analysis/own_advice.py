@@ -60,7 +60,7 @@ class Facts:
         self.clip_told = [f"{k} {t[k]:g}" for k in ("clip_norm", "clip_value") if isinstance(t.get(k), (int, float))]
         self.clipping = d.get("clipping")
         self.clipped_steps = d.get("clipped_steps")
-        self.known = bool(s)
+        self.known = bool(s) and "error" not in s
 
     @property
     def clipped(self) -> bool:

@@ -56,7 +56,15 @@ def norm_kind(module) -> str | None:
 def detect(model, layers: list, view, rec, feeds) -> dict:
     """model.structure: from the discovery pass's recorder `rec` (first-call order, outputs and
     inputs with their autograd graph), the module rows `layers`, the block view (rows, main stack)
-    or None, and feeds(a, b): whether module b's input is a's output or one elementwise op of it."""
+    or None, and feeds(a, b): whether module b's input is a's output or one elementwise op of it.
+    It only feeds the advice: a model it cannot read gets {"error": ...}, never a stopped training."""
+    try:
+        return _detect(model, layers, view, rec, feeds)
+    except Exception as e:  # noqa: BLE001 - e.g. a tensor subclass without data_ptr
+        return {"error": f"not detected: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+
+
+def _detect(model, layers: list, view, rec, feeds) -> dict:
     names = {id(m): n for n, m in model.named_modules()}
     order = rec.order
     if not rec.out:  # no hooks (a compiled model): the activation modules by class only
