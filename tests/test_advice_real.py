@@ -331,7 +331,9 @@ def test_deep_sigmoid_head_is_advised_relu_norm_residual_for_that_stack(tmp_path
     assert verdict == "vanishing" and cfg["model"]["main_stack"] == "classifier"
     assert titles(recs) == ["a ReLU-family activation with Kaiming init in classifier", "normalization in classifier",
                             "residual connections in classifier"]
-    assert "applies sigmoid" in recs[0]["why"] and "0 of 10 blocks add their input" in recs[2]["why"]
+    head = next(x for x in cfg["model"]["structure"]["stacks"] if x["name"] == "classifier")
+    assert head["activations"] == ["sigmoid"]  # not the pooler's tanh before it
+    assert "applies sigmoid after" in recs[0]["why"] and "0 of 10 blocks add their input" in recs[2]["why"]
     assert not any("warm-up" in t or "Pre-LN" in t for t in titles(recs))
 
 

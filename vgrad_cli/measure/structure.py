@@ -108,7 +108,7 @@ def _stack(stack: str, blocks: list, model, order: list, rec, layers: list, name
     entry = {"name": stack, "blocks": len(blocks), "block_type": type(modules[0]).__name__,
              "norms": _kinds(norm_kind(m) for m in order if inside(names.get(id(m), "")) and norm_kind(m)),
              "norm_position": positions[0] if len(set(positions)) == 1 else "mixed",
-             "activations": _activations(order, rec, layers, inside, names)}
+             "activations": _activations(order, rec, layers, inside, names, rec.inp.get(id(modules[0])))}
     if by_graph:
         entry["residual"] = any(by_graph)
         entry["residual_evidence"] = (f"autograd graph: {sum(by_graph)} of {len(by_graph)} blocks add their input "
@@ -177,14 +177,15 @@ def _keeps_shape(block, rec) -> bool | None:
     return None if y is None or x is None else tuple(y.shape) == tuple(x.shape)
 
 
-def _activations(order: list, rec, layers: list, inside, names: dict) -> list[str]:
+def _activations(order: list, rec, layers: list, inside, names: dict, entry=None) -> list[str]:
     """Activation kinds in the part of the model `inside` accepts (by module name): activation
-    modules by class, functional ones by the autograd node that made a module's input; `unknown`
-    where a layer's activation was seen only as an operation (layers.py) of no kind known here."""
+    modules by class, functional ones by the autograd node that made a module's input (not the
+    `entry` tensor: a stack's input comes from before it, e.g. a pooler's tanh before a head);
+    `unknown` where a layer's activation was seen only as an operation (layers.py) of no kind known here."""
     kinds = [activation_kind(m) for m in order if activation_kind(m) and inside(names.get(id(m), ""))]
     for m in order:
         x = rec.inp.get(id(m))
-        if x is not None and inside(names.get(id(m), "")):
+        if x is not None and inside(names.get(id(m), "")) and not (entry is not None and _same(x, entry)):
             kinds.append(_graph_activation(x))
     found = _kinds(k for k in kinds if k and k != "unknown")
     if not found and any(x.activation == "unknown" and inside(x.name) for x in layers):
