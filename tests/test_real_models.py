@@ -302,7 +302,7 @@ def test_not_measurable_says_the_true_reason_on_a_transformer(tmp_path, activati
     _, by = indicators(path)
     for key in ("unresponsive_units", "dying_relu"):
         assert by[key]["status"] == "not measurable"
-        assert by[key]["summary"].startswith("vgrad found no activation after a trainable module" if activations
+        assert by[key]["summary"].startswith("vgrad found no activation after any module of this model" if activations
                                              else "activation statistics are off"), by[key]["summary"]
     assert "log.activations off?" not in json.dumps(list(by.values()))
     assert by["slow_training"]["summary"] == "the logged losses span 2 steps (0-2): fewer than 10, too few to judge"

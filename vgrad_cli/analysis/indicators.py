@@ -68,7 +68,8 @@ def gradient_decay(run, model: dict | None = None) -> dict:
     name = "early-layer gradients orders of magnitude below later layers"
     thr = (f"delta_norm ratio layer 0 / output (or ||dL/dh_0|| / ||dL/dh_T||, for an lstm with its cell state's "
            f"||dL/dc_0|| / ||dL/dc_T|| too; residual nets without norm: ||dL/dW||/||W|| layer 0 / last hidden; "
-           f"a transformer or CNN: first / last block) < {T['vanishing_ratio']:g} at the first or last logged step")
+           f"a transformer or CNN: first / last block; a block view: each stack's first / last trainable block; "
+           f"without δ: grad_norm) < {T['vanishing_ratio']:g} at the first or last logged step")
     invariant = residual.applies(model or {})
     steps, kind = run.steps, _kind(run)
     ev, found, parts, alarms, judged = {}, [], [], [], {}

@@ -71,10 +71,12 @@ def no_units_reason(run, step, looked: str | None = None) -> str:
         return "every module is frozen: no row is measured"
     having = [r["name"] for r in rows if r.get("note") != FROZEN and finite(r.get("act_dead_frac"))]
     if not having:
-        return ("vgrad found no activation after a trainable module of this model (it sees an activation module such "
-                "as nn.ReLU or nn.GELU called after a module, or one elementwise operation between two modules: "
-                "F.relu then dropout, as in nn.TransformerEncoderLayer, is two)"
-                + (f"; {frozen} frozen module rows are not measured" if frozen else ""))
+        sees = ("(it sees an activation module such as nn.ReLU or nn.GELU called after a module, or one elementwise "
+                "operation between two modules: F.relu then dropout, as in nn.TransformerEncoderLayer, is two)")
+        if frozen:
+            return (f"vgrad found no activation after a trainable module; {frozen} of the {len(rows)} module rows are "
+                    f"frozen and not measured {sees}")
+        return f"vgrad found no activation after any module of this model {sees}"
     shown = ", ".join(having[:3]) + (f" and {len(having) - 3} more" if len(having) > 3 else "")
     return f"none of the {looked or 'hidden'} layers' modules has activation statistics (the rows that have them: {shown})"
 
