@@ -51,7 +51,8 @@ def config(mon) -> dict:
                                   "parameters": sum(p.numel() for p in row.params), **({"note": row.note} if row.note else {})}
                                  for row in layers],
                       **_blocks(mon), **({"structure": structure} if structure else {})},
-            "train": train, "log": {"every": every, "activations": mon.probe.keep_activations}}
+            "train": train, "log": {"every": every, "activations": mon.probe.keep_activations,
+                                    **({"compiled": True} if mon.compiled else {})}}
 
 
 def _blocks(mon) -> dict:
