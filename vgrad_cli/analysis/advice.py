@@ -168,7 +168,7 @@ OWN_MODEL = {
                    "ReLU-family activations with Kaiming init keep it (He et al. 2015)"),
                   ("normalization or residual connections", "batch/layer norm re-scale each layer; an identity path "
                    "carries the gradient back unshrunk (Ioffe & Szegedy 2015; He et al. 2016)")],
-    "underfitting": [("train longer or with a larger learning rate", "the gradient reaches every layer; the loss is still high")],
+    "underfitting": [("train longer or with a larger learning rate", "no gradient problem was found (see the evidence); the loss is still high")],
 }
 
 
