@@ -201,7 +201,8 @@ def test_structure_of_a_partial_fine_tune_and_lora(tmp_path):
     s = cfg["model"]["structure"]
     assert s["adapters"]["kind"] == "lora" and s["adapters"]["modules"] == 4
     assert s["adapters"]["examples"][0].endswith("transformer.h.0.attn.c_attn")
-    assert len(s["stacks"][0]["partly_frozen_blocks"]) == 4 and s["frozen"] == ["embedding"]
+    # the head: a frozen ln_f and an lm_head tied to the frozen wte: nothing in it trains
+    assert len(s["stacks"][0]["partly_frozen_blocks"]) == 4 and s["frozen"] == ["embedding", "head"]
     assert s["stacks"][0]["norm_position"] == "pre"
 
 
