@@ -16,7 +16,9 @@ backward pass itself (a post-accumulate-grad hook on every trainable parameter, 
 delta_norm and grad_norm_total are the gradients BEFORE the Trainer's clipping; grad_norm_clipped in
 metrics.csv is the norm AFTER it (the optimizer's step hook), with the update ratio. Steps are
 optimizer steps (state.global_step): with `gradient_accumulation_steps=k` the measured gradient is the
-one accumulated over the k micro-batches. The loss is the model output's `loss` on the last
+one accumulated over the k micro-batches. Under fp16 (accelerate's GradScaler, held by the
+AcceleratedOptimizer) the gradients are measured scaled and recorded divided by the scale; the scale
+and the steps the scaler skipped go into metrics.csv. The loss is the model output's `loss` on the last
 micro-batch (None when the Trainer computes the loss itself, e.g. label smoothing). Evaluation passes
 are not recorded. The Trainer has no exception callback: use `with vgrad:` (or call
 `vgrad.close("failed")`) so that an exception does not leave the run's status "running".
@@ -47,7 +49,8 @@ class VgradCallback(MonitorAdapter, TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._remove_hooks()
         self.start(model, optimizer, state.max_steps if state.max_steps > 0 else None,
-                   clip_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None)
+                   clip_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None,
+                   scaler=getattr(optimizer, "scaler", None))  # accelerate's, under fp16 on an accelerator
         self._model, self._loss, self._queued = model, None, False
         self._hooks = Hooks([model.register_forward_hook(self._take_loss)])
 

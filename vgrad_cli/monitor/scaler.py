@@ -40,7 +40,7 @@ class ScalerWatch:
         """A watch over an enabled scaler; None without one (or a disabled one: bf16, CPU without fp16)."""
         if scaler is None:
             return None
-        if not hasattr(scaler, "is_enabled") or not hasattr(scaler, "_scale"):
+        if not all(callable(getattr(scaler, f, None)) for f in ("is_enabled", "scale", "unscale_", "update")):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
         return cls(scaler, optimizer, on_update) if scaler.is_enabled() else None
 
