@@ -72,7 +72,7 @@ def test_a_module_that_returns_inf_is_named_with_its_step(tmp_path, capsys, ever
     else:  # between logged steps: the step, and where the model is non-finite by the next logged one
         assert found["found_at_step"] == 20 and found["message"].startswith(
             "step 13: a non-finite loss (between logged steps: found at the next logged step 20")
-    assert found["message"] in err  # the live warning says it too
+    assert found["message"].removeprefix("step 13: ") in err  # the live warning says it too
 
 
 class SqrtNet(nn.Module):
@@ -119,7 +119,8 @@ def test_a_nonfinite_gradient_with_a_finite_loss_is_flagged(tmp_path, capsys):
         train(mon, model, 1)
     assert mon.summary["first_nonfinite"]["message"] == (
         "step 0: first non-finite in the gradient of `1.weight` while the loss is finite")
-    assert "vgrad: nonfinite gradients at step 0" in " ".join(capsys.readouterr().err.split())
+    assert "vgrad: non-finite gradient at step 0: first non-finite in the gradient of `1.weight`" in " ".join(
+        capsys.readouterr().err.split())
 
 
 @pytest.mark.parametrize("check", [True, False])
@@ -151,7 +152,7 @@ def test_between_logged_steps_the_gradient_check_names_the_step(tmp_path, capsys
             "at step 20 the first non-finite value is in forward output of `fc1`)")  # its NaN weights, by then
     else:
         assert found["step"] == 20 and found["module"] == "fc1"
-    assert "vgrad: nonfinite gradients at step 20" in " ".join(capsys.readouterr().err.split())
+    assert "vgrad: non-finite gradient at step 20" in " ".join(capsys.readouterr().err.split())
 
 
 def test_vgrad_run_replays_the_step_and_names_the_module(tmp_path, monkeypatch, cli):
@@ -192,3 +193,52 @@ def test_vgrad_run_of_a_config_that_diverges_names_a_plausible_module(tmp_path):
     rows = [r for r in read_table(run, "layers.csv") if r["step"] == 2]
     k = [r["name"] for r in rows].index(found["module"])
     assert all(math.isfinite(r["act_mean"]) for r in rows[:k]) and not math.isfinite(rows[k]["act_mean"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_steps_that_are_not_logged_read_no_value_from_the_device(tmp_path, monkeypatch, precision):
+    """No item(), tolist(), bool(), float(), int() or cpu() from vgrad's own code between logged
+    steps (on a GPU each would wait for the device): fp32 with the fused gradient check; fp16 with a
+    loss scaler and a step it skips (step 5)."""
+    import sys
+
+    reads = []
+
+    def watched(name, original):
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1)
+            if caller.f_globals.get("__name__", "").startswith("vgrad_cli"):
+                reads.append(f"{name} in {caller.f_globals['__name__']}.{caller.f_code.co_name}")
+            return original(self, *args, **kwargs)
+        return read
+    model, (x, y) = Net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu") if precision == "fp16" else None
+    with Monitor(model, optimizer=opt, out=tmp_path, every=10, scaler=scaler, plots=False) as mon:
+        for step in range(10):
+            if step == 1:  # step 0 is logged (it reads its figures, once); watch the steps after it
+                for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu"):
+                    monkeypatch.setattr(torch.Tensor, name, watched(name, getattr(torch.Tensor, name)))
+            with torch.autocast("cpu", dtype=torch.float16, enabled=scaler is not None):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            if scaler is None:
+                loss.backward()
+                mon.step(loss)
+                opt.step()
+            else:
+                (scaler.scale(loss) * (float("inf") if step == 5 else 1.0)).backward()
+                mon.step(loss)
+                scaler.step(opt)
+                scaler.update()
+        assert reads == [] and len(mon._between.losses) == 9
+        assert len(mon._between.checks) == (9 if scaler is None else 0)  # a scaler checks the gradients itself
+        monkeypatch.undo()
+    if scaler is not None:
+        assert [m["step"] for m in read_metrics(mon.path) if m.get("skipped")] == [5]
+
+
+def read_metrics(path):
+    from vgrad_cli.rundir.files import read_table
+
+    return read_table(path, "metrics.csv")

@@ -20,8 +20,9 @@ per logged step, after which every rank holds every rank's figures and combines 
 - ratios (weight_drift, update_ratio) are computed again from the combined norms.
 
 A gather, not an all-reduce: it carries sums, maxima and means in one collective. The loss scale
-and statistics through time (time.csv) are rank 0's; the spectral radius of a recurrent weight needs
-the whole matrix: not measured under sharding.
+is rank 0's; the spectral radius of a recurrent weight needs the whole matrix: not measured under
+sharding. Every rank must hand over the same layout: the same modules called (and, for time.csv,
+the same number of time steps) on every rank.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ WRAPPERS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")
 SHARDED_SQ = ("grad_norm", "weight_norm", "_drift", "_old", "_upd", "_w0", "grad_norm_total", "grad_norm_clipped",
               "view_grad_norm", "view_weight_norm")
 RATIOS = ("weight_drift", "update_ratio", "view_weight_drift", "view_update_ratio", "view_old")
-BATCH_SQ = ("delta_norm", "view_delta_norm")
+BATCH_SQ = ("delta_norm", "view_delta_norm", "time_delta_norm", "time_cell_grad_norm")
 MEAN = ("act_mean", "act_saturated_frac", "act_dead_frac", "act_unresponsive_frac", "loss", "recent_losses")
 MAX = ("grad_max_abs", "view_grad_max_abs", "_out", "skipped", "recent_skipped")
 SUM = ("recent_grad_checks",)
@@ -96,7 +97,7 @@ def full_numels(model) -> dict:
 
 
 def combine(stats: dict, ranks: int, sharded: bool, view=None) -> dict:
-    """Every rank's statistics, combined (module docstring); ONE all_gather_into_tensor. Every rank
+    """Every rank's statistics, combined (module docstring); ONE all-gather. Every rank
     must call it with the same keys and shapes; keys it does not know stay this rank's own."""
     import torch.distributed as dist
 
@@ -104,7 +105,8 @@ def combine(stats: dict, ranks: int, sharded: bool, view=None) -> dict:
     parts = [stats[k].detach().double().reshape(-1) for k in keys]
     flat = torch.cat(parts)
     table = flat.new_empty(ranks * flat.numel())
-    dist.all_gather_into_tensor(table, flat)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the new name (torch 2.10+)
+    gather(table, flat)
     columns = table.view(ranks, -1).split([p.numel() for p in parts], dim=1)
     got = dict(zip(keys, columns))
     out = {k: v for k, v in stats.items() if k not in NOT_SHARDED or not sharded}

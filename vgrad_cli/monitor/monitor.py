@@ -140,7 +140,8 @@ class Monitor:
         return self.recording.diverged_step if self.recording is not None else None
 
     def step(self, loss=None):
-        """After loss.backward(), before clipping and optimizer.step()."""
+        """After loss.backward(), before clipping and optimizer.step(). With a loss scaler: after
+        scaler.scale(loss).backward(), given the loss before scaling."""
         if self.status != V.RUNNING:
             raise RuntimeError(f"Monitor.step() after close() (status {self.status})")
         if not self._armed:

@@ -37,12 +37,13 @@ class Watch:
         first non-finite value (monitor/nonfinite.py); divergence: what the divergence was, when not
         a non-finite loss."""
         found = []
-        where = f"; {finding['message']}" if finding is not None else ""
+        said = finding["message"].removeprefix(f"step {step}: ") if finding is not None else ""  # the step is said already
+        where = f"; {said}" if finding is not None else ""
         if diverged_step is not None:
             what = divergence or f"the loss became non-finite at step {diverged_step}"
             found.append(("diverged", f"{what}{where} (a learning rate too large? clip the gradient, lower the rate or warm it up)"))
         elif finding is not None and finding.get("finite_loss"):
-            found.append(("nonfinite", f"{finding['message']} (the next update makes the weights non-finite: "
+            found.append(("nonfinite", f"{said} (the next update makes the weights non-finite: "
                                        "a sqrt or log at 0, a division by a std of 0?)"))
         measured = [r for r in rows if _finite(r.get("delta_norm"))]
         if main_blocks(rows):  # a block view: the main stack's first and last blocks, as the verdict reads it
@@ -85,7 +86,8 @@ class Watch:
             if kind in self.seen:
                 continue
             self.seen.add(kind)
-            label = {"dying": "dying units", "diverged": "divergence"}.get(kind, f"{kind} gradients")
+            label = {"dying": "dying units", "diverged": "divergence", "nonfinite": "non-finite gradient"}.get(
+                kind, f"{kind} gradients")
             message = f"vgrad: {label} at step {step}: {evidence}" + (f" (details: vgrad diagnose {path})" if path else "")
             if self.on_problem == "raise":
                 return kind, message
