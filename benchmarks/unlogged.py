@@ -19,7 +19,7 @@ counted when the caller is a vgrad_cli module), on unlogged and on logged steps,
 on_problem=None and "raise". On an unlogged step vgrad reads no tensor value (tests/test_nonfinite.py
 checks: no item(), tolist(), bool(), float() from vgrad's code), so a GPU is not synchronised.
 
-    python benchmarks/unlogged.py [--quick] [--reps N] [--steps N] [--no-distributed]   # JSON on stdout
+    python benchmarks/unlogged.py [--quick] [--reps N] [--steps N] [--models mlp,transformer] [--no-distributed]
 """
 
 from __future__ import annotations
@@ -210,17 +210,19 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 repetition: proves it works")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 7; --quick 1)")
     ap.add_argument("--steps", type=int, default=None, help="steps per run (default 200; --quick 20)")
+    ap.add_argument("--models", default="mlp,transformer", help="comma-separated: mlp, transformer")
     ap.add_argument("--no-distributed", action="store_true", help="skip the 2-process collective count")
     args = ap.parse_args(argv)
     reps = args.reps or (1 if args.quick else 7)
     steps = args.steps or (20 if args.quick else 200)
     out = {"quick": args.quick, "reps": reps, "steps": steps, "timing": {}}
     with contextlib.redirect_stdout(sys.stderr):
-        for model in ("mlp", "transformer"):
+        models = args.models.split(",")
+        for model in models:
             for precision in VARIANTS:
                 out["timing"][f"{model} {precision}"] = timing(model, precision, steps, reps, args.quick)
                 print(f"done: {model} {precision}", file=sys.stderr)
-        out["pieces"] = {model: pieces(model, args.quick, reps, 20 if args.quick else 200) for model in ("mlp", "transformer")}
+        out["pieces"] = {model: pieces(model, args.quick, reps, 20 if args.quick else 200) for model in models}
         if not args.no_distributed:
             out["collectives"] = collectives()
     json.dump(out, sys.stdout, indent=1)
