@@ -168,7 +168,7 @@ OWN_MODEL = {
                    "ReLU-family activations with Kaiming init keep it (He et al. 2015)"),
                   ("normalization or residual connections", "batch/layer norm re-scale each layer; an identity path "
                    "carries the gradient back unshrunk (Ioffe & Szegedy 2015; He et al. 2016)")],
-    "underfitting": [("train longer or with a larger learning rate", "the gradient reaches every layer; the loss is still high")],
+    "underfitting": [("train longer or with a larger learning rate", "no gradient problem was found (see the evidence); the loss is still high")],
 }
 
 
@@ -177,7 +177,12 @@ def recommend(cfg: dict, verdict: str, indicators: dict, recovered: bool, data: 
     predictions at the model's depth. Ordered, most preferred first."""
     m, t = cfg["model"], cfg["train"]
     if m.get("kind") == "custom":
-        advice = list(OWN_MODEL.get(verdict, []))
+        from .own_advice import recommend as fitted
+
+        advice = fitted(cfg, verdict, indicators)  # from what the model and its training are (own_advice.py)
+        if advice is not None:
+            return [{**rec(title, why, {}), "optional": recovered, "command": None} for title, why in advice]
+        advice = list(OWN_MODEL.get(verdict, []))  # a run recorded before vgrad detected the model's structure
         if verdict == "vanishing" and any("RNN" in str(layer.get("type")) or str(layer.get("type")) in ("LSTM", "GRU")
                                           for layer in m.get("layers") or []):
             advice.insert(0, ("gated units, or an orthogonal recurrent init",

@@ -20,7 +20,7 @@ from . import indicators as ind
 from .. import vocab as V
 from ..errors import UsageError
 
-DIAGNOSIS_VERSION = 1
+DIAGNOSIS_VERSION = 2  # 2: block views read stack by stack, loss windows of the step span
 
 
 def load(run_dir) -> tuple:
@@ -176,13 +176,31 @@ def decide(by_key: dict) -> tuple[str, str, bool]:
             return V.VANISHING, ("the gradient vanished at the start but training recovered it, and the task was "
                                  f"learned: {g['summary']}"), True
         return V.VANISHING, g["summary"] + also, False
+    reach, known = _reach(by_key.get("gradient_decay"))
     if {"slow_training", "poor_performance"} & on:
-        return V.UNDERFITTING, ("the loss stays high but the gradient reaches every layer: not a gradient problem"
-                                + also), False
+        loss = "the loss stays high" if "poor_performance" in on else "the loss stalls"
+        why = f"{loss} but {reach}: not a gradient problem" if known else \
+            f"{loss}; {reach}, so nothing says whether a gradient problem is behind it"
+        return V.UNDERFITTING, why + also, False
     if effects:  # e.g. reliance on upper layers alone: worth reading, but no gradient problem behind it
-        return V.HEALTHY, ("no gradient problem: the gradient reaches every layer and the loss falls; present "
+        return V.HEALTHY, (f"no gradient problem: {reach} and the loss falls; present "
                            f"nonetheless: {', '.join(effects)}"), False
-    return V.HEALTHY, "no indicator present", False
+    return V.HEALTHY, "no indicator present" + ("" if reach == REACHES else f"; {reach}"), False
+
+
+REACHES = "the gradient reaches every layer"
+
+
+def _reach(g: dict | None) -> tuple[str, bool]:
+    """What the gradient evidence lets the verdict say of a gradient that did not vanish, and whether
+    it was measured at all: never "reaches every layer" without δ (or, said so, the gradient norms)."""
+    ev = (g or {}).get("evidence") or {}
+    if g is not None and g["status"] == "not measurable":
+        return f"the gradient across layers was not measured ({g['summary']})", False
+    if ev.get("read_from") == "grad_norm":
+        return (f"the gradient norms reach every layer (δ was not measured ({ev.get('no_delta')}): read from "
+                "grad_norm)"), True
+    return REACHES, True
 
 
 def theory_section(run, th: dict | None) -> dict:

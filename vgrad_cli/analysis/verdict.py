@@ -42,19 +42,27 @@ def underflowed(rows: list[dict], i: int, column: str = "delta_norm") -> bool:
     return not any((r.get("act_dead_frac") or 0) >= 0.999 for r in rows[i:])
 
 
-def main_blocks(rows: list[dict]) -> list[dict]:
-    """A block view's blocks the verdict reads (blocks.csv, measure/blocks.py): those of the main
-    stack — the one with the most blocks; a tie: the later one — that are not frozen (a frozen
-    block measures nothing). [] for module rows."""
+def stacks(rows: list[dict]) -> dict[str, list[dict]]:
+    """A block view's stacks (blocks.csv, measure/blocks.py): {stack: its blocks that are not frozen
+    (a frozen block measures nothing), in forward order}, the main stack first — the one with the
+    most blocks, frozen ones counted; a tie: the later one — then the others in forward order.
+    {} for module rows."""
     blocks = [r for r in rows if r.get("role") == "block"]
-    if not blocks:
-        return []
-    last = {}
+    count, last = {}, {}
     for i, r in enumerate(blocks):
+        count[r.get("stack")] = count.get(r.get("stack"), 0) + 1
         last[r.get("stack")] = i
-    count = {s: sum(r.get("stack") == s for r in blocks) for s in last}
+    if not blocks:
+        return {}
     main = max(last, key=lambda s: (count[s], last[s]))
-    return [r for r in blocks if r.get("stack") == main and r.get("note") != "frozen"]
+    return {s: [r for r in blocks if r.get("stack") == s and r.get("note") != "frozen"]
+            for s in [main] + [s for s in count if s != main]}
+
+
+def main_blocks(rows: list[dict]) -> list[dict]:
+    """The main stack's trainable blocks, those the verdict's ratios compare (stacks()); [] for
+    module rows."""
+    return next(iter(stacks(rows).values()), [])
 
 
 def ends(rows: list[dict], kind: str | None = None) -> tuple[dict, dict]:

@@ -50,6 +50,7 @@ class LayerProbe:
         self.act_stats = ActivationStats(self.default_saturation)
         self.act_layers, self.no_saturation = [], set()
         self.view: BlockView | None = None  # the block view, for a discovered model with repeated blocks
+        self.structure: dict | None = None  # a discovered model's norms, residual adds, ... (structure.py)
         if layers is None and hasattr(model, "probe_layers"):
             layers = model.probe_layers()
         self.layers: list | None = None
@@ -208,6 +209,9 @@ class LayerProbe:
         view = find_view(self.model, layers, names, rec.order, feeds, keeps_shape) \
             if self.select is None and self.hooks and not hasattr(self.model, "probe_layers") else None
         self._setup(layers, view)
+        from .structure import detect
+
+        self.structure = detect(self.model, layers, view, rec, feeds)  # once: the recorder still holds the graph
 
     @torch.no_grad()
     def after_backward(self, keep_hooks: bool = False, loss=None):

@@ -13,8 +13,8 @@ import statistics
 import sys
 
 from ..analysis.indicators import THRESHOLDS
-from ..analysis.verdict import EXPLODING_RATIO, GROWTH, VANISHING_RATIO, ends, main_blocks
-
+from ..analysis.across import GRAD, judged, readings
+from ..analysis.verdict import EXPLODING_RATIO, GROWTH, VANISHING_RATIO
 
 KINDS = ("vanishing", "exploding", "dying", "diverged", "nonfinite")  # GradientProblem.kind
 
@@ -45,23 +45,13 @@ class Watch:
         elif finding is not None and finding.get("finite_loss"):
             found.append(("nonfinite", f"{said} (the next update makes the weights non-finite: "
                                        "a sqrt or log at 0, a division by a std of 0?)"))
-        measured = [r for r in rows if _finite(r.get("delta_norm"))]
-        if main_blocks(rows):  # a block view: the main stack's first and last blocks, as the verdict reads it
-            first, last = ends(rows)
-            where = "block"
-        elif len(measured) >= 2:
-            (first, last), where = (measured[0], measured[-1]), "layer"
-        else:
-            first = last = None
-        if first is not None and _finite(first.get("delta_norm")) and _finite(last.get("delta_norm")) \
-                and last["delta_norm"] > 0 and first is not last:
-            r = first["delta_norm"] / last["delta_norm"]
-            where = (f"delta_norm of {where} '{first['name']}' (input side) / {where} '{last['name']}' "
-                     f"({'output' if where == 'layer' else 'last block'}) = {r:.2g}")
-            if r < VANISHING_RATIO:
-                found.append(("vanishing", f"{where} (< {VANISHING_RATIO:g})"))
-            elif r > EXPLODING_RATIO:
-                found.append(("exploding", f"{where} (> {EXPLODING_RATIO:g})"))
+        # every stack of a block view, its first and last trainable blocks (the verdict's readings:
+        # analysis/across.py); module rows: their ends; where δ is not measured (compiled): grad_norm
+        low, high = judged(readings(rows))
+        if low is not None and low["ratio"] < VANISHING_RATIO:
+            found.append(("vanishing", f"{_said(low)} (< {VANISHING_RATIO:g})"))
+        elif high is not None and high["ratio"] > EXPLODING_RATIO:
+            found.append(("exploding", f"{_said(high)} (> {EXPLODING_RATIO:g})"))
         total = metrics.get("grad_norm_total")
         if _finite(total):
             if self.first_total is None:
@@ -69,8 +59,9 @@ class Watch:
             elif self.first_total > 0 and total > GROWTH * self.first_total:
                 found.append(("exploding", f"grad_norm_total grew {total / self.first_total:.2g}x since the first logged step "
                                            f"(> {GROWTH:g}x)"))
-        # units are the module rows' (a block view's rows have none)
-        dead = [(r["name"], r["act_dead_frac"]) for r in modules or rows if _finite(r.get("act_dead_frac"))]
+        # units are the module rows' (a block view's rows have none); a frozen row is never read
+        dead = [(r["name"], r["act_dead_frac"]) for r in modules or rows
+                if _finite(r.get("act_dead_frac")) and r.get("note") != "frozen"]
         if dead:
             mean = statistics.fmean(v for _, v in dead)
             name, worst = max(dead, key=lambda x: x[1])
@@ -94,6 +85,14 @@ class Watch:
             if self.on_problem == "warn":
                 _warn(message)
         return None
+
+
+def _said(r: dict) -> str:
+    """A reading in the warning's words: "delta_norm of block 'h.0' (input side) / block 'h.3' (last block) = 0.5"."""
+    where = "block" if r["stack"] else "layer"
+    end = "output" if where == "layer" else "last block" if r["main"] else f"last block of stack {r['stack']}"
+    note = " (δ was not measured: read from grad_norm)" if r["column"] == GRAD else ""
+    return f"{r['column']} of {where} '{r['first']}' (input side) / {where} '{r['last']}' ({end}) = {r['ratio']:.2g}{note}"
 
 
 def _warn(message: str) -> None:
