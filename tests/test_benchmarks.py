@@ -51,3 +51,19 @@ def test_run_all_quick_writes_every_group(tmp_path):
         for v in variants.values():
             assert v["installed"] is False or "failed" in v or (_numbers(v["ratio"]) and v["ratio"]["median"] > 0)
     assert "not installed" in proc.stdout or all(v["installed"] for v in g["monitor"]["mlp"]["variants"].values())
+
+
+@pytest.mark.slow
+def test_unlogged_benchmark_quick():
+    """Group 6 (benchmarks/unlogged.py): ratios for every variant, and vgrad's collectives counted:
+    none on steps that are not logged, one per logged step (two with on_problem="raise")."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "unlogged.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout)
+    assert set(res["timing"]) == {"mlp fp32", "mlp fp16", "transformer fp32", "transformer fp16"}
+    for r in res["timing"].values():
+        assert all(_numbers(v["ratio"]) and v["ratio"]["median"] > 0 for v in r["variants"].values())
+    for setting, counts in res["collectives"].items():
+        raise_ = setting.endswith("raise")
+        assert counts == {"unlogged_steps": 0, "per_logged_step": [2 if raise_ else 1] * 2}, setting

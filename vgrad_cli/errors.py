@@ -9,7 +9,8 @@ class UsageError(Exception):
 
 class GradientProblem(Exception):
     """Raised by Monitor(..., on_problem="raise") the first time a gradient problem shows.
-    `kind`: vanishing | exploding | dying | diverged; `step`: the step it showed at."""
+    `kind`: vanishing | exploding | dying | diverged | nonfinite (a non-finite gradient while the loss
+    is finite); `step`: the step it showed at."""
 
     def __init__(self, kind: str, step: int, message: str):
         super().__init__(message)

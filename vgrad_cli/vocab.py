@@ -40,8 +40,10 @@ BLOCK_COLUMNS = [
 METRIC_COLUMNS = [
     "step", "loss", "accuracy", "grad_norm_total", "grad_norm_clipped", "eval_loss", "eval_accuracy", "lr", "time_s",
 ]
+# a run with a loss scaler (Monitor(scaler=...)): metrics.csv gains these columns
+SCALER_COLUMNS = ["loss_scale", "skipped"]
 # what vgrad measures itself: Monitor.log_metrics may not set them (the others it may, and any new name)
-MEASURED_METRICS = ("step", "grad_norm_total", "grad_norm_clipped", "time_s")
+MEASURED_METRICS = ("step", "grad_norm_total", "grad_norm_clipped", "time_s", *SCALER_COLUMNS)
 TIME_COLUMNS = ["step", "layer", "t", "delta_norm", "cell_grad_norm"]
 SPREAD_COLUMNS = ["seed", "layer", "name", "grad_norm", "delta_norm", "act_std", "act_dead_frac"]
 TEXT_COLUMNS = ("name", "note", "role", "stack")                # a layer's name stays text: an nn.Sequential's are "0", "1", ...
@@ -94,5 +96,7 @@ SUMMARY_FINAL_KEYS = [
 SUMMARY_OPTIONAL_KEYS = [
     BELOW_KEY, "float64_init", "time_profile", "init_spread", "error", "traceback",
     "tied", "main_stack", "n_blocks",  # a Monitor run: tied parameters; the block view's main stack
+    "first_nonfinite",  # where a NaN or an infinity first appeared: step, module, direction
+    "steps_skipped",    # a run with a loss scaler: the optimizer steps it skipped
 ]
 SUMMARY_KEYS = list(dict.fromkeys(SUMMARY_START_KEYS + SUMMARY_FINAL_KEYS + SUMMARY_OPTIONAL_KEYS))

@@ -70,6 +70,8 @@ def diagnose(run_dir, k: int | None = None, ablation: bool = True, write: bool =
     out = {
         "diagnosis_version": DIAGNOSIS_VERSION, "run": run.name, "status": run.status,
         "model": run.model_text(), "verdict": verdict, "verdict_detail": detail,
+        "first_nonfinite": run.summary.get("first_nonfinite"),  # where a NaN first appeared (Monitor, vgrad run)
+        "steps_skipped": run.summary.get("steps_skipped"),      # a loss scaler's skipped steps
         "present": [i["key"] for i in items if i["status"] == "present"],
         "indicators": items, "theory": th,
         "recommendations": recommend(raw, verdict, by_key, recovered, run_data(raw, run.summary)),

@@ -120,6 +120,11 @@ def render(d: dict, path: Path) -> None:
         t.add_row(str(i["id"]), escape(i["name"]), f"[{style}]{i['status']}[/]",
                   f"{escape(i['summary'])}\n[dim]{escape(i['threshold'])}[/]")
     console.print(t)
+    found = d.get("first_nonfinite")
+    if isinstance(found, dict) and found.get("message"):
+        print_lines(console, [f"first non-finite value: {found['message']}"])
+    if d.get("steps_skipped"):
+        print_lines(console, [f"{d['steps_skipped']} step(s) skipped by the loss scaler (overflow; not a divergence)"])
     # Prose wraps like `vgrad run`'s: between "; "-phrases first, between words only inside one.
     texts = (theory_line(d["theory"]), spread_line(d.get("init_spread")), jacobian_line(d.get("jacobian")))
     print_lines(console, [line for text in texts if text for line in text.split("\n")])

@@ -24,11 +24,12 @@ class MonitorAdapter:
         return self.monitor.path if self.monitor is not None else None
 
     def start(self, model, optimizer, steps: int | None, clip_norm: float | None = None,
-              clip_value: float | None = None):
-        """A Monitor for one training run; clip_*: the framework's own clipping (into config.yaml)."""
+              clip_value: float | None = None, scaler=None):
+        """A Monitor for one training run; clip_*: the framework's own clipping (into config.yaml);
+        scaler: the framework's loss scaler (fp16 mixed precision), whose scale is divided out."""
         self.close(V.FAILED)  # a previous run that ended without the framework saying so
         self.monitor = Monitor(model, optimizer=innermost(optimizer), steps=steps, clip_norm=clip_norm,
-                               clip_value=clip_value, **self.options)
+                               clip_value=clip_value, scaler=scaler, **self.options)
 
     def close(self, status: str | None = None):
         if self.monitor is not None:

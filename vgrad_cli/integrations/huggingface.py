@@ -16,8 +16,10 @@ backward pass itself (a post-accumulate-grad hook on every trainable parameter, 
 delta_norm and grad_norm_total are the gradients BEFORE the Trainer's clipping; grad_norm_clipped in
 metrics.csv is the norm AFTER it (the optimizer's step hook), with the update ratio. Steps are
 optimizer steps (state.global_step): with `gradient_accumulation_steps=k` the measured gradient is the
-one accumulated over the k micro-batches. The loss is the one the Trainer logs for that step (its
-`state.log_history` with logging_steps=1): the model output's `loss` summed over the step's
+one accumulated over the k micro-batches. Under fp16 (accelerate's GradScaler, held by the
+AcceleratedOptimizer) the gradients are measured scaled and recorded divided by the scale; the scale
+and the steps the scaler skipped go into metrics.csv. The loss is the one the Trainer logs for that
+step (its `state.log_history` with logging_steps=1): the model output's `loss` summed over the step's
 micro-batches when the forward received `num_items_in_batch` (the model then divided by the whole
 accumulated batch's token count, so each micro-batch's loss is a share of the step's), else their
 mean (the Trainer divides a per-micro-batch mean by k before its backward). None when the Trainer
@@ -53,7 +55,8 @@ class VgradCallback(MonitorAdapter, TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._remove_hooks()
         self.start(model, optimizer, state.max_steps if state.max_steps > 0 else None,
-                   clip_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None)
+                   clip_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None,
+                   scaler=getattr(optimizer, "scaler", None))  # accelerate's, under fp16 on an accelerator
         self._model, self._queued = model, False
         self._new_step()
         self._hooks = Hooks([model.register_forward_hook(self._take_loss, with_kwargs=True)])

@@ -9,7 +9,8 @@ Where it measures. Lightning runs each optimizer step as training_step, backward
 (`on_before_backward`, `on_after_backward`), `on_before_optimizer_step`, gradient clipping
 (`gradient_clip_val`), then the update (Precision._after_closure, inside optimizer.step(closure)).
 The callback measures in `on_before_optimizer_step`: grad_norm, delta_norm and grad_norm_total are
-the gradients BEFORE Lightning's clipping (under "16-mixed" already unscaled); grad_norm_clipped in
+the gradients BEFORE Lightning's clipping (under "16-mixed" already unscaled: the precision plugin's
+GradScaler, whose scale and skipped steps go into metrics.csv); grad_norm_clipped in
 metrics.csv is the norm AFTER it, taken by the optimizer's step hook when the closure returns,
 together with the update ratio. Steps are optimizer steps (trainer.global_step): with
 `accumulate_grad_batches=k` the measured gradient is the one accumulated over k batches, and the loss
@@ -40,7 +41,8 @@ class VgradCallback(MonitorAdapter, Callback):
         by_value = str(getattr(trainer, "gradient_clip_algorithm", "norm")).lower().endswith("value")
         self.start(pl_module, optimizers[0] if len(optimizers) == 1 else None,
                    trainer.max_steps if trainer.max_steps > 0 else None,
-                   clip_norm=None if by_value else clip, clip_value=clip if by_value else None)
+                   clip_norm=None if by_value else clip, clip_value=clip if by_value else None,
+                   scaler=getattr(trainer.precision_plugin, "scaler", None))  # "16-mixed": skipped steps, the scale
         self._loss = None
 
     def on_before_backward(self, trainer, pl_module, loss):

@@ -47,7 +47,10 @@ class ActivationStats:
                 a = rec.a.get(i)
             if a is None or a.dim() < 2 or not a.is_floating_point():
                 continue
-            a = _units_view(a.detach(), layer.channel_dim)  # (outer, units, inner): a view, no copy
+            a = a.detach()
+            if a.dtype in (torch.float16, torch.bfloat16):  # autocast: the sums in float32, not in 8-11 bits
+                a = a.float()
+            a = _units_view(a, layer.channel_dim)  # (outer, units, inner): a view, no copy
             key = (tuple(a.shape), str(a.dtype), saturation[i], nonnegative[i])
             groups.setdefault(key, []).append((i, a))
         parts = []

@@ -30,6 +30,7 @@ from typing import Any
 
 from torch import nn
 
+from .distributed import clean_name
 from .layers import FROZEN, OTHER
 
 ROLES = ("embedding", "block", "between", "head", "other")
@@ -56,6 +57,7 @@ def _runs(model):
     """(container name, run): each maximal run of two or more consecutive children of one class in
     an nn.ModuleList or nn.Sequential (a classifier `Sequential(*pairs, Linear)` has one: the pairs)."""
     for name, m in model.named_modules():
+        name = clean_name(name)
         if not isinstance(m, (nn.ModuleList, nn.Sequential)):
             continue
         run: list = []

@@ -28,6 +28,8 @@ from typing import Any
 
 from torch import nn
 
+from .distributed import clean_name
+
 # activation modules whose statistics vgrad knows (their saturated regions: activations.py)
 ACTIVATION_TYPES = {"ReLU": "relu", "LeakyReLU": "leaky_relu", "PReLU": "prelu", "Sigmoid": "sigmoid",
                     "Tanh": "tanh", "GELU": "gelu", "SiLU": "silu", "ELU": "elu", "SELU": "selu"}
@@ -96,7 +98,7 @@ def owners(model, called: list) -> tuple[dict, dict]:
     """(id(parameter) -> the module whose row holds it, id(module) -> [names it shares with an
     earlier module]). A parameter held directly by several called modules belongs to the first
     called; one no called module holds directly, to its deepest called ancestor."""
-    names = {id(m): n for n, m in model.named_modules()}
+    names = {id(m): clean_name(n) for n, m in model.named_modules()}
     owner, direct, tied = {}, set(), {}
     for m in called:
         for pname, p in m.named_parameters(recurse=False):
@@ -118,7 +120,7 @@ def discover(model, order: list, feeds, calls, layers=None) -> tuple[list[ProbeL
     """Layers from the first-call `order` of the watched modules (a recording of one forward pass).
     feeds(a, b): "same" when module b's input is module a's output, "op" when it is computed from it
     by one elementwise operation, else None; calls(m): how often m ran. Returns (layers, notes)."""
-    names = {id(m): n or "(model)" for n, m in model.named_modules()}
+    names = {id(m): clean_name(n) or "(model)" for n, m in model.named_modules()}
     called = [m for m in order if _holds_params(m)]
     owner, tied = owners(model, called)
     notes = []
@@ -138,7 +140,7 @@ def discover(model, order: list, feeds, calls, layers=None) -> tuple[list[ProbeL
         if note != FROZEN:
             _find_activation(layer, m, called[k + 1] if k + 1 < len(called) else None, order, feeds, calls)
         found.append(layer)
-    loose = [(n, p) for n, p in model.named_parameters() if id(p) not in owner and p.requires_grad]
+    loose = [(clean_name(n), p) for n, p in model.named_parameters() if id(p) not in owner and p.requires_grad]
     if loose:  # every trainable parameter is in exactly one row (and in grad_norm_total)
         found.append(ProbeLayer(OTHER, [p for _, p in loose], main_weight(model, [p for _, p in loose])))
         notes.append(f"{len(loose)} parameter(s) belong to no module the forward pass called "

@@ -67,5 +67,6 @@ def _floors(tensors) -> torch.Tensor:
 def abs_max_each(tensors):
     """max |x| of every tensor, as one 1-d tensor. aminmax needs no |x| temporary: on CPU it is ~2x
     faster than _foreach_max(_foreach_abs(...)) and ~8x faster than _foreach_norm(ord=inf)."""
+    tensors = [t if t.numel() else t.new_zeros(1) for t in tensors]  # a rank's empty shard: 0
     lo_hi = [torch.aminmax(t) for t in tensors]
     return torch.maximum(torch.stack([m.max for m in lo_hi]), torch.stack([m.min for m in lo_hi]).neg())

@@ -15,6 +15,8 @@ import torch
 
 from ..activations import ACTIVATIONS, Activation
 from ..vocab import BLOCK_COLUMNS, LAYER_COLUMNS, PARAM_COLUMNS
+from .distributed import clean_name, is_dtensor, local
+from .finite import forward_check
 from .norms import abs_max_each, norms64, per_layer_norm
 from .recorder import Recorder  # noqa: F401  (tests and models import it from here)
 from .recurrent import spectra_layers, time_rows, whh_spectra
@@ -22,6 +24,11 @@ from .actstats import ActivationStats
 from .hooks import Hooks
 from .blocks import BlockView, block_candidates
 from .layers import FROZEN, hook_candidates, is_activation
+
+# the statistics of the gradient (and δ, the gradient at an output): what a loss scale multiplies
+GRADIENT_STATS = ("grad_norm", "grad_max_abs", "delta_norm", "time_delta_norm", "time_cell_grad_norm",
+                  "grad_norm_total", "view_grad_norm", "view_grad_max_abs", "view_delta_norm")
+
 
 class LayerProbe:
     def __init__(self, model, activation: Activation | None, keep_activations: bool, layers=None, hooks: bool = True):
@@ -57,6 +64,9 @@ class LayerProbe:
         if not self.params:
             raise ValueError("the model has no trainable parameter (every one has requires_grad=False)")
         device = self.params[0].device
+        # FSDP2's parameters are DTensors: every statistic is taken on this rank's shard (to_local),
+        # and the ranks' shards are combined afterwards (distributed.py)
+        self._dtensor = any(is_dtensor(p) for p in self.params)
         self.param_layer = torch.tensor([i for i, layer in enumerate(layers) for _ in layer.params], device=device)
         # main weights (a group of modules or a block: several), for weight_norm and weight_drift
         self.weights = [w for layer in layers for w in layer.weights]
@@ -64,7 +74,7 @@ class LayerProbe:
         ids = {id(p): i for i, p in enumerate(self.params)}
         self.weight_index = torch.tensor([ids[id(w)] for w in self.weights], device=device)
         # Initial weights, for weight_drift = ||W_t - W_0|| / ||W_0|| (do early layers move at all?)
-        self.w0 = [w.detach().clone() for w in self.weights]
+        self.w0 = [w.detach().clone() for w in self._local(self.weights)]
         w0_norm = torch.stack(torch._foreach_norm(self.w0)).float() if self.w0 else torch.zeros(0, device=device)
         self.w0_norm = per_layer_norm(w0_norm, self.weight_layer, self.n).float()
         # a row whose weights start at 0 (LoRA's B, a zero position embedding) has no drift ratio
@@ -74,6 +84,7 @@ class LayerProbe:
         self._before_buf: list | None = None
         self._param_norms = None      # per-parameter norms at after_backward (= before the update)
         self._grads, self._grad_versions = [], []  # the gradients measured, and their version counters
+        self.param_grad_norms = None  # per-parameter gradient norms of the last logged step (naming a NaN)
         # the model records δ itself (vgrad's recurrent nets): rows without a δ module
         self.explicit = hasattr(self.model, "probe_layers") and any(layer.delta is None for layer in layers)
         self.saturation = [self._saturation(layer) for layer in layers]
@@ -90,6 +101,9 @@ class LayerProbe:
         if layer.activation in ACTIVATIONS:
             return ACTIVATIONS[layer.activation].saturated_outside
         return False
+
+    def _local(self, tensors: list) -> list:
+        return [local(t) for t in tensors] if self._dtensor else tensors
 
     def _nonnegative(self, layer) -> bool:
         name = layer.activation if layer.activation is not None else self.default_activation
@@ -187,7 +201,7 @@ class LayerProbe:
         self.notes += notes
         if not layers:
             raise ValueError("the model's forward pass called no module that holds parameters")
-        names = {id(m): n for n, m in self.model.named_modules()}
+        names = {id(m): clean_name(n) for n, m in self.model.named_modules()}
         def keeps_shape(m) -> bool:
             outs, inp = rec.out.get(id(m)), rec.inp.get(id(m))
             return bool(outs) and inp is not None and outs[0].shape == inp.shape
@@ -200,19 +214,21 @@ class LayerProbe:
         self.structure = detect(self.model, layers, view, rec, feeds)  # once: the recorder still holds the graph
 
     @torch.no_grad()
-    def after_backward(self, keep_hooks: bool = False):
+    def after_backward(self, keep_hooks: bool = False, loss=None):
         """Gradient statistics, before clipping. Removes the hooks (keep_hooks: not yet, more
-        micro-batches of this step will run forward: gradient accumulation)."""
+        micro-batches of this step will run forward: gradient accumulation). loss: the step's, for
+        the forward finiteness check (_forward_check)."""
         if not keep_hooks:
             self.detach()
         if self.layers is None:
             self._discover()
-        params = self.params
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        params = self._local(self.params)
+        grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(self._local([p.grad for p in self.params]), params)]
         self._grad_versions = [g._version for g in grads]
         self._grads = grads
         s = self.stats
-        s["grad_norm"] = per_layer_norm(norms64(grads), self.param_layer, self.n)
+        self.param_grad_norms = norms64(grads)
+        s["grad_norm"] = per_layer_norm(self.param_grad_norms, self.param_layer, self.n)
         dt = torch.float64 if grads[0].dtype == torch.float64 else torch.float32  # float64: its tiny values too
         s["grad_max_abs"] = torch.zeros(self.n, dtype=dt, device=self.param_layer.device).scatter_reduce_(
             0, self.param_layer, abs_max_each(grads).to(dt), "amax", include_self=False
@@ -222,7 +238,7 @@ class LayerProbe:
         # (the parameters do not change between here and the update; clipping touches only grads).
         self._param_norms = torch.stack(torch._foreach_norm(params)).float()
         s["weight_norm"] = per_layer_norm(self._param_norms[self.weight_index], self.weight_layer, self.n).float()
-        drift = torch.stack(torch._foreach_norm(torch._foreach_sub(self.weights, self.w0))).float()
+        drift = torch.stack(torch._foreach_norm(torch._foreach_sub(self._local(self.weights), self.w0))).float()
         s["_drift"] = per_layer_norm(drift, self.weight_layer, self.n).float()  # ||W - W0|| per row
         s["weight_drift"] = s["_drift"] / self.w0_norm
         self.act_layers, self.no_saturation, act = ([], set(), {}) if not self.keep_activations else \
@@ -238,6 +254,7 @@ class LayerProbe:
         s["grad_norm_total"] = s["grad_norm"].square().sum().sqrt()
         if self.view is not None:
             s.update(self.view.stats(s, self.w0_norm, self.recorder))
+        s["_out"] = forward_check(self.layers, self.recorder, s, loss, self.param_layer.device)
         if not keep_hooks:
             self.recorder = None  # the outputs and activations it holds are not needed any more
 
@@ -258,6 +275,14 @@ class LayerProbe:
         idx = torch.tensor(index, device=self.param_layer.device)
         self.stats["delta_norm"] = per_layer_norm(norms64(deltas), idx, self.n)
 
+    def unscale(self, inv_scale: torch.Tensor):
+        """The gradient statistics of a step whose loss a GradScaler multiplied: divided by the
+        scale (inv_scale, a 0-d device tensor; no host synchronisation), the gradients untouched."""
+        for key in GRADIENT_STATS:
+            if key in self.stats:
+                self.stats[key] = self.stats[key] * inv_scale.to(self.stats[key].dtype)
+        self.param_grad_norms = self.param_grad_norms * inv_scale
+
     @torch.no_grad()
     def after_clip(self, clipped: bool | None = True):
         """The total gradient norm after clipping; without clipping it is the norm already taken.
@@ -266,31 +291,31 @@ class LayerProbe:
         if clipped is None:
             grads = self._grads
             clipped = len(grads) != len(self.params) or any(
-                p.grad is not g or g._version != v for p, g, v in zip(self.params, grads, self._grad_versions))
+                now is not g or g._version != v for now, g, v in zip(self._local([p.grad for p in self.params]), grads, self._grad_versions))
         self._grads = []
         if not clipped:
             self.stats["grad_norm_clipped"] = self.stats["grad_norm_total"]
             return
-        grads = [p.grad for p in self.params if p.grad is not None]
+        grads = [g for g in self._local([p.grad for p in self.params]) if g is not None]
         self.stats["grad_norm_clipped"] = norms64(grads).square().sum().sqrt()
 
     @torch.no_grad()
     def before_update(self):
         if self._before_buf is None:
-            self._before_buf = [p.clone() for p in self.params]
+            self._before_buf = [p.clone() for p in self._local(self.params)]
         else:
-            torch._foreach_copy_(self._before_buf, self.params)
+            torch._foreach_copy_(self._before_buf, self._local(self.params))
 
     @torch.no_grad()
     def after_update(self):
         before = self._before_buf
         if before is None or self._param_norms is None:
             raise RuntimeError("after_update needs after_backward and before_update on the same step")
-        torch._foreach_sub_(before, self.params)  # in place: before - after = -update
+        torch._foreach_sub_(before, self._local(self.params))  # in place: before - after = -update
         upd = per_layer_norm(norms64(before), self.param_layer, self.n)
         old = per_layer_norm(self._param_norms, self.param_layer, self.n)
         self.stats["update_ratio"] = upd / old  # a row whose parameters are all 0 gets none (rows())
-        self.stats["_old"] = old
+        self.stats["_old"], self.stats["_upd"] = old, upd
         if self.view is not None and "view_grad_norm" in self.stats:
             self.stats.update(self.view.update(upd, old))
 

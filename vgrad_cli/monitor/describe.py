@@ -9,15 +9,16 @@ from __future__ import annotations
 import math
 
 from .. import vocab as V
+from ..measure.distributed import full_numels
 
 OPTIMIZER_KEYS = ("betas", "momentum", "weight_decay")  # an optimizer's settings the advice reads (lr apart)
 
 
 def structure(mon) -> dict:
     """summary.json's account of the model's parameters and blocks (docs/run-format.md)."""
-    layers = mon.probe.layers or []
-    trainable = {id(p): p.numel() for layer in layers for p in layer.params}
-    frozen = {id(p): p.numel() for p in mon.model.parameters() if not p.requires_grad}
+    layers, whole = mon.probe.layers or [], full_numels(mon.model)  # FSDP1: a rank's views hold a part
+    trainable = {id(p): whole.get(id(p), p.numel()) for layer in layers for p in layer.params}
+    frozen = {id(p): whole.get(id(p), p.numel()) for p in mon.model.parameters() if not p.requires_grad}
     out = {"parameters_trainable": sum(trainable.values()), "parameters_frozen": sum(frozen.values())}
     tied = [{"module": layer.name, "shares": layer.note[len("tied to "):].split(", ")}
             for layer in layers if layer.note.startswith("tied to ")]
@@ -33,7 +34,7 @@ def structure(mon) -> dict:
 def config(mon) -> dict:
     """config.yaml of a monitored run: what the model and the optimizer were (not a config that
     `vgrad run` can train: the model is the user's)."""
-    layers = mon.probe.layers or []
+    layers, whole = mon.probe.layers or [], full_numels(mon.model)
     opt = mon.optimizer
     train = {"optimizer": type(opt).__name__ if opt is not None else None, **mon.clip}
     if opt is not None:
@@ -46,9 +47,10 @@ def config(mon) -> dict:
     every = mon.every if isinstance(mon.every, int) else None
     return {"name": mon.name, "source": V.SOURCE_MONITOR,
             "model": {"kind": "custom", "class": mon._class,
-                      "parameters": sum(p.numel() for p in mon.model.parameters()),
+                      "parameters": sum(whole.get(id(p), p.numel()) for p in mon.model.parameters()),
                       "layers": [{"name": row.name, "type": type(row.delta).__name__ if row.delta is not None else None,
-                                  "parameters": sum(p.numel() for p in row.params), **({"note": row.note} if row.note else {})}
+                                  "parameters": sum(whole.get(id(p), p.numel()) for p in row.params),
+                                  **({"note": row.note} if row.note else {})}
                                  for row in layers],
                       **_blocks(mon), **({"structure": structure} if structure else {})},
             "train": train, "log": {"every": every, "activations": mon.probe.keep_activations,

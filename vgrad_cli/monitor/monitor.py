@@ -17,14 +17,16 @@ in-place version counters; also for step(closure), where forward, backward and c
 the optimizer's step: Lightning, LBFGS). Forward passes without autograd (evaluation under
 torch.no_grad) are not recorded, even on a logged step. When the next step is logged too (every=1)
 the hooks stay armed instead of being removed and made again. Steps that are not logged do no
-measurement work and no host synchronisation: one reference to the (detached) loss, read at the
-next logged step to catch a non-finite loss in between. What a logged step leaves on disk is the
-Recording's (recording.py). Framework callbacks over this class: vgrad_cli/integrations/.
+measurement work and no host synchronisation: one reference to the (detached) loss, and one fused
+norm of the gradients (check_gradients), both read at the next logged step to find a non-finite
+value in between (nonfinite.py). A loss scaler: scaler.py; several processes (DDP, FSDP): every
+rank measures its part, the figures are combined by one collective per logged step
+(measure/distributed.py) and rank 0 writes. What a logged step leaves on disk is the Recording's
+(recording.py). Framework callbacks over this class: vgrad_cli/integrations/.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
@@ -33,25 +35,30 @@ import torch
 
 from .. import vocab as V
 from ..errors import GradientProblem
+from ..measure.distributed import agree, combine, local, settle, sharding, world
+from ..measure.finite import gradient_check
 from ..measure.hooks import Hooks
 from ..measure.probes import LayerProbe
 from . import describe
-from .pending import LossBuffer, figure_rows, listed
+from .nonfinite import find
+from .options import check_names, check_options, checked_figures
+from .pending import Between, transfer
 from .recording import Recording
-from .watch import Watch
+from .scaler import ScalerWatch
+from .watch import KINDS, Watch
 
-ON_PROBLEM = ("warn", "raise", None)
+__all__ = ["Monitor", "check_options"]
 COMPILED_NOTE = ("torch.compile'd model: delta_norm and the activation columns are left empty (they need hooks "
                  "inside the compiled graph, which would break it); gradient, weight and update columns are exact, "
                  "layers in definition order")
-_METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")
 
 
 class Monitor:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, out="runs",
                  name: str | None = None, every=10, on_problem: str | None = "warn", layers=None,
                  activations: bool = True, plots: bool = True, steps: int | None = None,
-                 clip_norm: float | None = None, clip_value: float | None = None, *, recording: Recording | None = None):
+                 clip_norm: float | None = None, clip_value: float | None = None, *, scaler=None,
+                 check_gradients: bool = True, recording: Recording | None = None):
         """model: any torch.nn.Module. optimizer: optional; with it, update_ratio and the gradient
         norm after clipping are recorded and only optimizer steps count. out/name: the run directory
         is out/<name>-<date>-<time>-<id> (name: the model's class). every: log every N steps (step 0
@@ -61,8 +68,12 @@ class Monitor:
         default: every module with parameters. activations: activation statistics (dead, saturated,
         unresponsive units). plots: write plots/ at close(). steps: the planned number of steps, for
         the summary. clip_norm / clip_value: the clipping your loop applies after mon.step()
-        (recorded in config.yaml; the diagnosis reads it). recording: where the rows go (`vgrad run`
-        makes its own); default: a new run directory under `out`."""
+        (recorded in config.yaml; the diagnosis reads it). scaler: the torch.amp.GradScaler of a
+        mixed-precision loop: the gradients are recorded unscaled, with the loss scale and the steps
+        it skipped (pass mon.step() the loss before scaling). check_gradients: one fused norm of
+        the gradients on steps that are not logged, to name the step of a non-finite gradient.
+        recording: where the rows go (`vgrad run` makes its own); default: a new run directory under
+        `out`. Distributed (DDP, FSDP): make a Monitor on every rank; rank 0 writes."""
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"Monitor needs a torch.nn.Module, got {type(model).__name__}")
         check_options(every, on_problem, layers)
@@ -71,7 +82,9 @@ class Monitor:
         self.clip = {"clip_norm": clip_norm, "clip_value": clip_value}
         self.step_index = 0              # the step being accumulated (optimizer steps, or step() calls)
         self.status = V.RUNNING
-        self._rank0 = _rank() == 0
+        self.rank, self.ranks = world()
+        self._rank0 = self.rank == 0
+        self.sharded = sharding(model, optimizer) is not None  # FSDP: each rank holds shards (DeepSpeed: refused)
         self._armed = self._measured = False
         self._t0 = time.perf_counter()
         # A compiled model: hooks inside its graph would break it, so δ and the activation
@@ -85,12 +98,16 @@ class Monitor:
         self.probe = LayerProbe(inner, None, activations and not self.compiled, layers=None, hooks=not self.compiled)
         self.probe.select = layers
         if layers is not None:
-            _check_names(inner, layers)
+            check_names(inner, layers)
         self.watch = Watch(on_problem)
-        self._losses = LossBuffer()   # the losses of the unlogged steps since the last logged one
+        self._between = Between()     # losses, gradient checks, skips, figures of the unlogged steps
         self._figures: dict = {}      # log_metrics() of the step being measured
-        self._pending: dict = {}      # log_metrics() of unlogged steps: step -> figures
         self._handles = Hooks()      # the optimizer's step hooks
+        self._trainable = [p for p in inner.parameters() if p.requires_grad]
+        self._stepped, self._scale = False, None
+        # skips are seen through the optimizer's steps: with an optimizer only
+        self.scaler = ScalerWatch.make(scaler, optimizer, self._scaler_update if optimizer is not None else None)
+        self._check = check_gradients and self.scaler is None  # a scaler checks every gradient itself
         self._own_recording = recording is None
         self.recording = None         # only rank 0 of a distributed run writes
         if self._rank0:
@@ -123,21 +140,27 @@ class Monitor:
         return self.recording.diverged_step if self.recording is not None else None
 
     def step(self, loss=None):
-        """After loss.backward(), before clipping and optimizer.step()."""
+        """After loss.backward(), before clipping and optimizer.step(). With a loss scaler: after
+        scaler.scale(loss).backward(), given the loss before scaling."""
         if self.status != V.RUNNING:
             raise RuntimeError(f"Monitor.step() after close() (status {self.status})")
         if not self._armed:
             if loss is not None:
-                self._losses.add(self.step_index, loss)
+                self._between.losses.add(self.step_index, loss)
             if self.optimizer is None:
+                self._check_gradients()
                 self._advance()
             return
         if self._measured and self._loss is not None:  # an earlier micro-batch of this step: checked too
-            self._losses.add(self.step_index, self._loss)
+            self._between.losses.add(self.step_index, self._loss)
         self._loss = loss
         # with an optimizer the hooks stay for the next micro-batches of this step; else they go now,
         # unless the next step is logged too (every=1): then they stay armed for it
-        self.probe.after_backward(keep_hooks=self.optimizer is not None or self._logged(self.step_index + 1))
+        self.probe.after_backward(keep_hooks=self.optimizer is not None or self._logged(self.step_index + 1), loss=loss)
+        if self.scaler is not None:  # the gradients are S times the optimizer's: divide the statistics
+            self._scale, inv = self.scaler.scale(), self.scaler.inverse()
+            if inv is not None:
+                self.probe.unscale(inv)
         self._measured = True
         if self.optimizer is None:  # no optimizer hook: the norm after your clipping is unknown (empty)
             self._finish()
@@ -148,36 +171,24 @@ class Monitor:
         lr, or any name (a new name becomes a column). Numbers or one-element tensors; tensors are read
         with the logged step's other statistics, in its one host transfer. On a step that is not
         logged they make a row of their own, written at the next logged step."""
-        figures = {}
-        for key, value in values.items():
-            if not _METRIC_NAME.fullmatch(key) or key in V.MEASURED_METRICS:
-                raise ValueError(f"log_metrics: {key!r} cannot be a metrics.csv column (vgrad measures "
-                                 f"{', '.join(V.MEASURED_METRICS)}; a name is letters, digits, _ . - /)")
-            if isinstance(value, torch.Tensor):
-                if value.numel() != 1:
-                    raise ValueError(f"log_metrics: {key} must be one number, got a tensor of shape {tuple(value.shape)}")
-                value = value.detach().reshape(())
-            elif value is not None and not isinstance(value, (int, float)):
-                raise ValueError(f"log_metrics: {key} must be a number or a one-element tensor, "
-                                 f"not {type(value).__name__}")
-            figures[key] = value
+        figures = checked_figures(values)
         if self.recording is None:
             return
         if self._armed:
             self._figures.update(figures)
         else:
-            self._pending.setdefault(self.step_index, {}).update(figures)
+            self._between.figures.setdefault(self.step_index, {}).update(figures)
 
-    def finish_step(self):
+    def finish_step(self, skipped: bool = False):
         """Record the step measured by step() now, for a step no optimizer step follows (the last one
-        of a loop; an evaluation-only pass). close() does it too."""
+        of a loop; an evaluation-only pass). close() does it too. skipped: a loss scaler skipped it."""
         if not self._measured:
             return
         self.probe.detach()
         self.probe.after_clip(clipped=self._clipped())
         self.probe.recorder = None
-        self._finish()
-        self._armed = self._measured = False  # the next optimizer step only advances the counter
+        self._armed = False  # the next optimizer step only advances the counter
+        self._finish(skipped)
 
     def close(self, status: str | None = None, **summary):
         """End the run: summary.json with the verdict, then plots. Safe to call twice. status: the
@@ -187,9 +198,12 @@ class Monitor:
             return
         stopped = None
         try:
-            self.finish_step()  # a step measured but followed by no optimizer step
-            if self.recording is not None and (len(self._losses) or self._pending):
-                self._flush()   # losses and figures of the steps since the last logged one
+            # a step measured but followed by no optimizer step (its figures are combined across
+            # ranks: not when this rank stops alone, on an exception, while the others train on)
+            if self.ranks == 1 or status in (None, V.COMPLETED, V.DIVERGED):
+                self.finish_step()
+            if self.recording is not None and self._between:
+                self._flush()   # losses, checks and figures of the steps since the last logged one
         except GradientProblem as e:  # on_problem="raise" on that last step: end the run, then raise
             stopped, status, summary["stop_reason"] = e, V.INTERRUPTED, str(e)
         finally:
@@ -197,6 +211,8 @@ class Monitor:
         self.status = status or (V.DIVERGED if self.diverged_step is not None else V.COMPLETED)
         if self.recording is not None:
             notes = self.probe.notes + ([COMPILED_NOTE] if self.compiled else [])
+            if self.scaler is not None:
+                summary.setdefault("steps_skipped", self.recording.skips.count)
             self.recording.finish(self.status, self.step_index, notes=notes, **describe.structure(self), **summary)
             if self._own_recording:
                 self.recording.write_config(describe.config(self))  # with the layers found
@@ -212,6 +228,8 @@ class Monitor:
         nothing is measured or written after this, except by close()."""
         self._handles.remove()
         self.probe.detach()
+        if self.scaler is not None:
+            self.scaler.remove()
         self._armed = self._measured = False
 
     def __enter__(self):
@@ -250,12 +268,18 @@ class Monitor:
         return (args[0], closure_then_measure, *args[2:]), kwargs
 
     def _update_begins(self):
+        self._stepped = True
         if self._measured:
             if not self._logged(self.step_index + 1):  # else the hooks stay armed for the next step
                 self.probe.detach()
             self.probe.after_clip(clipped=self._clipped())  # the norm the optimizer will apply
+            s, inv = self.probe.stats, self.scaler.inverse() if self.scaler is not None else None
+            if inv is not None and s["grad_norm_clipped"] is not s["grad_norm_total"]:
+                s["grad_norm_clipped"] = s["grad_norm_clipped"] * inv  # re-measured, still scaled (a fused optimizer)
             self.probe.recorder = None            # its layer outputs: not needed past this point
             self.probe.before_update()
+        else:
+            self._check_gradients()
 
     def _after_update(self, optimizer, args, kwargs):
         if self._measured:
@@ -264,12 +288,32 @@ class Monitor:
         self._advance()
 
     # ------------------------------------------------------------------ internals
+    def _check_gradients(self):
+        """A step that is not logged: one fused norm of every gradient, kept on the device."""
+        if self._check:
+            grads = [p.grad for p in self._trainable]
+            self._between.checks.add(self.step_index, gradient_check([local(g) for g in grads] if self.sharded else grads))
+
+    def _scaler_update(self):
+        """scaler.update(): a step under a loss scaler ends. No optimizer step since the last one:
+        the scaler skipped this step (its gradient overflowed)."""
+        stepped, self._stepped = self._stepped, False
+        if stepped:  # a fused optimizer steps anyway and skips on the device: keep its flag
+            if self.scaler.fused and self._rank0 and not self._logged(self.step_index - 1):
+                self._between.skips.add(self.step_index - 1, self.scaler.found_inf(), self.scaler.scale())
+            return
+        if self._measured:
+            self.finish_step(skipped=True)
+        elif self._rank0:
+            self._between.skips.add(self.step_index, 1.0, self.scaler.scale())
+        self._advance()
+
     def _clipped(self) -> bool | None:
         """True when the loop said it clips (the norm is measured again), else None: detected."""
         return True if any(v is not None for v in self.clip.values()) else None
 
     def _arm(self):
-        self._armed = self._rank0 and self._logged(self.step_index)  # other ranks measure nothing
+        self._armed = self._logged(self.step_index)  # on every rank: each measures its part
         self._measured = False
         self._figures, self._loss = {}, None
         if self._armed:
@@ -279,79 +323,68 @@ class Monitor:
         self.step_index += 1
         self._arm()
 
-    def _finish(self):
-        """A measured step: one host transfer, the rows, the live checks."""
-        step = self.step_index
-        device = self.probe.param_layer.device
-        extra = {}
+    def _finish(self, skipped: bool = False):
+        """A measured step: one collective across ranks, one host transfer, the rows, the checks."""
+        self._measured = False
+        step, probe = self.step_index, self.probe
+        device = probe.param_layer.device
+        # shared: the same keys on every rank, combined across ranks; own: this rank's (skips, figures)
+        shared, own = self._between.take(device, self._figures)
         if isinstance(self._loss, torch.Tensor):
-            extra["loss"] = self._loss.detach().reshape(-1)[0].float().to(device)
-        earlier_steps, earlier = self._losses.take()
-        if earlier is not None:
-            extra["recent_losses"] = earlier.to(device)
-        # the user's figures: this step's (None), and those of unlogged steps since the last logged one
-        figures = [(None, k, v) for k, v in self._figures.items()] + [
-            (s, k, v) for s, f in sorted(self._take_pending().items()) for k, v in f.items()]
-        extra.update({f"figure{i}": v.to(device) for i, (_, _, v) in enumerate(figures) if isinstance(v, torch.Tensor)})
-        host = self.probe.to_host(extra)
-        figures = [(s, k, host.get(f"figure{i}", v)) for i, (s, k, v) in enumerate(figures)]
-        earlier = list(zip(earlier_steps, listed(host.get("recent_losses", []))))
+            shared["loss"] = self._loss.detach().reshape(-1)[0].float().to(device)
+        if self.scaler is not None:
+            flag = None if skipped else self.scaler.found_inf()
+            own["skipped"] = (flag if flag is not None else torch.tensor(float(skipped))).to(device)
+            own["loss_scale"] = (self._scale if self._scale is not None else torch.tensor(float("nan"))).to(device)
+        if self.ranks > 1:
+            if self.sharded:
+                probe.stats["_w0"] = probe.w0_norm
+            probe.stats = combine({**probe.stats, **shared}, self.ranks, self.sharded, probe.view)
+            shared = {}
+        host = probe.to_host({**shared, **own})
+        if self.sharded:
+            settle(probe, host)
+        skipped = skipped or host.get("skipped", 0) > 0
+        earlier, checks, skips, figures, extra = self._between.read(host)
+        skips += [step] * skipped
         lr = self.optimizer.param_groups[0].get("lr") if self.optimizer is not None else None
         loss = host.get("loss", self._loss if isinstance(self._loss, (int, float)) else None)
         metrics = {"step": step, "loss": loss, "accuracy": None, "grad_norm_total": host["grad_norm_total"],
                    "grad_norm_clipped": host.get("grad_norm_clipped"), "eval_loss": None, "eval_accuracy": None,
                    "lr": lr if isinstance(lr, (int, float)) else None, "time_s": round(time.perf_counter() - self._t0, 4)}
+        if self.scaler is not None:  # a skipped step's gradient overflowed: no norm, no layer rows
+            metrics.update({"loss_scale": host["loss_scale"], "skipped": int(skipped)},
+                           **({"grad_norm_total": None, "grad_norm_clipped": None} if skipped else {}))
         metrics.update({k: v for s, k, v in figures if s is None})
-        rows, view = self.probe.rows(step, host), self.probe.view_rows(step, host)
+        rows, view = probe.rows(step, host), probe.view_rows(step, host)
         self._figures, self._loss = {}, None
-        if self.recording is not None:
-            self.recording.write(step, rows, metrics, self.probe.time_rows(step, host), earlier,
-                                 figure_rows(figures, earlier), view)
-        if self._rank0 and self.watch.on_problem is not None:
-            self.watch.check(step, view or rows, metrics, self.diverged_step, self.path, rows if view else None)
+        problem, rec = None, self.recording
+        if rec is not None:
+            rec.write(step, rows, metrics, probe.time_rows(step, host), earlier, extra, view, skipped=skips)
+            rec.note_nonfinite(find(step, None if skipped else host, probe, self.model, earlier, checks, set(skips)))
+            if self.watch.on_problem is not None:
+                problem = self.watch.check(step, [] if skipped else view or rows, metrics, self.diverged_step, self.path,
+                                           rows if view and not skipped else None, finding=rec.first_nonfinite,
+                                           divergence=rec.divergence)
+        self._stop(step, problem)
 
-    def _take_pending(self) -> dict:
-        pending, self._pending = self._pending, {}
-        return pending
+    def _stop(self, step: int, problem: tuple[str, str] | None):
+        """on_problem="raise": GradientProblem, on every rank of a distributed run at the same step
+        (rank 0 decides; one 1-element all-reduce), so that no rank waits forever for the others."""
+        if self.watch.on_problem != "raise":
+            return
+        if self.ranks > 1:
+            code = agree(KINDS.index(problem[0]) + 1 if problem else 0, self.probe.param_layer.device)
+            if code and problem is None:
+                problem = (KINDS[code - 1], f"vgrad: rank 0 found {KINDS[code - 1]} at step {step}: every rank stops")
+        if problem is not None:
+            raise GradientProblem(problem[0], step, problem[1])
 
     def _flush(self):
-        """At close(): the losses of the steps since the last logged one (a non-finite one is the
-        run's divergence) and the figures logged on them, in one host transfer."""
-        steps, losses = self._losses.take()
-        figures = [(s, k, v) for s, f in sorted(self._take_pending().items()) for k, v in f.items()]
-        tensors = [v for _, _, v in figures if isinstance(v, torch.Tensor)]
-        parts = ([losses] if losses is not None else []) + tensors
-        flat = torch.cat([t.detach().double().reshape(-1).cpu() for t in parts]).tolist() if parts else []
-        earlier = list(zip(steps, flat))
-        values = iter(flat[len(steps):])
-        figures = [(s, k, next(values) if isinstance(v, torch.Tensor) else v) for s, k, v in figures]
-        self.recording.check(earlier, figure_rows(figures, earlier))
-
-
-def check_options(every, on_problem, layers) -> None:
-    """Monitor's options that can be wrong before there is a model (framework callbacks check them
-    when they are made, not at the start of training)."""
-    if not callable(every) and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
-        raise ValueError(f"every must be an integer >= 1 or a function step -> bool, got {every!r}")
-    if on_problem not in ON_PROBLEM:
-        raise ValueError(f"on_problem must be 'warn', 'raise' or None, got {on_problem!r}")
-    if layers is not None and not isinstance(layers, (list, tuple, dict)):
-        raise ValueError("layers must be a list of module names or a {row name: [module names]} dict")
-
-
-def _check_names(model, layers) -> None:
-    """Every name in layers= must be a module of the model, or a prefix of some: else ValueError now,
-    before a run directory exists, not at the first step."""
-    names = [n for n, _ in model.named_modules() if n]
-    wanted = [p for v in layers.values() for p in ([v] if isinstance(v, str) else v)] if isinstance(layers, dict) else list(layers)
-    for w in wanted:
-        if not any(n == w or n.startswith(str(w).rstrip(".") + ".") for n in names):
-            close = [n for n in names if str(w) in n][:5] or names[:8]
-            raise ValueError(f"layers: {w!r} is not a module of {type(model).__name__}; modules are named like: "
-                             + ", ".join(close))
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        """At close(): the losses and gradient checks of the steps since the last logged one (a
+        non-finite one is the run's divergence, or its first non-finite value), the steps a loss
+        scaler skipped and the figures logged on them, in one host transfer. This rank's own."""
+        shared, own = self._between.take(torch.device("cpu"))
+        earlier, checks, skips, _, rows = self._between.read(transfer({**shared, **own}))
+        self.recording.check(earlier, rows, skips)
+        self.recording.note_nonfinite(find(self.step_index, None, self.probe, self.model, earlier, checks, set(skips), True))

@@ -1,6 +1,7 @@
 """What waits for the next logged step: the losses of the steps in between (checked there for a
-non-finite value, with no work and no host synchronisation before), and the figures the user logged
-on them (Monitor.log_metrics)."""
+non-finite value, with no work and no host synchronisation before), the fused norms of their
+gradients (Monitor's check_gradients), the steps a loss scaler skipped, and the figures the user
+logged on them (Monitor.log_metrics)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,92 @@ def figure_rows(figures: list[tuple], losses: list[tuple]) -> list[dict]:
         if step is not None:
             rows.setdefault(step, {"step": step, "loss": loss.get(step)})[key] = value
     return [rows[s] for s in sorted(rows)]
+
+
+class SkipBuffer:
+    """The steps a loss scaler skipped between two logged ones (monitor/scaler.py): (step, flag,
+    scale). The flag is 1 when the host knows (the optimizer did not step), else the scaler's device
+    tensor (a fused optimizer skips on the device), read with the next logged step's transfer."""
+
+    def __init__(self):
+        self.items: list = []
+
+    def add(self, step: int, flag, scale):
+        self.items.append((step, flag, scale))
+
+    def take(self, device) -> tuple[list[int], dict]:
+        """(steps, {"recent_skipped": flags, "recent_skip_scales": scales}) as device tensors; empties."""
+        items, self.items = self.items, []
+        if not items:
+            return [], {}
+
+        def column(values):
+            return torch.stack([torch.as_tensor(float("nan") if v is None else v, dtype=torch.float64, device=device)
+                                .reshape(()) for v in values])
+        return [s for s, _, _ in items], {"recent_skipped": column([f for _, f, _ in items]),
+                                          "recent_skip_scales": column([c for _, _, c in items])}
+
+
+def skip_rows(steps: list[int], host: dict, losses: list[tuple]) -> list[dict]:
+    """metrics.csv rows of the unlogged steps a loss scaler skipped (flag > 0)."""
+    loss = dict(losses)
+    flags, scales = listed(host.get("recent_skipped", [])), listed(host.get("recent_skip_scales", []))
+    return [{"step": s, "loss": loss.get(s), "loss_scale": c if c == c else None, "skipped": 1}
+            for s, f, c in zip(steps, flags, scales) if f > 0]
+
+
+def merged(*lists: list[dict]) -> list[dict]:
+    """Rows of several sources for the same unlogged steps, one row per step, in step order."""
+    rows: dict = {}
+    for row in (r for rs in lists for r in rs):
+        rows.setdefault(row["step"], {}).update({k: v for k, v in row.items() if v is not None or k not in rows[row["step"]]})
+    return [rows[s] for s in sorted(rows)]
+
+
+def transfer(items: dict) -> dict:
+    """Tensors to the host in one copy: {name: float} for one value, {name: [floats]} otherwise."""
+    parts = {k: v.detach().double().reshape(-1).cpu() for k, v in items.items()}
+    flat = torch.cat(list(parts.values())).tolist() if parts else []
+    out, at = {}, 0
+    for k, v in parts.items():
+        out[k] = flat[at] if items[k].dim() == 0 else flat[at:at + v.numel()]
+        at += v.numel()
+    return out
+
+
+class Between:
+    """What the steps since the last logged one leave for the next (or for close()). take() hands
+    their tensors over for the logged step's transfer: `shared` ones the ranks of a distributed run
+    combine (losses, gradient checks), and this rank's `own` (skips, figures); read() turns the
+    host's values back into (step, value) pairs and metrics.csv rows."""
+
+    def __init__(self):
+        self.losses, self.checks, self.skips = LossBuffer(), LossBuffer(), SkipBuffer()
+        self.figures: dict = {}  # step -> {name: value}
+        self._taken: tuple = ()
+
+    def __bool__(self):
+        return bool(len(self.losses) or len(self.checks) or self.skips.items or self.figures)
+
+    def take(self, device, current: dict | None = None) -> tuple[dict, dict]:
+        """(shared, own) device tensors. current: the logged step's own figures (step None)."""
+        loss_steps, losses = self.losses.take()
+        check_steps, checks = self.checks.take()
+        skip_steps, own = self.skips.take(device)
+        figures = [(None, k, v) for k, v in (current or {}).items()] + [
+            (s, k, v) for s, f in sorted(self.figures.items()) for k, v in f.items()]
+        self.figures = {}
+        own.update({f"figure{i}": v for i, (_, _, v) in enumerate(figures) if isinstance(v, torch.Tensor)})
+        shared = {k: v for k, v in (("recent_losses", losses), ("recent_grad_checks", checks)) if v is not None}
+        self._taken = (loss_steps, check_steps, skip_steps, figures)
+        return {k: v.to(device) for k, v in shared.items()}, {k: v.to(device) for k, v in own.items()}
+
+    def read(self, host: dict) -> tuple[list, list, list, list, list]:
+        """(earlier (step, loss), checks (step, value), skipped steps, figures (step or None, name,
+        value), metrics.csv rows of the unlogged steps) from the values take() handed over."""
+        loss_steps, check_steps, skip_steps, figures = self._taken
+        earlier = list(zip(loss_steps, listed(host.get("recent_losses", []))))
+        checks = list(zip(check_steps, listed(host.get("recent_grad_checks", []))))
+        skips = [s for s, f in zip(skip_steps, listed(host.get("recent_skipped", []))) if f > 0]
+        figures = [(s, k, host.get(f"figure{i}", v)) for i, (s, k, v) in enumerate(figures)]
+        return earlier, checks, skips, figures, merged(figure_rows(figures, earlier), skip_rows(skip_steps, host, earlier))

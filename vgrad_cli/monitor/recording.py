@@ -11,6 +11,10 @@ already NaN), and the step that went non-finite is written when it was logged: t
 the evidence. A recording that can be replayed (`vgrad run`: the run is trained again from its seed)
 leaves that step to the replay when the step before it is missing, so that the tables end with the
 last finite step and the non-finite one, in order.
+
+Skipped steps. A step a loss scaler skipped (its gradient overflowed; monitor/scaler.py) leaves a
+metrics.csv row that says so and no layer rows; its loss, finite or not, is no divergence, unless
+the skips persist: then the run diverged at the first of them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from .. import vocab as V
 from ..rundir.files import RunWriter
+from .scaler import PERSISTENT_SKIPS, SkipStreak
 
 
 def versions() -> dict:
@@ -64,6 +69,9 @@ class Recording:
         self.first = self.last = None  # (rows, metrics, time rows) of the first / last finite step written
         self.last_eval: dict = {}      # the last finite row with held-out figures
         self.max_total: float | None = None
+        self.first_nonfinite: dict | None = None  # where a NaN first appeared (monitor/nonfinite.py)
+        self.skips = SkipStreak()
+        self.divergence: str | None = None  # what the divergence was, when not a non-finite loss
 
     def write_config(self, config: dict):
         self.writer.write_config(config)
@@ -75,12 +83,18 @@ class Recording:
 
     # ------------------------------------------------------------------ a logged step
     def write(self, step: int, rows: list[dict], metrics: dict, time_rows: list[dict] | None = None,
-              earlier: list[tuple[int, float]] = (), extra_rows: list[dict] = (), view: list[dict] | None = None) -> None:
+              earlier: list[tuple[int, float]] = (), extra_rows: list[dict] = (), view: list[dict] | None = None,
+              skipped: list[int] = ()) -> None:
         """One logged step: its layers.csv rows, metrics.csv row and time.csv rows. earlier: (step,
         loss) of the steps since the previous logged one; extra_rows: metrics.csv rows of those steps
-        (the user's own figures), written before this step's. view: blocks.csv rows, for a model with
-        repeated blocks: then the summary's figures, on_log and the verdict read them."""
-        self.check([*earlier, (step, metrics.get("loss"))], extra_rows)
+        (the user's own figures, skipped steps), written before this step's. view: blocks.csv rows,
+        for a model with repeated blocks: then the summary's figures, on_log and the verdict read
+        them. skipped: the steps a loss scaler skipped among these."""
+        self.check([*earlier, (step, metrics.get("loss"))], extra_rows, skipped)
+        if metrics.get("skipped"):  # its gradient overflowed: the metrics row says so, no layer rows
+            if self.last_written < step and (self.diverged_step is None or step <= self.diverged_step):
+                self._append_metrics([metrics])
+            return
         if step <= self.last_written:  # already in the tables (a replay measures its way up to the new steps)
             return
         if self.diverged_step is not None and (step > self.diverged_step or (
@@ -111,10 +125,17 @@ class Recording:
         if self.on_log is not None:
             self.on_log(step, metrics, rows)
 
-    def check(self, losses: list[tuple[int, float]], extra_rows: list[dict] = ()) -> None:
+    def check(self, losses: list[tuple[int, float]], extra_rows: list[dict] = (), skipped: list[int] = ()) -> None:
         """The non-finite check of (step, loss) pairs, in step order: the first non-finite one is the
-        run's divergence. extra_rows: metrics.csv rows of unlogged steps, kept up to that step."""
-        bad = next((s for s, loss in losses if not _finite(loss)), None)
+        run's divergence (not on a step a loss scaler skipped, unless skips persist). extra_rows:
+        metrics.csv rows of unlogged steps, kept up to that step."""
+        bad = next((s for s, loss in losses if not _finite(loss) and s not in skipped), None)
+        for s in sorted(skipped):
+            start = self.skips.add(s)
+            if start is not None and (bad is None or start < bad) and self.diverged_step is None:
+                bad = start
+                self.divergence = (f"the loss scaler skipped {PERSISTENT_SKIPS} steps in a row from step {start}: "
+                                   "the gradient is non-finite at every scale")
         if bad is not None and self.diverged_step is None:
             self.diverged_step = bad
         kept = [r for r in extra_rows if r["step"] > self.last_written and
@@ -128,6 +149,11 @@ class Recording:
         if new:  # the user's own figures (Monitor.log_metrics): the table gains their columns
             self._metrics.widen(list(dict.fromkeys(new)))
         self._metrics.append(rows)
+
+    def note_nonfinite(self, finding: dict | None) -> None:
+        """Where a NaN first appeared: the earliest finding is kept."""
+        if finding is not None and (self.first_nonfinite is None or finding["step"] < self.first_nonfinite["step"]):
+            self.first_nonfinite = finding
 
     def add_table(self, name: str, columns: list[str], rows: list[dict]):
         """A table only the caller measures (vgrad run's layers_float64.csv, init_spread.csv)."""
@@ -166,6 +192,8 @@ class Recording:
                                    "grad_norm_ratio": first_last_ratio(float64, "grad_norm", self.kind)}
         if first_t:
             out["time_profile"] = sample_profile(first_t, last_t)
+        if self.first_nonfinite is not None:
+            out["first_nonfinite"] = self.first_nonfinite
         if error is not None:
             out["error"] = f"{type(error).__name__}: {error}"
             out["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__, limit=8))

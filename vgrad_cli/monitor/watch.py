@@ -1,7 +1,9 @@
 """Warnings during training: the verdict's rules applied to each logged step as it arrives.
 
 Each kind of problem is reported once, the first time it shows, with its evidence: one line on
-stderr ("warn"), or GradientProblem ("raise") so that a script or a sweep can stop early.
+stderr ("warn"), or GradientProblem ("raise") so that a script or a sweep can stop early (the
+Monitor raises it, on every rank of a distributed run at once). A non-finite gradient while the loss
+is still finite is a problem of its own (`nonfinite`): the next update makes the weights NaN.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import sys
 from ..analysis.indicators import THRESHOLDS
 from ..analysis.across import GRAD, judged, readings
 from ..analysis.verdict import EXPLODING_RATIO, GROWTH, VANISHING_RATIO
-from ..errors import GradientProblem
+
+KINDS = ("vanishing", "exploding", "dying", "diverged", "nonfinite")  # GradientProblem.kind
 
 
 def _finite(v) -> bool:
@@ -27,13 +30,21 @@ class Watch:
         self.first_total: float | None = None
 
     def problems(self, step: int, rows: list[dict], metrics: dict, diverged_step: int | None,
-                 modules: list[dict] | None = None) -> list[tuple[str, str]]:
+                 modules: list[dict] | None = None, finding: dict | None = None,
+                 divergence: str | None = None) -> list[tuple[str, str]]:
         """(kind, evidence) of every problem this step shows. rows: the run's view (block rows of a
-        model with repeated blocks); modules: its module rows, when they differ."""
+        model with repeated blocks); modules: its module rows, when they differ. finding: the run's
+        first non-finite value (monitor/nonfinite.py); divergence: what the divergence was, when not
+        a non-finite loss."""
         found = []
+        said = finding["message"].removeprefix(f"step {step}: ") if finding is not None else ""  # the step is said already
+        where = f"; {said}" if finding is not None else ""
         if diverged_step is not None:
-            found.append(("diverged", f"the loss became non-finite at step {diverged_step} "
-                                      "(a learning rate too large? clip the gradient, lower the rate or warm it up)"))
+            what = divergence or f"the loss became non-finite at step {diverged_step}"
+            found.append(("diverged", f"{what}{where} (a learning rate too large? clip the gradient, lower the rate or warm it up)"))
+        elif finding is not None and finding.get("finite_loss"):
+            found.append(("nonfinite", f"{said} (the next update makes the weights non-finite: "
+                                       "a sqrt or log at 0, a division by a std of 0?)"))
         # every stack of a block view, its first and last trainable blocks (the verdict's readings:
         # analysis/across.py); module rows: their ends; where δ is not measured (compiled): grad_norm
         low, high = judged(readings(rows))
@@ -59,17 +70,21 @@ class Watch:
         return found
 
     def check(self, step: int, rows: list[dict], metrics: dict, diverged_step: int | None, path,
-              modules: list[dict] | None = None) -> None:
-        for kind, evidence in self.problems(step, rows, metrics, diverged_step, modules):
+              modules: list[dict] | None = None, **found) -> tuple[str, str] | None:
+        """Warn of each new problem ("warn"); or return the first new one, (kind, message), for the
+        Monitor to raise ("raise"). found: problems()'s finding and divergence."""
+        for kind, evidence in self.problems(step, rows, metrics, diverged_step, modules, **found):
             if kind in self.seen:
                 continue
             self.seen.add(kind)
-            label = {"dying": "dying units", "diverged": "divergence"}.get(kind, f"{kind} gradients")
+            label = {"dying": "dying units", "diverged": "divergence", "nonfinite": "non-finite gradient"}.get(
+                kind, f"{kind} gradients")
             message = f"vgrad: {label} at step {step}: {evidence}" + (f" (details: vgrad diagnose {path})" if path else "")
             if self.on_problem == "raise":
-                raise GradientProblem(kind, step, message)
+                return kind, message
             if self.on_problem == "warn":
                 _warn(message)
+        return None
 
 
 def _said(r: dict) -> str:

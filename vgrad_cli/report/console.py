@@ -312,6 +312,10 @@ def status_phrases(summary: dict) -> list[str]:
     diverged = status == V.DIVERGED
     steps = f"{'?' if done is None else done}" + (f"/{planned}" if planned is not None else "")  # Monitor: no plan
     parts = [f"{status}, {steps} steps" + (f" (non-finite loss at step {summary.get('diverged_step')})" if diverged else "")]
+    if isinstance(summary.get("first_nonfinite"), dict):  # where the first NaN or infinity appeared
+        parts.append(summary["first_nonfinite"].get("message", ""))
+    if summary.get("steps_skipped"):
+        parts.append(f"{summary['steps_skipped']} step(s) skipped by the loss scaler")
     if summary.get("final_loss") is not None:
         what = "last finite loss" if diverged else "final loss"
         base = summary.get("baseline_loss")

@@ -83,7 +83,8 @@ def replay(cfg, task, device, mon: Monitor, detected: int) -> None:
     """Train the run again from its seed up to `detected`, the logged step that found its first
     non-finite loss, writing the step before it and that step through the same recording. Steps up to the last one
     written are measured exactly as the first time (a recurrent net's logged steps run unfused
-    cells, which round differently) and not written again. Should the replay's rounding move the
+    cells, which round differently) and not written again. The non-finite step, measured, names the
+    module where the first NaN or infinity appeared (summary.json's first_nonfinite). Should the replay's rounding move the
     blow-up, every step from then on is written until it comes. Costs one run up to that step, paid
     only by a run that diverged."""
     rec = mon.recording
@@ -92,14 +93,16 @@ def replay(cfg, task, device, mon: Monitor, detected: int) -> None:
     original = logged_steps(cfg)
     tr = Trainer(cfg, task, device)
     again = Monitor(tr.model, tr.optimizer, every=lambda s: original(s) if s <= last_written else s >= start,
-                    on_problem=None, activations=cfg.log.activations, plots=False, recording=rec)
-    rec.diverged_step = None  # found again, where this training finds it
+                    on_problem=None, activations=cfg.log.activations, plots=False, check_gradients=False, recording=rec)
+    found = rec.first_nonfinite  # from a later step; the replay measures the step itself: the module
+    rec.diverged_step, rec.first_nonfinite = None, None  # found again, where this training finds them
     try:
         train(cfg, tr, again, until=detected, replay_after=last_written)
     finally:
         again.remove()
     if rec.diverged_step is None:  # the replay stayed finite up to the step that first showed it: keep that step
         rec.diverged_step = first_bad
+    rec.first_nonfinite = rec.first_nonfinite or found
 
 
 def step0(cfg, task, device, dtype=torch.float32) -> tuple[list[dict], list[dict]]:

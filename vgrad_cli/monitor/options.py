@@ -1,0 +1,56 @@
+"""Monitor's options that can be wrong before there is a model, checked when it (or a framework
+callback) is made: one clear message, before a run directory exists."""
+
+from __future__ import annotations
+
+import re
+
+from .. import vocab as V
+from ..measure.distributed import clean_name
+
+ON_PROBLEM = ("warn", "raise", None)
+_METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")
+
+
+def check_options(every, on_problem, layers) -> None:
+    """Monitor's options that can be wrong before there is a model (framework callbacks check them
+    when they are made, not at the start of training)."""
+    if not callable(every) and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+        raise ValueError(f"every must be an integer >= 1 or a function step -> bool, got {every!r}")
+    if on_problem not in ON_PROBLEM:
+        raise ValueError(f"on_problem must be 'warn', 'raise' or None, got {on_problem!r}")
+    if layers is not None and not isinstance(layers, (list, tuple, dict)):
+        raise ValueError("layers must be a list of module names or a {row name: [module names]} dict")
+
+
+def check_names(model, layers) -> None:
+    """Every name in layers= must be a module of the model, or a prefix of some: else ValueError now,
+    before a run directory exists, not at the first step."""
+    names = [clean_name(n) for n, _ in model.named_modules() if clean_name(n)]
+    wanted = [p for v in layers.values() for p in ([v] if isinstance(v, str) else v)] if isinstance(layers, dict) else list(layers)
+    for w in wanted:
+        if not any(n == w or n.startswith(str(w).rstrip(".") + ".") for n in names):
+            close = [n for n in names if str(w) in n][:5] or names[:8]
+            raise ValueError(f"layers: {w!r} is not a module of {type(model).__name__}; modules are named like: "
+                             + ", ".join(close))
+
+
+def checked_figures(values: dict) -> dict:
+    """Monitor.log_metrics' figures: names that can be metrics.csv columns, values that are numbers
+    or one-element tensors (detached, 0-d)."""
+    import torch
+
+    figures = {}
+    for key, value in values.items():
+        if not _METRIC_NAME.fullmatch(key) or key in V.MEASURED_METRICS:
+            raise ValueError(f"log_metrics: {key!r} cannot be a metrics.csv column (vgrad measures "
+                             f"{', '.join(V.MEASURED_METRICS)}; a name is letters, digits, _ . - /)")
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"log_metrics: {key} must be one number, got a tensor of shape {tuple(value.shape)}")
+            value = value.detach().reshape(())
+        elif value is not None and not isinstance(value, (int, float)):
+            raise ValueError(f"log_metrics: {key} must be a number or a one-element tensor, "
+                             f"not {type(value).__name__}")
+        figures[key] = value
+    return figures
