@@ -49,6 +49,7 @@ class Recording:
         self.path: Path = self.writer.path
         self.kind = (config.get("model") or {}).get("kind")
         self.on_log, self.replayable = on_log, replayable
+        self.tracking = None  # trackers (Monitor's log_to): fed every finite step written, told the verdict
         self.write_config(config)
         start = {"schema_version": V.SCHEMA_VERSION, "name": name, "source": config.get("source", V.SOURCE_RUN),
                  "status": V.RUNNING, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
@@ -103,6 +104,8 @@ class Recording:
             self.last_eval = metrics
         if self.on_log is not None:
             self.on_log(step, metrics, rows)
+        if self.tracking is not None:  # the rows a tracker gets are these: the run's view
+            self.tracking.log(step, metrics, rows)
 
     def check(self, losses: list[tuple[int, float]], extra_rows: list[dict] = ()) -> None:
         """The non-finite check of (step, loss) pairs, in step order: the first non-finite one is the
@@ -173,6 +176,8 @@ class Recording:
                 raise
             # a run that failed may have left tables no verdict can read: its error is what matters
         self.writer.write_summary(self.summary)
+        if self.tracking is not None:
+            self.tracking.finish(self.summary)
         return self.summary
 
 
