@@ -57,9 +57,8 @@ def _comparison(runs: list[Run], tmp: Path) -> str:
     data = build(runs, ["first", "last"])
     laid = blocks(data) if len(runs) <= 4 else compact_blocks(data)
     toc = "".join(f'<li><a href="#run-{i}">{label(i)}: {esc(r.name)}</a></li>' for i, r in enumerate(runs))
-    return ("<h2>Comparison</h2>" + block(laid[-1]) + "".join(block(b) for b in laid[:-1])
-            + figure(compare_plot(runs, tmp / "compare.png"), "the runs side by side (first step dashed, last solid)")
-            + f"<nav><h3>Runs</h3><ul>{toc}</ul></nav>")
+    return (f"<h2>Comparison</h2><nav><ul>{toc}</ul></nav>" + block(laid[-1]) + "".join(block(b) for b in laid[:-1])
+            + figure(compare_plot(runs, tmp / "compare.png"), "the runs side by side (first step dashed, last solid)"))
 
 
 def _run_section(run: Run, i: int, n: int, tmp: Path) -> str:

@@ -37,7 +37,8 @@ pre { white-space: pre-wrap; overflow-wrap: anywhere; background: var(--bg-alt);
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: .9em; }
 th, td { padding: 3px 9px; border-bottom: 1px solid var(--line); text-align: right; vertical-align: top; }
 th { background: var(--bg-alt); font-weight: 600; white-space: pre-line; }
-td { white-space: nowrap; } td.t, th.t { text-align: left; } td.w { white-space: normal; min-width: 12em; }
+td { white-space: nowrap; } td.t, th.t { text-align: left; } td.t { white-space: normal; }
+td.w { min-width: 12em; }  /* numbers stay on one line; text wraps between words (a layer's name has none) */
 tr:nth-child(even) td { background: #fafbfc; }
 .bar { display: inline-block; height: .7em; background: #4a78b5; border-radius: 2px; vertical-align: middle; }
 .present { color: #c62828; font-weight: 600; } .absent { color: #2e7d32; } .not-measurable { color: var(--muted); }
@@ -50,6 +51,7 @@ nav ul { padding-left: 1.2em; } .caption { font-size: .85em; color: var(--muted)
   table.stack, table.stack tbody, table.stack tr, table.stack td { display: block; width: 100%; }
   table.stack thead { display: none; } table.stack tr { border-bottom: 1px solid var(--line); padding: 4px 0; }
   table.stack td { border: none; text-align: left; white-space: normal; min-width: 0; padding: 1px 4px; }
+  table.stack td:not(:last-child) { display: inline; width: auto; }  /* the short cells on one line, the prose below */
   table.stack tr:nth-child(even) td { background: none; }
 }
 @media print {
