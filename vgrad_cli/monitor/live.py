@@ -22,6 +22,7 @@ from .watch import Watch
 
 EIGHTHS = " ▏▎▍▌▋▊▉█"
 BAR = 12  # characters: two bars, two numbers and a name fit in 80 columns
+VERDICT_WAIT = 5.0  # seconds a finished run's verdict may take to follow its status
 
 
 class Follower:
@@ -34,6 +35,7 @@ class Follower:
         self.watch = Watch(None)
         self.warnings: list[str] = []
         self.seen_step = -1
+        self.ended_at: float | None = None  # when the status was first seen final
 
     def poll(self) -> bool:
         """Read the run again if any of its files changed; True when it did."""
@@ -61,7 +63,12 @@ class Follower:
 
     @property
     def ended(self) -> bool:
-        return self.run is not None and self.run.status != V.RUNNING
+        """The status is final and the verdict is in (summary.json is written twice at the end: the
+        figures, then the verdict read back from the tables), or has not come for VERDICT_WAIT s."""
+        if self.run is None or self.run.status == V.RUNNING:
+            return False
+        self.ended_at = self.ended_at or time.monotonic()
+        return self.run.summary.get("verdict") is not None or time.monotonic() - self.ended_at > VERDICT_WAIT
 
     @property
     def step(self) -> int | None:
@@ -110,10 +117,10 @@ def view(f: Follower, height: int | None = None):
     from ..report.html_parts import log_range
 
     run, step = f.run, f.step
-    parts = [Text.from_markup(f"[bold]{escape(run.name)}[/]  {escape(run.status)}  {escape(headline(f))}")]
+    parts = [Text.from_markup(f"[bold]{escape(run.name)}[/]  {escape(run.status)}"), Text(headline(f))]
     if step is not None:
         rows = run.layer_rows(step)
-        budget = max(4, (height or 10_000) - 6 - min(3, len(f.warnings)))
+        budget = max(4, (height or 10_000) - 7 - min(3, len(f.warnings)))
         shown = rows if len(rows) <= budget else [rows[round(i * (len(rows) - 1) / (budget - 1))] for i in range(budget)]
         t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
         t.add_column("layer", justify="right")
