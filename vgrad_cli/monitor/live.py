@@ -106,7 +106,12 @@ def headline(f: Follower, step: int | None = None) -> str:
     return "  ".join(parts)
 
 
-def view(f: Follower, height: int | None = None):
+def _short(name: str, width: int) -> str:
+    """A module path cut from the left: its end tells the rows apart (…h.3.attn.c_proj)."""
+    return name if len(name) <= width else "…" + name[len(name) - width + 1:]
+
+
+def view(f: Follower, height: int | None = None, width: int = 80):
     """The rich renderable of the latest logged step: headline, rows with bars, warnings."""
     from rich.console import Group
     from rich.markup import escape
@@ -124,7 +129,8 @@ def view(f: Follower, height: int | None = None):
         shown = rows if len(rows) <= budget else [rows[round(i * (len(rows) - 1) / (budget - 1))] for i in range(budget)]
         t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
         t.add_column("layer", justify="right")
-        t.add_column("name", overflow="fold", max_width=24)
+        t.add_column("name", no_wrap=True)
+        fit = max(8, width - 63)  # what the numbers and bars leave of a line: a row stays one line
         for col in ("grad_norm", "delta_norm"):
             t.add_column(col, justify="right")
             t.add_column("", min_width=BAR, no_wrap=True)
@@ -135,7 +141,7 @@ def view(f: Follower, height: int | None = None):
             for col in ("grad_norm", "delta_norm"):
                 lost = underflowed(rows, i, col)
                 cells += [BELOW_SHORT if lost else fmt(r.get(col)), "" if lost else _bar(r.get(col), *ranges[col])]
-            t.add_row(str(r["layer"]), escape(str(r["name"])), *cells)
+            t.add_row(str(r["layer"]), escape(_short(str(r["name"]), fit)), *cells)
         parts.append(t)
         if len(shown) < len(rows):
             parts.append(Text(f"{len(shown)} of {len(rows)} rows (evenly spaced; a taller terminal shows more)", style="dim"))
@@ -156,7 +162,7 @@ def follow(path: Path, once: bool = False, interval: float = 1.0) -> None:
     f = Follower(Path(path))
     f.poll()
     if once:
-        console.print(view(f))
+        console.print(view(f, width=console.width))
         return
     try:
         if console.is_terminal:
@@ -170,11 +176,11 @@ def follow(path: Path, once: bool = False, interval: float = 1.0) -> None:
 def _redraw(console, f: Follower, interval: float) -> None:
     from rich.live import Live
 
-    with Live(view(f, console.height), console=console, auto_refresh=False, transient=False) as live:
+    with Live(view(f, console.height, console.width), console=console, auto_refresh=False, transient=False) as live:
         while not f.ended:
             time.sleep(interval)
             if f.poll():
-                live.update(view(f, console.height), refresh=True)
+                live.update(view(f, console.height, console.width), refresh=True)
 
 
 def _lines(console, f: Follower, interval: float) -> None:
