@@ -131,6 +131,7 @@ def transformer_run(out: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- the report
+@pytest.mark.slow
 def test_the_browser_check_catches_a_blank_page_and_a_console_error(tmp_path):
     blank, broken = tmp_path / "blank.html", tmp_path / "broken.html"
     blank.write_text("<!DOCTYPE html><html><body></body></html>")

@@ -24,8 +24,7 @@ def export(
     experiment: str = typer.Option("vgrad", "--experiment", help="mlflow: the experiment (made if missing)"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where run names are looked up"),
 ):
-    """Send finished runs to TensorBoard, MLflow or W&B: vgrad/<column>/<row> per logged step, the
-    warnings and the verdict as text (the same as Monitor(log_to=...) while training)."""
+    """Send finished runs to TensorBoard, MLflow or W&B: what Monitor(log_to=...) sends while a run trains."""
     from ..errors import UsageError
     from ..monitor.export import export as send
     from ..report.console import make_console

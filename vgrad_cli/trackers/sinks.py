@@ -22,14 +22,18 @@ def need(module: str, extra: str):
         raise ImportError(f"sending to {extra} needs {module.split('.')[0]}: pip install 'vgrad[{extra}]'") from e
 
 
-class _Texts:
-    """A tracker that keeps one value per text tag (a W&B summary key, an MLflow artifact): each new
-    warning is added to the ones before it, one line each, with its step."""
+class TextLog:
+    """For a tracker that keeps one value per text tag (a W&B summary key, an MLflow artifact): each
+    new warning is added to the ones before it, one line each, with its step; the verdict replaces."""
 
-    def _joined(self, step: int, tag: str, text: str) -> str:
-        lines = self.__dict__.setdefault("_lines", {}).setdefault(tag, [])
-        lines.append(text if tag == V.TRACKER_VERDICT else f"step {step}: {text}")
-        return "\n".join(lines[-1:] if tag == V.TRACKER_VERDICT else lines)
+    def __init__(self):
+        self.lines: dict[str, list[str]] = {}
+
+    def add(self, step: int, tag: str, text: str) -> str:
+        if tag == V.TRACKER_VERDICT:
+            return text
+        self.lines.setdefault(tag, []).append(f"step {step}: {text}")
+        return "\n".join(self.lines[tag])
 
 
 class TensorBoardSink:
@@ -58,7 +62,7 @@ class TensorBoardSink:
             self.writer.close()
 
 
-class WandbSink(_Texts):
+class WandbSink:
     """A W&B run (the active one by default): every vgrad/* key against vgrad/step, so that the
     user's own wandb.log() calls keep their step and neither drops the other's rows; texts go into
     the run's summary (vgrad/verdict, vgrad/warnings)."""
@@ -68,6 +72,7 @@ class WandbSink(_Texts):
         self.run = run if run is not None else wandb.run
         if self.run is None:
             raise ValueError("log_to='wandb' sends to the active W&B run: call wandb.init(...) first")
+        self.texts = TextLog()
         self.run.define_metric(V.TRACKER_STEP)
         self.run.define_metric(f"{V.TRACKER_PREFIX}/*", step_metric=V.TRACKER_STEP)
 
@@ -75,13 +80,13 @@ class WandbSink(_Texts):
         self.run.log({V.TRACKER_STEP: step, **scalars})
 
     def text(self, step: int, tag: str, text: str) -> None:
-        self.run.summary[tag] = self._joined(step, tag, text)
+        self.run.summary[tag] = self.texts.add(step, tag, text)
 
     def close(self) -> None:
         pass  # the run is the user's (or export's) to finish
 
 
-class MlflowSink(_Texts):
+class MlflowSink:
     """An MLflow run (the active one by default): each logged step's figures in batches of 1000
     (log_batch's limit), at the step; texts as artifacts vgrad/verdict.txt and vgrad/warnings.txt."""
 
@@ -95,6 +100,7 @@ class MlflowSink(_Texts):
                 raise ValueError("log_to='mlflow' sends to the active MLflow run: call mlflow.start_run() first")
             run_id = run.info.run_id
         self.client, self.run_id = client or mlflow.tracking.MlflowClient(), run_id
+        self.texts = TextLog()
 
     def log(self, step: int, scalars: dict) -> None:
         from mlflow.entities import Metric
@@ -105,7 +111,7 @@ class MlflowSink(_Texts):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + self.BATCH])
 
     def text(self, step: int, tag: str, text: str) -> None:
-        self.client.log_text(self.run_id, self._joined(step, tag, text), f"{tag}.txt")
+        self.client.log_text(self.run_id, self.texts.add(step, tag, text), f"{tag}.txt")
 
     def close(self) -> None:
         pass  # the run is the user's (or export's) to end
