@@ -33,6 +33,8 @@ def export(run_dir: Path, to: str, target: str, modules: bool = False, project: 
         sink, where, end = _open(run, to, target, project, experiment)
     except ImportError as e:
         raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"cannot write to '{target}': {e.strerror or e}") from None
     tracking = Tracking([sink], modules)
     watch = Watch(None, notify=tracking.warn)
     rows = run.module_rows if modules else run.layers
@@ -71,5 +73,8 @@ def _open(run, to: str, target: str, project: str, experiment: str):
         return S.MlflowSink(client, run_id), f"{uri} run {run_id}", lambda: client.set_terminated(run_id, status)
     wandb = S.need("wandb", "wandb")
     Path(target).mkdir(parents=True, exist_ok=True)
-    wrun = wandb.init(project=project, name=run.name, dir=str(target), config=run.config, reinit="create_new")
-    return S.WandbSink(wrun), wrun.dir, wrun.finish
+    try:
+        wrun = wandb.init(project=project, name=run.name, dir=str(target), config=run.config, reinit="create_new")
+    except wandb.Error as e:  # e.g. not logged in, no terminal to ask on
+        raise UsageError(f"wandb could not start a run: {e} (without an account: WANDB_MODE=offline)") from None
+    return S.WandbSink(wrun), str(Path(wrun.dir).parent), wrun.finish
