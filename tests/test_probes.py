@@ -101,11 +101,11 @@ def test_saturation_and_dead_units_are_counted():
     model, _ = tiny("sigmoid")
     probe = LayerProbe(model, ACTIVATIONS["sigmoid"], True)
     a = torch.tensor([[[0.005, 0.5, 0.995, 0.5], [0.5, 0.5, 0.999, 0.2]]])  # (layers, batch, units)
-    s = probe._activation_stats(a)
+    s = probe.act_stats.stats(a)
     assert s["act_saturated_frac"].item() == pytest.approx(3 / 8)
     probe = LayerProbe(model, ACTIVATIONS["relu"], True)
     a = torch.tensor([[[0.0, 1.0, 0.0, 2.0], [0.0, 0.0, 3.0, 2.0]]])
-    s = probe._activation_stats(a)
+    s = probe.act_stats.stats(a)
     assert s["act_dead_frac"].item() == pytest.approx(1 / 4)  # only unit 0 is 0 for every example
     assert s["act_saturated_frac"].item() == 0.0  # relu does not saturate
     # unit 0 (always 0) and unit 3 (always 2) say the same thing for every input

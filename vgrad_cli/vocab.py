@@ -28,6 +28,14 @@ LAYER_COLUMNS = [
     "step", "layer", "name", "grad_norm", "grad_max_abs", "delta_norm", "weight_norm", "weight_drift",
     "update_ratio", "act_mean", "act_std", "act_saturated_frac", "act_dead_frac", "act_unresponsive_frac",
     "whh_spectral_radius", "whh_sigma_max",  # recurrent rows only
+    "note",  # "frozen", "tied to ...": why a row's cells are empty
+]
+# computed from a row's parameters: empty for a row that has none (frozen, tied to another's weight)
+PARAM_COLUMNS = ("grad_norm", "grad_max_abs", "weight_norm", "weight_drift", "update_ratio")
+# the block view (blocks.csv): one row per block, and the embedding and head around them
+BLOCK_COLUMNS = [
+    "step", "layer", "name", "role", "stack", "grad_norm", "grad_max_abs", "delta_norm", "weight_norm",
+    "weight_drift", "update_ratio", "note",
 ]
 METRIC_COLUMNS = [
     "step", "loss", "accuracy", "grad_norm_total", "grad_norm_clipped", "eval_loss", "eval_accuracy", "lr", "time_s",
@@ -38,7 +46,7 @@ TIME_COLUMNS = ["step", "layer", "t", "delta_norm", "cell_grad_norm"]
 SPREAD_COLUMNS = ["seed", "layer", "name", "grad_norm", "delta_norm", "act_std", "act_dead_frac"]
 # how far a layer moved and how much of it is dead or saturated: the HTML report shows them at the last step
 MOVEMENT_COLUMNS = ["weight_drift", "update_ratio", "act_dead_frac", "act_saturated_frac"]
-TEXT_COLUMNS = ("name",)                # a layer's name stays text: an nn.Sequential's are "0", "1", ...
+TEXT_COLUMNS = ("name", "note", "role", "stack")                # a layer's name stays text: an nn.Sequential's are "0", "1", ...
 INT_COLUMNS = ("step", "layer", "t")
 
 # ----------------------------------------------------------------------------- a run's status
@@ -81,11 +89,13 @@ SUMMARY_START_KEYS = [
 SUMMARY_FINAL_KEYS = [
     "status", "steps_completed", "diverged_step", "stop_signal", "stop_reason", "final_loss", "final_accuracy",
     "final_eval_loss", "final_eval_accuracy", "wall_time_s", "first_logged_step", "last_logged_step", "n_layers",
-    "grad_norm_total_growth", *RATIO_KEYS, *TIME_RATIO_KEYS, "notes", "finished_at", "verdict", "verdict_reason",
+    "grad_norm_total_growth", *RATIO_KEYS, *TIME_RATIO_KEYS, "parameters_trainable", "parameters_frozen",
+    "notes", "finished_at", "verdict", "verdict_reason",
 ]
 # only where they apply
 SUMMARY_OPTIONAL_KEYS = [
     BELOW_KEY, "float64_init", "time_profile", "init_spread", "error", "traceback",
+    "tied", "main_stack", "n_blocks",  # a Monitor run: tied parameters; the block view's main stack
 ]
 SUMMARY_KEYS = list(dict.fromkeys(SUMMARY_START_KEYS + SUMMARY_FINAL_KEYS + SUMMARY_OPTIONAL_KEYS))
 

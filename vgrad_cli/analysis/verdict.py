@@ -42,6 +42,21 @@ def underflowed(rows: list[dict], i: int, column: str = "delta_norm") -> bool:
     return not any((r.get("act_dead_frac") or 0) >= 0.999 for r in rows[i:])
 
 
+def main_blocks(rows: list[dict]) -> list[dict]:
+    """A block view's blocks the verdict reads (blocks.csv, measure/blocks.py): those of the main
+    stack — the one with the most blocks; a tie: the later one — that are not frozen (a frozen
+    block measures nothing). [] for module rows."""
+    blocks = [r for r in rows if r.get("role") == "block"]
+    if not blocks:
+        return []
+    last = {}
+    for i, r in enumerate(blocks):
+        last[r.get("stack")] = i
+    count = {s: sum(r.get("stack") == s for r in blocks) for s in last}
+    main = max(last, key=lambda s: (count[s], last[s]))
+    return [r for r in blocks if r.get("stack") == main and r.get("note") != "frozen"]
+
+
 def ends(rows: list[dict], kind: str | None = None) -> tuple[dict, dict]:
     """The two rows a ratio compares: layer 0 and the output layer. For a transformer, its first and
     last blocks: δ there is the gradient at the residual stream, the same (batch, time, width)
@@ -50,7 +65,17 @@ def ends(rows: list[dict], kind: str | None = None) -> tuple[dict, dict]:
     output row's δ is at the logits, another tensor.
     For a CNN, its first and last conv blocks: the head reads the last block's global average, so
     that block's δ is the output's spread over H·W pixels (~1/sqrt(H·W) of it), a bias unrelated to
-    depth; conv0's and the last block's δ are the same (batch, width, H, W) tensor."""
+    depth; conv0's and the last block's δ are the same (batch, width, H, W) tensor.
+    For a block view (any model with repeated blocks), the first and last trainable blocks of its
+    main stack, for the same reason; with one block, the stream entering it (the embedding row's δ)
+    and the stream leaving it."""
+    blocks = main_blocks(rows)
+    if len(blocks) >= 2:
+        return blocks[0], blocks[-1]
+    if blocks:
+        entering = next((r for r in rows if r.get("role") == "embedding"), None)
+        if entering is not None:
+            return entering, blocks[0]
     # (at least two blocks: with one, "first / last block" would be a block over itself)
     if kind == "transformer" and len(rows) >= 4:  # embedding, block0 .. block{d-1}, output
         return rows[1], rows[-2]
@@ -62,19 +87,23 @@ def ends(rows: list[dict], kind: str | None = None) -> tuple[dict, dict]:
 def ends_label(rows: list[dict], kind: str | None = None) -> str:
     """How the text names the ratio of ends(): 'layer 0/output', or e.g. 'block0/block5', 'conv0/conv11'."""
     first, last = ends(rows, kind)
-    if last is not rows[-1]:
+    if last is not rows[-1] or first.get("role"):
         return f"{first.get('name')}/{last.get('name')}"
-    return "layer 0/output"
+    return MLP_ENDS
 
 
 def factor_span(rows: list[dict], kind: str | None = None) -> tuple[list[dict], int]:
     """The rows the per-layer factor runs over (sorted by layer): from ends()'s first row on, and
     how many of them are hidden (all but the last, the output). An MLP: layer 0 .. output, depth
-    hidden; a transformer: block0 .. output, its blocks. theory's `measured` and the init spread
-    both use it, so their factors are one definition."""
+    hidden; a transformer: block0 .. output, its blocks; a block view: its main stack's blocks.
+    theory's `measured` and the init spread both use it, so their factors are one definition."""
     rows = sorted(rows, key=lambda r: r["layer"])
     if not rows:
         return [], 0
+    blocks = main_blocks(rows)
+    if len(blocks) >= 2:
+        after = [r for r in rows if r["layer"] > blocks[-1]["layer"]][:1]
+        return blocks + after, len(blocks)
     first, _ = ends(rows, kind)
     span = rows[next(i for i, r in enumerate(rows) if r is first):]
     return span, len(span) - 1

@@ -76,6 +76,7 @@ def compare(
 def show(
     run: str = typer.Argument(..., help="a run directory or a unique prefix of a run's name"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help=RUNS_DIR_HELP),
+    modules: bool = typer.Option(False, "--modules", help="one row per module (layers.csv), not per block"),
 ):
     """Print an existing run's end-of-run summary (per-layer table and verdict) without training."""
     from ..analysis.verdict import run_stats
@@ -99,7 +100,8 @@ def show(
     if r.incomplete or s.get("verdict") is None:
         s.update(_provisional_verdict(r, s))
     steps = r.steps
-    first, last = (r.layer_rows(steps[0]), r.layer_rows(steps[-1])) if steps else ([], [])
+    rows = r.module_layer_rows if modules else r.layer_rows
+    first, last = (rows(steps[0]), rows(steps[-1])) if steps else ([], [])
     print_summary(console, r.path, s, first, last)
     if r.time and steps and not s.get("time_profile"):  # print_summary showed the summary's own profile
         from ..report.compare import build, time_block

@@ -14,32 +14,14 @@ from __future__ import annotations
 import torch
 
 from ..activations import ACTIVATIONS, Activation
-from ..vocab import LAYER_COLUMNS
+from ..vocab import BLOCK_COLUMNS, LAYER_COLUMNS, PARAM_COLUMNS
 from .norms import abs_max_each, norms64, per_layer_norm
 from .recorder import Recorder  # noqa: F401  (tests and models import it from here)
 from .recurrent import spectra_layers, time_rows, whh_spectra
+from .actstats import ActivationStats
 from .hooks import Hooks
-from .layers import hook_candidates, is_activation
-
-# A unit is "unresponsive" when its output varies across the batch by less than this fraction
-# of its typical magnitude (std_b(a) <= UNRESPONSIVE_REL * mean_b|a|): it says the same thing
-# for every input.
-UNRESPONSIVE_REL = 0.01
-
-
-# Activations larger than this (elements per layer) are measured layer by layer on views instead of
-# being stacked into one copy first (a CNN's 32 x 16 x 16 x 16 activations: 131k).
-_STACK_MAX = 65536
-
-
-def _units_view(a, channel_dim: int):
-    """a as (outer, units, inner), the units on axis `channel_dim`: a view of a contiguous tensor."""
-    cd = channel_dim % a.dim()
-    outer = 1
-    for k in a.shape[:cd]:
-        outer *= k
-    return a.reshape(outer, a.shape[cd], -1)
-
+from .blocks import BlockView, block_candidates
+from .layers import FROZEN, hook_candidates, is_activation
 
 class LayerProbe:
     def __init__(self, model, activation: Activation | None, keep_activations: bool, layers=None, hooks: bool = True):
@@ -58,34 +40,47 @@ class LayerProbe:
         self.select = None
         self._hooks = Hooks()
         self._hooked_for = None  # the layer list the armed hooks were made for
-        self._scratch: dict = {}
+        self.act_stats = ActivationStats(self.default_saturation)
+        self.act_layers, self.no_saturation = [], set()
+        self.view: BlockView | None = None  # the block view, for a discovered model with repeated blocks
         if layers is None and hasattr(model, "probe_layers"):
             layers = model.probe_layers()
         self.layers: list | None = None
         if layers is not None:
             self._setup(layers)
 
-    def _setup(self, layers):
+    def _setup(self, layers, view=None):
         self.layers = layers
         self.n = len(layers)
-        self.params = [p for layer in layers for p in layer.params]
+        self.params = [p for layer in layers for p in layer.params]  # the trainable ones, each once
+        if not self.params:
+            raise ValueError("the model has no trainable parameter (every one has requires_grad=False)")
         device = self.params[0].device
         self.param_layer = torch.tensor([i for i, layer in enumerate(layers) for _ in layer.params], device=device)
-        self.weights = [layer.weight for layer in layers]
-        # Initial weights, for weight_drift = ||W_t - W_0|| / ||W_0|| (do early layers move at all?)
-        self.w0 = [w.detach().clone() for w in self.weights]
-        self.w0_norm = torch.stack(torch._foreach_norm(self.w0)).clamp_min(1e-30)
+        # main weights (a group of modules or a block: several), for weight_norm and weight_drift
+        self.weights = [w for layer in layers for w in layer.weights]
+        self.weight_layer = torch.tensor([i for i, layer in enumerate(layers) for _ in layer.weights], device=device)
         ids = {id(p): i for i, p in enumerate(self.params)}
         self.weight_index = torch.tensor([ids[id(w)] for w in self.weights], device=device)
+        # Initial weights, for weight_drift = ||W_t - W_0|| / ||W_0|| (do early layers move at all?)
+        self.w0 = [w.detach().clone() for w in self.weights]
+        w0_norm = torch.stack(torch._foreach_norm(self.w0)).float() if self.w0 else torch.zeros(0, device=device)
+        self.w0_norm = per_layer_norm(w0_norm, self.weight_layer, self.n).float()
+        # a row whose weights start at 0 (LoRA's B, a zero position embedding) has no drift ratio
+        self.no_drift = {i for i, v in enumerate(self.w0_norm.tolist()) if v == 0}
+        self.empty = {i for i, layer in enumerate(layers) if not layer.params}
         # Reused every logged step: the parameters before the update (no fresh allocation per step)
         self._before_buf: list | None = None
         self._param_norms = None      # per-parameter norms at after_backward (= before the update)
         self._grads, self._grad_versions = [], []  # the gradients measured, and their version counters
-        self.explicit = any(layer.delta is None for layer in layers)  # the model records δ itself
+        # the model records δ itself (vgrad's recurrent nets): rows without a δ module
+        self.explicit = hasattr(self.model, "probe_layers") and any(layer.delta is None for layer in layers)
         self.saturation = [self._saturation(layer) for layer in layers]
         self.nonnegative = [self._nonnegative(layer) for layer in layers]
         self.whh_layers, whh_notes = spectra_layers(layers)
         self.notes += whh_notes
+        self.view = BlockView(*view, layers, device) if view is not None else None
+        self.missing_delta: set = set()
 
     def _saturation(self, layer):
         """(lo, hi) flat regions; None: does not saturate; False: unknown (no saturation statistic)."""
@@ -115,14 +110,22 @@ class LayerProbe:
 
     def _register(self):
         self.detach()
+        grad_inputs = []  # modules whose input's gradient is wanted (the stream entering a stack)
         if self.layers is None:  # discovery: watch every candidate, decide after this step
-            watched = [(m, "delta") for m in hook_candidates(self.model) if not is_activation(m)]
-            watched += [(m, "act") for m in hook_candidates(self.model) if is_activation(m)]
+            candidates = hook_candidates(self.model)
+            watched = [(m, "delta") for m in candidates if not is_activation(m)]
+            blocks = block_candidates(self.model) if self.select is None else []
+            watched += [(m, "delta") for m in blocks]
+            watched += [(m, "act") for m in candidates if is_activation(m)]
             inputs = [m for m, role in watched if role == "delta"]
+            grad_inputs = blocks  # the first block's input is the embedding's δ: kept from the start
         else:
             watched = [(layer.delta, "delta") for layer in self.layers if layer.delta is not None]
             watched += [(layer.act, "act") for layer in self.layers if layer.act is not None]
             inputs = [layer.act_input_of for layer in self.layers if layer.act_input_of is not None]
+            if self.view is not None:
+                watched += [(m, "delta") for m in self.view.delta_modules()]
+                grad_inputs = self.view.delta_inputs()
         seen = set()
         for m, role in watched:
             if (id(m), role) in seen:
@@ -134,16 +137,21 @@ class LayerProbe:
                 lambda mod, args, out, k=keep: self._on_output(mod, out, k)))
         if self.keep_activations or self.layers is None:
             for m in {id(m): m for m in inputs}.values():
-                self._hooks.add(m.register_forward_pre_hook(lambda mod, args: self._on_input(mod, args)))
+                if all(m is not g for g in grad_inputs):
+                    self._hooks.add(m.register_forward_pre_hook(
+                        lambda mod, args, kwargs: self._on_input(mod, args, kwargs), with_kwargs=True))
+        for m in grad_inputs:
+            self._hooks.add(m.register_forward_pre_hook(
+                lambda mod, args, kwargs: self._on_input(mod, args, kwargs, True), with_kwargs=True))
         self._hooked_for = self.layers
 
     def _on_output(self, module, output, keep_grad: bool):
         if self.recorder is not None:  # hooks kept armed between steps write only while a step records
             self.recorder.on_output(module, output, keep_grad)
 
-    def _on_input(self, module, args):
+    def _on_input(self, module, args, kwargs=None, keep_grad: bool = False):
         if self.recorder is not None:
-            self.recorder.on_input(module, args)
+            self.recorder.on_input(module, args, kwargs, keep_grad)
 
     def detach(self):
         self._hooks.remove()
@@ -152,6 +160,7 @@ class LayerProbe:
             self.model.recorder = None
 
     def _discover(self):
+        from .blocks import find_view
         from .layers import discover
 
         rec = self.recorder
@@ -160,15 +169,31 @@ class LayerProbe:
 
             rec.order = static_order(self.model)
 
-        def same_tensor(a, b):
-            outs, inp = rec.out.get(id(a)), rec.inp.get(id(b))
-            return inp is None or any(o is inp or (o.shape == inp.shape and o.data_ptr() == inp.data_ptr()) for o in outs or [])
+        def feeds(a, b) -> str | None:
+            """Whether b's first input is a's output ("same"), or one elementwise op of it ("op")."""
+            outs, inp = rec.out.get(id(a)) or [], rec.inp.get(id(b))
+            if inp is None or not outs:
+                return None
+            if any(o is inp or (o.shape == inp.shape and o.data_ptr() == inp.data_ptr()) for o in outs):
+                return "same"
+            fn = inp.grad_fn
+            parents = [f for f, _ in (fn.next_functions if fn is not None else ()) if f is not None]
+            if len(parents) == 1 and any(o.grad_fn is parents[0] and o.shape == inp.shape for o in outs):
+                return "op"
+            return None
 
-        layers, self.notes = discover(self.model, rec.order, same_tensor, lambda m: len(rec.out.get(id(m), ())),
-                                      self.select)
+        layers, notes = discover(self.model, rec.order, feeds, lambda m: len(rec.out.get(id(m), ())), self.select)
+        self.notes += notes
         if not layers:
             raise ValueError("the model's forward pass called no module that holds parameters")
-        self._setup(layers)
+        names = {id(m): n for n, m in self.model.named_modules()}
+        def keeps_shape(m) -> bool:
+            outs, inp = rec.out.get(id(m)), rec.inp.get(id(m))
+            return bool(outs) and inp is not None and outs[0].shape == inp.shape
+
+        view = find_view(self.model, layers, names, rec.order, feeds, keeps_shape) \
+            if self.select is None and self.hooks and not hasattr(self.model, "probe_layers") else None
+        self._setup(layers, view)
 
     @torch.no_grad()
     def after_backward(self, keep_hooks: bool = False):
@@ -192,17 +217,23 @@ class LayerProbe:
         # One fused norm over every parameter: weight_norm now, and the "before" norm of update_ratio
         # (the parameters do not change between here and the update; clipping touches only grads).
         self._param_norms = torch.stack(torch._foreach_norm(params)).float()
-        s["weight_norm"] = self._param_norms[self.weight_index]
-        s["weight_drift"] = torch.stack(torch._foreach_norm(torch._foreach_sub(self.weights, self.w0))) / self.w0_norm
-        self._activations()
+        s["weight_norm"] = per_layer_norm(self._param_norms[self.weight_index], self.weight_layer, self.n).float()
+        drift = torch.stack(torch._foreach_norm(torch._foreach_sub(self.weights, self.w0))).float()
+        s["_drift"] = per_layer_norm(drift, self.weight_layer, self.n).float()  # ||W - W0|| per row
+        s["weight_drift"] = s["_drift"] / self.w0_norm
+        self.act_layers, self.no_saturation, act = ([], set(), {}) if not self.keep_activations else \
+            self.act_stats.compute(self.recorder, self.layers, self.saturation, self.nonnegative)
+        s.update(act)
         if self.whh_layers:  # the W_hh this step's forward used (the update comes later)
-            s["whh_spectral_radius"], s["whh_sigma_max"] = whh_spectra([self.weights[i] for i in self.whh_layers])
+            s["whh_spectral_radius"], s["whh_sigma_max"] = whh_spectra([self.layers[i].weight for i in self.whh_layers])
         # gradient through time: ||dL/dh_t|| (and an LSTM's ||dL/dc_t||) for every layer and t, fused norms
         for key, states in (("time_delta_norm", self.recorder.h), ("time_cell_grad_norm", self.recorder.c)):
             if states:
                 norms = norms64([x.grad if x.grad is not None else torch.zeros_like(x) for x in states])
                 s[key] = norms.reshape(self.n - 1, -1)
         s["grad_norm_total"] = s["grad_norm"].square().sum().sqrt()
+        if self.view is not None:
+            s.update(self.view.stats(s, self.w0_norm, self.recorder))
         if not keep_hooks:
             self.recorder = None  # the outputs and activations it holds are not needed any more
 
@@ -211,6 +242,8 @@ class LayerProbe:
         rec, zs, index = self.recorder, [], []
         for i, layer in enumerate(self.layers):
             tensors = rec.z.get(i, []) if layer.delta is None else rec.out.get(id(layer.delta), [])
+            # an output that does not require grad (below frozen layers only) has no δ at all
+            tensors = [t for t in tensors if t.requires_grad] if layer.note != FROZEN else []
             zs += tensors
             index += [i] * len(tensors)
         self.missing_delta = set(range(self.n)) - set(index)
@@ -220,44 +253,6 @@ class LayerProbe:
         deltas = [z.grad if z.grad is not None else torch.zeros_like(z) for z in zs]
         idx = torch.tensor(index, device=self.param_layer.device)
         self.stats["delta_norm"] = per_layer_norm(norms64(deltas), idx, self.n)
-
-    def _activations(self):
-        """Activation statistics per layer that has an activation: layers whose activations share a
-        shape and an activation are stacked into one batched computation (vgrad's MLPs: all)."""
-        self.act_layers = []
-        if not self.keep_activations:
-            return
-        rec, groups = self.recorder, {}
-        for i, layer in enumerate(self.layers):
-            if layer.act is not None:
-                a = (rec.out.get(id(layer.act)) or [None])[-1]
-            elif layer.act_input_of is not None:
-                a = rec.inp.get(id(layer.act_input_of))
-            else:
-                a = rec.a.get(i)
-            if a is None or a.dim() < 2 or not a.is_floating_point():
-                continue
-            a = _units_view(a.detach(), layer.channel_dim)  # (outer, units, inner): a view, no copy
-            key = (tuple(a.shape), str(a.dtype), self.saturation[i], self.nonnegative[i])
-            groups.setdefault(key, []).append((i, a))
-        parts = []
-        for (shape, _, sat, nonneg), members in groups.items():
-            acts = [a for _, a in members]
-            if len(acts) == 1 or acts[0].numel() > _STACK_MAX:
-                # large activations (a CNN's): per layer, on views; a stacked copy would cost more
-                # memory traffic than the statistics themselves
-                per = [self._activation_stats(a.unsqueeze(0), sat, "tmp_layer", nonneg) for a in acts]
-                st = {key: torch.cat([p[key] for p in per]) for key in per[0]}
-            else:
-                stacked = torch.stack(acts, out=self._buffer(f"acts{len(parts)}", (len(acts), *shape), acts[0]))
-                st = self._activation_stats(stacked, sat, f"tmp{len(parts)}", nonneg)
-            parts.append(([i for i, _ in members], st))
-        if not parts:
-            return
-        self.act_layers = [i for idx, _ in parts for i in idx]
-        self.no_saturation = {i for i in self.act_layers if self.saturation[i] is False}
-        for key in parts[0][1]:
-            self.stats[key] = torch.cat([st[key] for _, st in parts])
 
     @torch.no_grad()
     def after_clip(self, clipped: bool | None = True):
@@ -290,56 +285,10 @@ class LayerProbe:
         torch._foreach_sub_(before, self.params)  # in place: before - after = -update
         upd = per_layer_norm(norms64(before), self.param_layer, self.n)
         old = per_layer_norm(self._param_norms, self.param_layer, self.n)
-        self.stats["update_ratio"] = upd / old.clamp_min(1e-30)
-
-    def _buffer(self, name: str, shape, like):
-        buf = self._scratch.get(name)
-        if buf is None or buf.shape != tuple(shape) or buf.dtype != like.dtype or buf.device != like.device:
-            buf = self._scratch[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
-        return buf
-
-    @torch.no_grad()
-    def _activation_stats(self, a, saturated_outside="default", scratch: str = "tmp", nonnegative: bool = False):
-        """a: (layers, samples, units) or (layers, outer, units, inner), the samples of a unit being
-        outer x inner (a CNN's batch x positions). A few cheap batched sums into one reused scratch
-        tensor (torch's std/var use a Welford kernel that is ~20x slower on CPU at 20 x 128 x 128).
-
-        Per unit u: mean m_u and variance v_u over its samples, from sums of d = a - c_u where c_u is
-        the unit's first sample (a shift that keeps sum(d^2)/n - (sum(d)/n)^2 free of cancellation).
-        The layer's std over all units and examples follows from the law of total variance:
-        mean_u(v_u) + mean_u((m_u - M)^2), every term non-negative.
-        """
-        if saturated_outside == "default":
-            saturated_outside = self.default_saturation
-        if a.dim() == 3:
-            a = a.unsqueeze(-1)
-        dims = (1, 3)
-        n = a.shape[1] * a.shape[3]
-        tmp = self._buffer(scratch, a.shape, a)
-        # mean |a| per unit; 0 exactly iff the unit is always 0
-        unit_scale = (a.sum(dims) if nonnegative else torch.abs(a, out=tmp).sum(dims)) / n
-        if not saturated_outside:  # does not saturate (None), or unknown (False: the row says nothing)
-            saturated = torch.zeros(a.shape[0], device=a.device)
-        else:
-            # outside [lo, hi]  <=>  |a - mid| > half; counted with float ops (bool reductions are slow)
-            lo, hi = saturated_outside
-            mid, half = (lo + hi) / 2, (hi - lo) / 2
-            dist = tmp if mid == 0 and not nonnegative else torch.sub(a, mid, out=tmp).abs_()  # tanh: tmp holds |a|
-            saturated = dist.sub_(half).clamp_min_(0).sign_().flatten(1).mean(1)
-        shift = a[:, :1, :, :1]
-        d = torch.sub(a, shift, out=tmp)
-        unit_dmean = d.sum(dims) / n
-        unit_var = (d.mul_(d).sum(dims) / n - unit_dmean * unit_dmean).clamp_min(0)
-        unit_mean = shift.squeeze(3).squeeze(1) + unit_dmean
-        layer_mean = unit_mean.mean(1)
-        layer_var = unit_var.mean(1) + (unit_mean - layer_mean[:, None]).square().mean(1)
-        return {
-            "act_mean": layer_mean,
-            "act_std": layer_var.sqrt(),
-            "act_saturated_frac": saturated,
-            "act_dead_frac": (unit_scale == 0).float().mean(1),
-            "act_unresponsive_frac": (unit_var.sqrt() <= UNRESPONSIVE_REL * unit_scale).float().mean(1),
-        }
+        self.stats["update_ratio"] = upd / old  # a row whose parameters are all 0 gets none (rows())
+        self.stats["_old"] = old
+        if self.view is not None and "view_grad_norm" in self.stats:
+            self.stats.update(self.view.update(upd, old))
 
     # --- to the host, once ------------------------------------------------------------------
     def to_host(self, extra: dict) -> dict:
@@ -364,10 +313,11 @@ class LayerProbe:
 
     def rows(self, step: int, columns: dict) -> list[dict]:
         """layers.csv rows; a statistic that does not apply to a layer (e.g. activations of the
-        output layer, update_ratio on the final step, δ of a layer the forward pass skipped) stays
-        None (an empty cell)."""
-        act_pos = {layer: k for k, layer in enumerate(getattr(self, "act_layers", []))}
+        output layer, update_ratio on the final step, δ of a layer the forward pass skipped, every
+        parameter column of a frozen row) stays None (an empty cell)."""
+        act_pos = {layer: k for k, layer in enumerate(self.act_layers)}
         whh_pos = {layer: k for k, layer in enumerate(self.whh_layers)}
+        old = columns.get("_old")
         out = []
         for i, layer in enumerate(self.layers):
             row = {"step": step, "layer": i, "name": layer.name}
@@ -375,14 +325,24 @@ class LayerProbe:
                 vals = columns.get(col)
                 if col.startswith("act_"):
                     k = act_pos.get(i)
-                    unknown = col == "act_saturated_frac" and i in getattr(self, "no_saturation", ())
+                    unknown = col == "act_saturated_frac" and i in self.no_saturation
                     row[col] = vals[k] if vals is not None and k is not None and not unknown else None
                 elif col.startswith("whh_"):
                     k = whh_pos.get(i)
                     row[col] = vals[k] if vals is not None and k is not None else None
-                elif col == "delta_norm" and i in getattr(self, "missing_delta", ()):
+                elif col == "note":
+                    row[col] = layer.note or None
+                elif (col == "delta_norm" and i in self.missing_delta) or (col in PARAM_COLUMNS and i in self.empty) \
+                        or (col == "weight_drift" and i in self.no_drift) or (
+                        col == "update_ratio" and old is not None and old[i] == 0):
                     row[col] = None
                 else:
                     row[col] = vals[i] if vals is not None and i < len(vals) else None
             out.append(row)
         return out
+
+    def view_rows(self, step: int, columns: dict) -> list[dict] | None:
+        """blocks.csv rows (None: no block view, or not measured on this step)."""
+        if self.view is None or "view_grad_norm" not in columns:
+            return None
+        return self.view.table(step, columns, BLOCK_COLUMNS)

@@ -51,12 +51,20 @@ class Recorder:
         else:
             self.out.setdefault(id(module), []).append(t.detach())
 
-    def on_input(self, module, args):
-        if not torch.is_grad_enabled():
+    def on_input(self, module, args, kwargs=None, keep_grad: bool = False):
+        """A module's first input (the hidden states a block receives, as an argument or as the
+        keyword `hidden_states`). keep_grad: its gradient is wanted too (the stream entering a stack)."""
+        if not torch.is_grad_enabled() or id(module) in self.inp:
             return
         t = first_tensor(args)
-        if t is not None and id(module) not in self.inp:
-            self.inp[id(module)] = t
+        if t is None and kwargs:
+            t = kwargs.get("hidden_states") if isinstance(kwargs.get("hidden_states"), torch.Tensor) else \
+                first_tensor(list(kwargs.values()))
+        if t is None:
+            return
+        if keep_grad and t.requires_grad:
+            t.retain_grad()
+        self.inp[id(module)] = t
 
     # --- a model's own calls ---
     def record_time(self, layer: int, t: int, h, c=None):

@@ -37,14 +37,13 @@ def export(run_dir: Path, to: str, target: str, modules: bool = False, project: 
         raise UsageError(f"cannot write to '{target}': {e.strerror or e}") from None
     tracking = Tracking([sink], modules)
     watch = Watch(None, notify=tracking.warn)
-    rows = run.module_rows if modules else run.layers
     metrics = {m["step"]: m for m in run.metrics}
     diverged = run.summary.get("diverged_step") if run.status == V.DIVERGED else None
     for step in run.steps:
-        at = sorted((r for r in rows if r["step"] == step), key=lambda r: r["layer"])
+        view, units = run.layer_rows(step), run.module_layer_rows(step) if run.modules is not None else None
         m = metrics.get(step, {"step": step})
-        tracking.log(step, m, at)
-        watch.check(step, at, m, None, run.path)
+        tracking.log(step, m, run.module_layer_rows(step) if modules else view)
+        watch.check(step, view, m, None, run.path, units)
     if diverged is not None:  # a live run is told at the step that went non-finite, which sends no figures
         watch.check(diverged, [], {}, diverged, run.path)
     tracking.finish(run.summary)

@@ -55,7 +55,9 @@ class Follower:
         metrics = {m["step"]: m for m in run.metrics}
         for step in run.steps:
             if step > self.seen_step:
-                self.warnings += [m for _, m in self.watch.new(step, run.layer_rows(step), metrics.get(step, {}), None, None)]
+                units = run.module_layer_rows(step) if run.modules is not None else None  # dead units: the modules'
+                self.warnings += [m for _, m in self.watch.new(step, run.layer_rows(step), metrics.get(step, {}), None, None,
+                                                               units)]
                 self.seen_step = step
         if run.status == V.DIVERGED and run.summary.get("diverged_step") is not None:
             self.warnings += [m for _, m in self.watch.new(run.summary["diverged_step"], [], {}, run.summary["diverged_step"], None)]

@@ -35,6 +35,7 @@ from .. import vocab as V
 from ..errors import GradientProblem
 from ..measure.hooks import Hooks
 from ..measure.probes import LayerProbe
+from . import describe
 from .pending import LossBuffer, figure_rows, listed
 from .recording import Recording
 from .watch import Watch
@@ -96,7 +97,7 @@ class Monitor:
         self._own_recording = recording is None
         self.recording = None         # only rank 0 of a distributed run writes
         if self._rank0:
-            self.recording = recording or Recording(out, self.name, self._config(), {"steps_planned": steps})
+            self.recording = recording or Recording(out, self.name, describe.config(self), {"steps_planned": steps})
         tracking = None
         if log_to is not None and self.recording is not None:
             from ..trackers.tracking import Tracking
@@ -209,9 +210,9 @@ class Monitor:
         self.status = status or (V.DIVERGED if self.diverged_step is not None else V.COMPLETED)
         if self.recording is not None:
             notes = self.probe.notes + ([COMPILED_NOTE] if self.compiled else [])
-            self.recording.finish(self.status, self.step_index, notes=notes, **summary)
+            self.recording.finish(self.status, self.step_index, notes=notes, **describe.structure(self), **summary)
             if self._own_recording:
-                self.recording.write_config(self._config())  # with the layers found
+                self.recording.write_config(describe.config(self))  # with the layers found
             if self.plots:
                 from ..report.plots import write_run_plots
 
@@ -320,13 +321,13 @@ class Monitor:
                    "grad_norm_clipped": host.get("grad_norm_clipped"), "eval_loss": None, "eval_accuracy": None,
                    "lr": lr if isinstance(lr, (int, float)) else None, "time_s": round(time.perf_counter() - self._t0, 4)}
         metrics.update({k: v for s, k, v in figures if s is None})
-        rows = self.probe.rows(step, host)
+        rows, view = self.probe.rows(step, host), self.probe.view_rows(step, host)
         self._figures, self._loss = {}, None
         if self.recording is not None:
             self.recording.write(step, rows, metrics, self.probe.time_rows(step, host), earlier,
-                                 figure_rows(figures, earlier))
+                                 figure_rows(figures, earlier), view)
         if self._rank0 and self.watch.on_problem is not None:
-            self.watch.check(step, rows, metrics, self.diverged_step, self.path)
+            self.watch.check(step, view or rows, metrics, self.diverged_step, self.path, rows if view else None)
 
     def _take_pending(self) -> dict:
         pending, self._pending = self._pending, {}
@@ -344,22 +345,6 @@ class Monitor:
         values = iter(flat[len(steps):])
         figures = [(s, k, next(values) if isinstance(v, torch.Tensor) else v) for s, k, v in figures]
         self.recording.check(earlier, figure_rows(figures, earlier))
-
-    def _config(self) -> dict:
-        """config.yaml of a monitored run: what the model and the optimizer were (not a config that
-        `vgrad run` can train: the model is the user's)."""
-        layers = self.probe.layers or []
-        opt = self.optimizer
-        train = {"optimizer": type(opt).__name__ if opt is not None else None, **self.clip}
-        if opt is not None:
-            train["lr"] = opt.param_groups[0].get("lr") if isinstance(opt.param_groups[0].get("lr"), (int, float)) else None
-        every = self.every if isinstance(self.every, int) else None
-        return {"name": self.name, "source": V.SOURCE_MONITOR,
-                "model": {"kind": "custom", "class": self._class,
-                          "parameters": sum(p.numel() for p in self.model.parameters()),
-                          "layers": [{"name": row.name, "type": type(row.delta).__name__ if row.delta is not None else None,
-                                      "parameters": sum(p.numel() for p in row.params)} for row in layers]},
-                "train": train, "log": {"every": every, "activations": self.probe.keep_activations}}
 
 
 def check_options(every, on_problem, layers) -> None:

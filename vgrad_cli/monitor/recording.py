@@ -59,6 +59,7 @@ class Recording:
         self._layers = self.writer.table(V.LAYERS_CSV, V.LAYER_COLUMNS)
         self._metrics = self.writer.table(V.METRICS_CSV, V.METRIC_COLUMNS)
         self._time = None  # made at the first step with hidden states through time
+        self._blocks = None  # made at the first step with a block view
         self.last_written = -1        # the last step whose rows are in the tables
         self.diverged_step: int | None = None
         self.first = self.last = None  # (rows, metrics, time rows) of the first / last finite step written
@@ -75,10 +76,11 @@ class Recording:
 
     # ------------------------------------------------------------------ a logged step
     def write(self, step: int, rows: list[dict], metrics: dict, time_rows: list[dict] | None = None,
-              earlier: list[tuple[int, float]] = (), extra_rows: list[dict] = ()) -> None:
+              earlier: list[tuple[int, float]] = (), extra_rows: list[dict] = (), view: list[dict] | None = None) -> None:
         """One logged step: its layers.csv rows, metrics.csv row and time.csv rows. earlier: (step,
         loss) of the steps since the previous logged one; extra_rows: metrics.csv rows of those steps
-        (the user's own figures), written before this step's."""
+        (the user's own figures), written before this step's. view: blocks.csv rows, for a model with
+        repeated blocks: then the summary's figures, on_log and the verdict read them."""
         self.check([*earlier, (step, metrics.get("loss"))], extra_rows)
         if step <= self.last_written:  # already in the tables (a replay measures its way up to the new steps)
             return
@@ -86,6 +88,12 @@ class Recording:
                 self.replayable and self.last_written < step - 1)):
             return  # after the divergence nothing; the non-finite step itself is the replay's to write
         self._layers.append(rows)
+        modules = rows
+        if view is not None:
+            if self._blocks is None:
+                self._blocks = self.writer.table(V.BLOCKS_CSV, V.BLOCK_COLUMNS)
+            self._blocks.append(view)
+            rows = view  # what the run is read by
         self._append_metrics([metrics])
         if time_rows:
             if self._time is None:
@@ -104,8 +112,8 @@ class Recording:
             self.last_eval = metrics
         if self.on_log is not None:
             self.on_log(step, metrics, rows)
-        if self.tracking is not None:  # the rows a tracker gets are these: the run's view
-            self.tracking.log(step, metrics, rows)
+        if self.tracking is not None:  # the run's view; the module rows on request (log_modules)
+            self.tracking.log(step, metrics, modules if self.tracking.modules else rows)
 
     def check(self, losses: list[tuple[int, float]], extra_rows: list[dict] = ()) -> None:
         """The non-finite check of (step, loss) pairs, in step order: the first non-finite one is the
@@ -165,8 +173,9 @@ class Recording:
         if error is not None:
             out["error"] = f"{type(error).__name__}: {error}"
             out["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__, limit=8))
-        self.summary.update({k: out.get(k) for k in V.SUMMARY_FINAL_KEYS}, **{
-            k: v for k, v in {**out, **extra}.items() if k not in V.SUMMARY_FINAL_KEYS})
+        out.update(extra)
+        self.summary.update({k: out.get(k) for k in V.SUMMARY_FINAL_KEYS},
+                            **{k: v for k, v in out.items() if k not in V.SUMMARY_FINAL_KEYS})
         self.writer.write_summary(self.summary)  # the figures are safe before the verdict reads the tables
         try:
             self.summary.update(judge(self.path, self.summary) if self.last_written >= 0 else

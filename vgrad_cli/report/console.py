@@ -167,8 +167,15 @@ def layer_table(first_rows: list[dict], last_rows: list[dict], title: str) -> Ta
         j = last_index.get(r["layer"])
         cells = [cell(first_rows, col, i) if s == fs else (cell(last_rows, col, j) if j is not None else fmt(None))
                  for col in ("grad_norm", "delta_norm") for s in steps]
-        t.add_row(str(r["layer"]), r["name"], *cells)
+        t.add_row(str(r["layer"]), row_label(r), *cells)
     return t
+
+
+def row_label(r: dict) -> str:
+    """A row's name, and why its cells may be empty: "lm_head (tied to transformer.wte.weight)",
+    "bert.encoder.layer.0 (frozen)"."""
+    note = r.get("note")
+    return f"{r['name']} ({note})" if note else str(r["name"])
 
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -214,7 +221,9 @@ def time_table(profile: dict, first_step, last_step) -> Table:
 
 def print_summary(console: Console, run_dir, summary: dict, first_rows, last_rows):
     if first_rows:
-        console.print(layer_table(first_rows, last_rows, "per-layer gradient (layer 0 = input side)"))
+        blocks = any(r.get("role") for r in first_rows)
+        title = "per-block gradient (show --modules: per module)" if blocks else "per-layer gradient (layer 0 = input side)"
+        console.print(layer_table(first_rows, last_rows, title))
     if summary.get("time_profile"):
         console.print(time_table(summary["time_profile"], summary.get("first_logged_step"),
                                  summary.get("last_logged_step")))

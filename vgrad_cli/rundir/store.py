@@ -20,6 +20,7 @@ from .files import read_summary, read_table
 # that is worth showing.
 REQUIRED = {
     V.LAYERS_CSV: ("step", "layer", "grad_norm", "delta_norm"),
+    V.BLOCKS_CSV: ("step", "layer", "grad_norm", "delta_norm"),
     V.METRICS_CSV: ("step", "loss"),
     V.TIME_CSV: ("step", "layer", "t", "delta_norm"),
     V.FLOAT64_CSV: ("step", "layer", "grad_norm", "delta_norm"),
@@ -77,6 +78,10 @@ class Run:
     def layer_rows(self, step: int | None) -> list[dict]:
         return sorted((r for r in self.layers if r["step"] == step), key=lambda r: r["layer"])
 
+    def module_layer_rows(self, step: int | None) -> list[dict]:
+        """layer_rows of the module rows (layers.csv), also when the view is the block one."""
+        return sorted((r for r in self.module_rows if r["step"] == step), key=lambda r: r["layer"])
+
     def time_rows(self, step: int | None) -> list[dict]:
         return sorted((r for r in self.time or [] if r["step"] == step), key=lambda r: (r["layer"], r["t"]))
 
@@ -115,7 +120,11 @@ def model_phrases(m: dict) -> list[str]:
     differ only in residual_scale, 12 and 25 only in chrono_init). The run header, compare and the plot
     titles all print it; a phrase ("depth 20") is what a wrapped line never breaks."""
     if m.get("kind") == "custom":  # a Monitor run: the user's own model
-        return [f"{m.get('class', 'model')} ({len(m.get('layers') or [])} layers, {m.get('parameters', 0):,} parameters)"]
+        blocks = sum(b.get("role") == "block" and b.get("stack") == m.get("main_stack") for b in m.get("blocks") or [])
+        parts = ([f"{blocks} blocks"] if blocks else []) + [f"{len(m.get('layers') or [])} modules" if blocks else
+                                                            f"{len(m.get('layers') or [])} layers",
+                                                            f"{m.get('parameters', 0):,} parameters"]
+        return [f"{m.get('class', 'model')} ({', '.join(parts)})"]
     parts = [str(m.get("kind", "?"))]
     for key in ("depth", "width"):
         if m.get(key) is not None:
@@ -231,8 +240,11 @@ def load_run(path: Path) -> Run:
     time_rows = _checked_table(path, V.TIME_CSV, incomplete, notes) if (path / V.TIME_CSV).exists() else None
     f64 = path / V.FLOAT64_CSV
     float64 = sorted(_checked_table(path, f64.name, incomplete, notes), key=lambda r: r["layer"]) if f64.exists() else None
-    run = Run(path, summary, config if isinstance(config, dict) else {}, tables[V.LAYERS_CSV],
-              tables[V.METRICS_CSV], time_rows, notes, float64 or None)
+    layers, modules = tables[V.LAYERS_CSV], None
+    if (path / V.BLOCKS_CSV).exists():  # a model with repeated blocks: the run is read by its blocks
+        layers, modules = _checked_table(path, V.BLOCKS_CSV, incomplete, notes), layers
+    run = Run(path, summary, config if isinstance(config, dict) else {}, layers,
+              tables[V.METRICS_CSV], time_rows, notes, float64 or None, modules)
     if incomplete:
         steps = run.steps
         span = f"steps {steps[0]}–{steps[-1]} of {summary.get('steps_planned', '?')}" if steps else "no steps yet"
