@@ -160,7 +160,7 @@ def test_report_of_a_monitor_transformer_run_renders(runs, tmp_path):
     out = tmp_path / "transformer.html"
     vgrad("report", runs["transformer"], "-o", out)
     text = check_file(out)
-    assert "encoder.layers.2.linear2" in text and "recorded by Monitor" in text
+    assert "encoder.layers.2" in text and "recorded by Monitor" in text  # a block, or its modules
     check_in_browser(out, shots_dir(tmp_path), "transformer")
 
 

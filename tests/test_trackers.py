@@ -38,10 +38,12 @@ def train(tmp_path, steps=11, every=5, depth=3, act=nn.Tanh, **options):
     return mon.path
 
 
-def expected(run_dir, modules=True) -> dict:
-    """{(tag, step): value} that a tracker must hold: every finite sent column of layers.csv."""
+def expected(run_dir, modules: bool = False) -> dict:
+    """{(tag, step): value} that a tracker must hold: every finite sent column of the run's view
+    (blocks.csv when the model has repeated blocks, else layers.csv), or of layers.csv (modules)."""
     out = {}
-    for r in read_table(run_dir, "layers.csv"):
+    table = "blocks.csv" if (run_dir / "blocks.csv").exists() and not modules else "layers.csv"
+    for r in read_table(run_dir, table):
         for col in SENT:
             if r.get(col) is not None and math.isfinite(r[col]):
                 out[(f"vgrad/{col}/{r['name']}", r["step"])] = r[col]
@@ -51,8 +53,8 @@ def expected(run_dir, modules=True) -> dict:
     return out
 
 
-def assert_holds(got: dict, run_dir, rel=1e-6):
-    want = expected(run_dir)
+def assert_holds(got: dict, run_dir, rel=1e-6, modules: bool = False):
+    want = expected(run_dir, modules)
     missing = [k for k in want if k not in got]
     assert not missing, missing[:5]
     for key, value in want.items():
@@ -149,6 +151,33 @@ def test_tensorboard_live_and_export_hold_layers_csv(tmp_path, cli):
     assert res.exit_code == 0, res.output
     exported, exported_texts = tensorboard_scalars(tmp_path / "export" / path.name)
     assert exported == live and exported_texts == texts
+
+
+@pytest.mark.slow
+def test_log_modules_sends_the_module_rows(tmp_path):
+    """A transformer: by default the run's view (its blocks, where the model's repeated blocks are
+    recognised), with log_modules=True every module of layers.csv."""
+    from vgrad_cli import Monitor
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    model = nn.Sequential(nn.Linear(4, 16), nn.TransformerEncoder(layer, 3, enable_nested_tensor=False), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(8, 5, 4)
+    paths = {}
+    for modules in (False, True):
+        with Monitor(model, optimizer=opt, out=tmp_path / "runs", every=2, plots=False, on_problem=None,
+                     log_to=tmp_path / f"tb{modules}", log_modules=modules) as mon:
+            for _ in range(3):
+                loss = model(x).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                mon.step(loss)
+                opt.step()
+        paths[modules] = mon.path
+        assert_holds(tensorboard_scalars(tmp_path / f"tb{modules}")[0], mon.path, modules=modules)
+    got = {tag.split("/")[2] for tag, _ in tensorboard_scalars(tmp_path / "tbTrue")[0] if tag.startswith("vgrad/grad_norm/")}
+    assert "1.layers.0.linear1" in got  # a module inside a block
 
 
 @pytest.mark.slow
