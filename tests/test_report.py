@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from conftest import CONFIGS, ROOT, only_run_dir, seeded
+from test_monitor import train as fit  # the plain loop: forward, backward, mon.step, update
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Appended to a copy of the report for the test only (the report itself has no script): it says on the
@@ -121,12 +122,7 @@ def transformer_run(out: Path) -> Path:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = torch.randn(16, 6, 8), torch.randint(0, 2, (16,))
     with Monitor(model, optimizer=opt, out=out, name="encoder", every=5, on_problem=None) as mon:
-        for _ in range(31):
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            mon.step(loss)
-            opt.step()
+        fit(model, mon, 31, opt=opt, x=x, y=y)
     return mon.path
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from conftest import ROOT
+from test_monitor import train as fit  # the plain loop: forward, backward, mon.step, update
 from vgrad_cli.rundir.files import read_table
 
 SENT = ("grad_norm", "grad_max_abs", "delta_norm", "weight_norm", "weight_drift", "update_ratio", "act_std")
@@ -29,12 +30,7 @@ def train(tmp_path, steps=11, every=5, depth=3, act=nn.Tanh, **options):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
     with Monitor(model, optimizer=opt, out=tmp_path / "runs", every=every, plots=False, **options) as mon:
-        for _ in range(steps):
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            mon.step(loss)
-            opt.step()
+        fit(model, mon, steps, opt=opt, x=x, y=y)
     return mon.path
 
 
