@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 CONFIG ?= configs/01_deep_sigmoid.yaml
 
-.PHONY: install install-test install-peers demo test test-fast lint bench bench-quick clean
+.PHONY: install install-test install-peers install-browser demo test test-fast lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/pip install -q -c $(PIN) -e ".[test,ray,lightning,huggingface]"
+	$(BIN)/pip install -q -c $(PIN) -e ".[test,ray,lightning,huggingface,tensorboard,wandb,mlflow,notebook]"
 	touch $@
 
 # The peers of benchmarks/monitor.py (not part of `make test`). BackPACK and Cockpit without their
@@ -37,8 +37,13 @@ $(VENV)/.installed-peers: $(VENV)/.installed pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed-test install-browser
 install-peers: $(VENV)/.installed-peers
+
+# tests/test_report.py renders `vgrad report` in Debian's headless Chromium (as root, as CI runs).
+install-browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| { echo "the report tests need chromium: apt-get install chromium (as root)" >&2; exit 1; }
 
 demo: install
 	$(BIN)/vgrad run $(CONFIG)

@@ -15,7 +15,7 @@ LAYERS = [
     {"inits", "tasks", "measure"},             # the measurement engine
     {"config", "models"},                      # what a YAML file describes; vgrad's networks
     {"docgen", "analysis"},                    # verdict, indicators, theory
-    {"report"},                                # console, plots, compare
+    {"report", "trackers"},                    # console, plots, compare, HTML; TensorBoard, W&B, MLflow sinks
     {"monitor"},                               # Monitor + Recording: one path from a step to the files
     {"integrations", "training"},              # frameworks' callbacks; `vgrad run`'s loop
     {"sweep"},

@@ -46,6 +46,8 @@ SCALER_COLUMNS = ["loss_scale", "skipped"]
 MEASURED_METRICS = ("step", "grad_norm_total", "grad_norm_clipped", "time_s", *SCALER_COLUMNS)
 TIME_COLUMNS = ["step", "layer", "t", "delta_norm", "cell_grad_norm"]
 SPREAD_COLUMNS = ["seed", "layer", "name", "grad_norm", "delta_norm", "act_std", "act_dead_frac"]
+# how far a layer moved and how much of it is dead or saturated: the HTML report shows them at the last step
+MOVEMENT_COLUMNS = ["weight_drift", "update_ratio", "act_dead_frac", "act_saturated_frac"]
 TEXT_COLUMNS = ("name", "note", "role", "stack")                # a layer's name stays text: an nn.Sequential's are "0", "1", ...
 INT_COLUMNS = ("step", "layer", "t")
 
@@ -100,3 +102,14 @@ SUMMARY_OPTIONAL_KEYS = [
     "steps_skipped",    # a run with a loss scaler: the optimizer steps it skipped
 ]
 SUMMARY_KEYS = list(dict.fromkeys(SUMMARY_START_KEYS + SUMMARY_FINAL_KEYS + SUMMARY_OPTIONAL_KEYS))
+
+# ----------------------------------------------------------------------------- trackers (docs/integrations.md)
+# What a run sends to TensorBoard, W&B, MLflow or a framework's logger: one scalar per (column, row)
+# named f"{TRACKER_PREFIX}/{column}/{row}", the step's metrics as f"{TRACKER_PREFIX}/{column}", and two texts.
+TRACKERS = ("tensorboard", "wandb", "mlflow")   # `vgrad export --to` and Monitor(log_to="...")
+TRACKER_PREFIX = "vgrad"
+TRACKER_STEP = "vgrad/step"          # W&B: the step axis of every vgrad/* key (the user's own _step is theirs)
+TRACKER_VERDICT = "vgrad/verdict"    # text at the end: "<verdict> — <verdict_reason>"
+TRACKER_WARNINGS = "vgrad/warnings"  # text on the step a warning showed (Monitor's on_problem messages)
+TRACKER_DIR = "tensorboard"          # Monitor(log_to="tensorboard"): event files in <run dir>/tensorboard/
+REPORT_HTML = "report.html"          # `vgrad report`'s default output file

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 # Registration order is the order `vgrad --help` lists the commands in.
-from . import run, diagnose, sweep, story, compare  # noqa: F401,I001  (registration by import)
+from . import run, diagnose, sweep, story, compare, report, watch, export  # noqa: F401,I001  (registration by import)
 from .app import app
 
 

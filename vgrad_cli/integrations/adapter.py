@@ -11,11 +11,12 @@ from .. import vocab as V
 
 class MonitorAdapter:
     def __init__(self, out="runs", name: str | None = None, every: int = 10, on_problem: str | None = "warn",
-                 layers=None, activations: bool = True, plots: bool = True):
-        """As Monitor's keywords (name: the model's class by default)."""
+                 layers=None, activations: bool = True, plots: bool = True, log_to=None, log_modules: bool = False):
+        """As Monitor's keywords (name: the model's class by default). log_to may also be, or hold,
+        "trainer": the trackers the framework's Trainer logs to (each callback says which)."""
         check_options(every, on_problem, layers)
         self.options = {"out": out, "name": name, "every": every, "on_problem": on_problem, "layers": layers,
-                        "activations": activations, "plots": plots}
+                        "activations": activations, "plots": plots, "log_to": log_to, "log_modules": log_modules}
         self.monitor: Monitor | None = None
 
     @property
@@ -24,12 +25,16 @@ class MonitorAdapter:
         return self.monitor.path if self.monitor is not None else None
 
     def start(self, model, optimizer, steps: int | None, clip_norm: float | None = None,
-              clip_value: float | None = None, scaler=None):
+              clip_value: float | None = None, scaler=None, trainer_sinks=()):
         """A Monitor for one training run; clip_*: the framework's own clipping (into config.yaml);
-        scaler: the framework's loss scaler (fp16 mixed precision), whose scale is divided out."""
+        scaler: the framework's loss scaler (fp16 mixed precision), whose scale is divided out;
+        trainer_sinks: what log_to="trainer" stands for in this framework."""
         self.close(V.FAILED)  # a previous run that ended without the framework saying so
+        log_to = self.options["log_to"]
+        items = log_to if isinstance(log_to, (list, tuple)) else [log_to] if log_to is not None else []
+        items = [s for item in items for s in (trainer_sinks if item == "trainer" else [item])]
         self.monitor = Monitor(model, optimizer=innermost(optimizer), steps=steps, clip_norm=clip_norm,
-                               clip_value=clip_value, scaler=scaler, **self.options)
+                               clip_value=clip_value, scaler=scaler, **{**self.options, "log_to": items or None})
 
     def close(self, status: str | None = None):
         if self.monitor is not None:

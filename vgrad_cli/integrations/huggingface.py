@@ -27,6 +27,12 @@ computes the loss itself (label smoothing, `compute_loss_func`); a non-finite mi
 in it (the Trainer's log filters it out, vgrad reads it as the divergence). Evaluation passes are not
 recorded. The Trainer has no exception callback: use `with vgrad:` (or call
 `vgrad.close("failed")`) so that an exception does not leave the run's status "running".
+
+log_to="trainer": each logged step's figures go into the Trainer's `state.log_history` (at vgrad's
+step, the batch before update step+1) and to the trackers of `args.report_to` that vgrad knows:
+W&B's and MLflow's runs (which the Trainer's own callbacks start before this one's on_train_begin)
+and TensorBoard, in <TENSORBOARD_LOGGING_DIR, else output_dir/runs>/vgrad-<time>. A callback cannot
+reach the Trainer's other integrations (it is handed no Trainer): they are named in a warning.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ try:
     from transformers import TrainerCallback
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("vgrad's Hugging Face callback needs transformers: pip install 'vgrad[huggingface]'") from e
+
+import os
+import sys
+import time
+from pathlib import Path
 
 import torch
 
@@ -56,7 +67,8 @@ class VgradCallback(MonitorAdapter, TrainerCallback):
         self._remove_hooks()
         self.start(model, optimizer, state.max_steps if state.max_steps > 0 else None,
                    clip_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None,
-                   scaler=getattr(optimizer, "scaler", None))  # accelerate's, under fp16 on an accelerator
+                   scaler=getattr(optimizer, "scaler", None),  # accelerate's, under fp16 on an accelerator
+                   trainer_sinks=trainer_sinks(args, state) if _wants_trainer(self.options["log_to"]) else ())
         self._model, self._queued = model, False
         self._new_step()
         self._hooks = Hooks([model.register_forward_hook(self._take_loss, with_kwargs=True)])
@@ -114,3 +126,45 @@ class VgradCallback(MonitorAdapter, TrainerCallback):
     def _remove_hooks(self):
         self._grad_hooks.remove()
         self._hooks.remove()
+
+
+# ---------------------------------------------------------------------------------------- log_to="trainer"
+class HistorySink:
+    """The Trainer's state.log_history: one entry per logged step, {tag: value, ..., "step": step}."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def log(self, step: int, scalars: dict) -> None:
+        self.state.log_history.append({**scalars, "step": step})
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        self.state.log_history.append({tag: text, "step": step})
+
+    def close(self) -> None:
+        pass
+
+
+def _wants_trainer(log_to) -> bool:
+    return log_to == "trainer" or isinstance(log_to, (list, tuple)) and "trainer" in log_to
+
+
+def trainer_sinks(args, state) -> list:
+    """What log_to="trainer" stands for: the log history and the report_to trackers vgrad knows."""
+    from ..trackers.sinks import MlflowSink, TensorBoardSink, WandbSink
+
+    sinks, unknown = [HistorySink(state)], []
+    for name in args.report_to or []:
+        if name == "tensorboard":
+            root = Path(os.getenv("TENSORBOARD_LOGGING_DIR") or Path(args.output_dir) / "runs")
+            sinks.append(TensorBoardSink(root / time.strftime("vgrad-%Y%m%d-%H%M%S")))
+        elif name == "wandb":
+            sinks.append(WandbSink())
+        elif name == "mlflow":
+            sinks.append(MlflowSink())
+        elif name != "codecarbon":  # an emissions tracker, not a place for figures
+            unknown.append(name)
+    if unknown:
+        print(f"vgrad: log_to='trainer' sends to the log history, tensorboard, wandb and mlflow; not to "
+              f"{', '.join(unknown)} (a callback is not handed the Trainer that reports to them)", file=sys.stderr)
+    return sinks

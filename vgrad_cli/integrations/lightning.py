@@ -16,6 +16,11 @@ together with the update ratio. Steps are optimizer steps (trainer.global_step):
 `accumulate_grad_batches=k` the measured gradient is the one accumulated over k batches, and the loss
 is training_step's on the last of them. With several optimizers (manual optimization) each step of
 any of them counts and no update ratio is recorded. Validation passes are not recorded.
+
+log_to="trainer": each logged step's figures go to every logger the Trainer has (trainer.loggers:
+CSVLogger, TensorBoardLogger, WandbLogger, MLFlowLogger, ...) through its log_metrics, at
+trainer.global_step (= vgrad's step); the warnings and the verdict as text where the logger's
+experiment takes text (TensorBoard, W&B, MLflow).
 """
 
 from __future__ import annotations
@@ -39,10 +44,13 @@ class VgradCallback(MonitorAdapter, Callback):
         optimizers = trainer.optimizers
         clip = trainer.gradient_clip_val or None
         by_value = str(getattr(trainer, "gradient_clip_algorithm", "norm")).lower().endswith("value")
+        from ..trackers.sinks import LoggerSink
+
         self.start(pl_module, optimizers[0] if len(optimizers) == 1 else None,
                    trainer.max_steps if trainer.max_steps > 0 else None,
                    clip_norm=None if by_value else clip, clip_value=clip if by_value else None,
-                   scaler=getattr(trainer.precision_plugin, "scaler", None))  # "16-mixed": skipped steps, the scale
+                   scaler=getattr(trainer.precision_plugin, "scaler", None),  # "16-mixed": skipped steps, the scale
+                   trainer_sinks=[LoggerSink(logger) for logger in trainer.loggers])
         self._loss = None
 
     def on_before_backward(self, trainer, pl_module, loss):

@@ -57,8 +57,9 @@ class Monitor:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, out="runs",
                  name: str | None = None, every=10, on_problem: str | None = "warn", layers=None,
                  activations: bool = True, plots: bool = True, steps: int | None = None,
-                 clip_norm: float | None = None, clip_value: float | None = None, *, scaler=None,
-                 check_gradients: bool = True, recording: Recording | None = None):
+                 clip_norm: float | None = None, clip_value: float | None = None, log_to=None,
+                 log_modules: bool = False, *, scaler=None, check_gradients: bool = True,
+                 recording: Recording | None = None):
         """model: any torch.nn.Module. optimizer: optional; with it, update_ratio and the gradient
         norm after clipping are recorded and only optimizer steps count. out/name: the run directory
         is out/<name>-<date>-<time>-<id> (name: the model's class). every: log every N steps (step 0
@@ -68,12 +69,15 @@ class Monitor:
         default: every module with parameters. activations: activation statistics (dead, saturated,
         unresponsive units). plots: write plots/ at close(). steps: the planned number of steps, for
         the summary. clip_norm / clip_value: the clipping your loop applies after mon.step()
-        (recorded in config.yaml; the diagnosis reads it). scaler: the torch.amp.GradScaler of a
-        mixed-precision loop: the gradients are recorded unscaled, with the loss scale and the steps
-        it skipped (pass mon.step() the loss before scaling). check_gradients: one fused norm of
-        the gradients on steps that are not logged, to name the step of a non-finite gradient.
-        recording: where the rows go (`vgrad run` makes its own); default: a new run directory under
-        `out`. Distributed (DDP, FSDP): make a Monitor on every rank; rank 0 writes."""
+        (recorded in config.yaml; the diagnosis reads it). log_to: trackers that get each logged step's
+        figures too — "tensorboard", a directory or a SummaryWriter, "wandb", "mlflow" (their active
+        run), a Lightning logger, or a list (trackers/tracking.py: make_sinks); log_modules: send the
+        module rows, not the run's view. scaler: the torch.amp.GradScaler of a mixed-precision loop:
+        the gradients are recorded unscaled, with the loss scale and the steps it skipped (pass
+        mon.step() the loss before scaling). check_gradients: one fused norm of the gradients on steps
+        that are not logged, to name the step of a non-finite gradient. recording: where the rows go
+        (`vgrad run` makes its own); default: a new run directory under `out`. Distributed (DDP,
+        FSDP): make a Monitor on every rank; rank 0 writes."""
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"Monitor needs a torch.nn.Module, got {type(model).__name__}")
         check_options(every, on_problem, layers)
@@ -99,7 +103,6 @@ class Monitor:
         self.probe.select = layers
         if layers is not None:
             check_names(inner, layers)
-        self.watch = Watch(on_problem)
         self._between = Between()     # losses, gradient checks, skips, figures of the unlogged steps
         self._figures: dict = {}      # log_metrics() of the step being measured
         self._handles = Hooks()      # the optimizer's step hooks
@@ -112,6 +115,16 @@ class Monitor:
         self.recording = None         # only rank 0 of a distributed run writes
         if self._rank0:
             self.recording = recording or Recording(out, self.name, describe.config(self), {"steps_planned": steps})
+        tracking = None
+        if log_to is not None and self.recording is not None:
+            from ..trackers.tracking import Tracking
+
+            try:
+                tracking = self.recording.tracking = Tracking.to(log_to, self.path, log_modules)
+            except Exception as e:  # a tracker that cannot start: the run directory says so, not "running"
+                self.recording.finish(V.FAILED, 0, error=e)
+                raise
+        self.watch = Watch(on_problem, notify=tracking.warn if tracking is not None else None)
         if optimizer is not None:
             self._handles.add(optimizer.register_step_pre_hook(self._before_update))
             self._handles.add(optimizer.register_step_post_hook(self._after_update))
@@ -231,6 +244,12 @@ class Monitor:
         if self.scaler is not None:
             self.scaler.remove()
         self._armed = self._measured = False
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the run so far, as `vgrad_cli.load_run(mon.path)` shows it."""
+        from ..report.html import compact_html
+
+        return compact_html(self.path) if self.path is not None else "<p>vgrad Monitor (rank &gt; 0: no run here)</p>"
 
     def __enter__(self):
         return self

@@ -54,6 +54,7 @@ class Recording:
         self.path: Path = self.writer.path
         self.kind = (config.get("model") or {}).get("kind")
         self.on_log, self.replayable = on_log, replayable
+        self.tracking = None  # trackers (Monitor's log_to): fed every finite step written, told the verdict
         self.write_config(config)
         start = {"schema_version": V.SCHEMA_VERSION, "name": name, "source": config.get("source", V.SOURCE_RUN),
                  "status": V.RUNNING, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
@@ -101,6 +102,7 @@ class Recording:
                 self.replayable and self.last_written < step - 1)):
             return  # after the divergence nothing; the non-finite step itself is the replay's to write
         self._layers.append(rows)
+        modules = rows
         if view is not None:
             if self._blocks is None:
                 self._blocks = self.writer.table(V.BLOCKS_CSV, V.BLOCK_COLUMNS)
@@ -124,6 +126,8 @@ class Recording:
             self.last_eval = metrics
         if self.on_log is not None:
             self.on_log(step, metrics, rows)
+        if self.tracking is not None:  # the run's view; the module rows on request (log_modules)
+            self.tracking.log(step, metrics, modules if self.tracking.modules else rows)
 
     def check(self, losses: list[tuple[int, float]], extra_rows: list[dict] = (), skipped: list[int] = ()) -> None:
         """The non-finite check of (step, loss) pairs, in step order: the first non-finite one is the
@@ -209,6 +213,8 @@ class Recording:
                 raise
             # a run that failed may have left tables no verdict can read: its error is what matters
         self.writer.write_summary(self.summary)
+        if self.tracking is not None:
+            self.tracking.finish(self.summary)
         return self.summary
 
 

@@ -24,8 +24,9 @@ def _finite(v) -> bool:
 
 
 class Watch:
-    def __init__(self, on_problem: str | None):
-        self.on_problem = on_problem
+    def __init__(self, on_problem: str | None, notify=None):
+        """notify(step, message): also told each message (Monitor's trackers), before it is raised."""
+        self.on_problem, self.notify = on_problem, notify
         self.seen: set[str] = set()
         self.first_total: float | None = None
 
@@ -69,17 +70,27 @@ class Watch:
                 found.append(("dying", f"{mean:.0%} of units dead on average, {worst:.0%} in layer '{name}'"))
         return found
 
-    def check(self, step: int, rows: list[dict], metrics: dict, diverged_step: int | None, path,
-              modules: list[dict] | None = None, **found) -> tuple[str, str] | None:
-        """Warn of each new problem ("warn"); or return the first new one, (kind, message), for the
-        Monitor to raise ("raise"). found: problems()'s finding and divergence."""
+    def new(self, step: int, rows: list[dict], metrics: dict, diverged_step: int | None, path,
+            modules: list[dict] | None = None, **found) -> list[tuple[str, str]]:
+        """(kind, message) of each problem this step shows for the first time. found: problems()'s
+        finding and divergence."""
+        out = []
         for kind, evidence in self.problems(step, rows, metrics, diverged_step, modules, **found):
             if kind in self.seen:
                 continue
             self.seen.add(kind)
             label = {"dying": "dying units", "diverged": "divergence", "nonfinite": "non-finite gradient"}.get(
                 kind, f"{kind} gradients")
-            message = f"vgrad: {label} at step {step}: {evidence}" + (f" (details: vgrad diagnose {path})" if path else "")
+            out.append((kind, f"vgrad: {label} at step {step}: {evidence}" + (f" (details: vgrad diagnose {path})" if path else "")))
+        return out
+
+    def check(self, step: int, rows: list[dict], metrics: dict, diverged_step: int | None, path,
+              modules: list[dict] | None = None, **found) -> tuple[str, str] | None:
+        """Warn of each new problem ("warn"), and tell the trackers; or return the first new one,
+        (kind, message), for the Monitor to raise ("raise")."""
+        for kind, message in self.new(step, rows, metrics, diverged_step, path, modules, **found):
+            if self.notify is not None:
+                self.notify(step, message)
             if self.on_problem == "raise":
                 return kind, message
             if self.on_problem == "warn":

@@ -58,8 +58,12 @@ class CsvTable:
 def write_text_atomic(path: Path, text: str):
     """Write a whole file or nothing: readers (and a crash) never see half of it."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk: no half-written .tmp left behind either
+        raise
 
 
 def write_json_atomic(path: Path, data: dict):
