@@ -35,7 +35,7 @@ import torch
 
 from .. import vocab as V
 from ..errors import GradientProblem
-from ..measure.distributed import agree, combine, local, settle, sharding, world
+from ..measure.distributed import combine, local, settle, sharding, world
 from ..measure.finite import gradient_check
 from ..measure.hooks import Hooks
 from ..measure.probes import LayerProbe
@@ -45,7 +45,7 @@ from .options import check_names, check_options, checked_figures
 from .pending import Between, transfer
 from .recording import Recording
 from .scaler import ScalerWatch
-from .watch import KINDS, Watch
+from .watch import Watch, shared_problem
 
 __all__ = ["Monitor", "check_options"]
 COMPILED_NOTE = ("torch.compile'd model: delta_norm and the activation columns are left empty (they need hooks "
@@ -115,15 +115,7 @@ class Monitor:
         self.recording = None         # only rank 0 of a distributed run writes
         if self._rank0:
             self.recording = recording or Recording(out, self.name, describe.config(self), {"steps_planned": steps})
-        tracking = None
-        if log_to is not None and self.recording is not None:
-            from ..trackers.tracking import Tracking
-
-            try:
-                tracking = self.recording.tracking = Tracking.to(log_to, self.path, log_modules)
-            except Exception as e:  # a tracker that cannot start: the run directory says so, not "running"
-                self.recording.finish(V.FAILED, 0, error=e)
-                raise
+        tracking = self.recording.track(log_to, log_modules) if log_to is not None and self.recording else None
         self.watch = Watch(on_problem, notify=tracking.warn if tracking is not None else None)
         if optimizer is not None:
             self._handles.add(optimizer.register_step_pre_hook(self._before_update))
@@ -390,14 +382,11 @@ class Monitor:
     def _stop(self, step: int, problem: tuple[str, str] | None):
         """on_problem="raise": GradientProblem, on every rank of a distributed run at the same step
         (rank 0 decides; one 1-element all-reduce), so that no rank waits forever for the others."""
-        if self.watch.on_problem != "raise":
-            return
-        if self.ranks > 1:
-            code = agree(KINDS.index(problem[0]) + 1 if problem else 0, self.probe.param_layer.device)
-            if code and problem is None:
-                problem = (KINDS[code - 1], f"vgrad: rank 0 found {KINDS[code - 1]} at step {step}: every rank stops")
-        if problem is not None:
-            raise GradientProblem(problem[0], step, problem[1])
+        if self.watch.on_problem == "raise":
+            if self.ranks > 1:
+                problem = shared_problem(problem, step, self.probe.param_layer.device)
+            if problem is not None:
+                raise GradientProblem(problem[0], step, problem[1])
 
     def _flush(self):
         """At close(): the losses and gradient checks of the steps since the last logged one (a

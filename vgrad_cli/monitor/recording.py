@@ -74,6 +74,18 @@ class Recording:
         self.skips = SkipStreak()
         self.divergence: str | None = None  # what the divergence was, when not a non-finite loss
 
+    def track(self, log_to, log_modules: bool = False):
+        """Trackers (Monitor's log_to) fed every finite step written and told the verdict; returns them.
+        A tracker that cannot start ends the run "failed" (not "running") and raises."""
+        from ..trackers.tracking import Tracking
+
+        try:
+            self.tracking = Tracking.to(log_to, self.path, log_modules)
+        except Exception as e:
+            self.finish(V.FAILED, 0, error=e)
+            raise
+        return self.tracking
+
     def write_config(self, config: dict):
         self.writer.write_config(config)
 

@@ -106,6 +106,17 @@ def _said(r: dict) -> str:
     return f"{r['column']} of {where} '{r['first']}' (input side) / {where} '{r['last']}' ({end}) = {r['ratio']:.2g}{note}"
 
 
+def shared_problem(problem: tuple[str, str] | None, step: int, device) -> tuple[str, str] | None:
+    """Rank 0's decision, shared with every rank of a distributed run by one 1-element all-reduce:
+    the same problem (or none) on every rank, so that all raise at the same step."""
+    from ..measure.distributed import agree
+
+    code = agree(KINDS.index(problem[0]) + 1 if problem else 0, device)
+    if code and problem is None:
+        problem = (KINDS[code - 1], f"vgrad: rank 0 found {KINDS[code - 1]} at step {step}: every rank stops")
+    return problem
+
+
 def _warn(message: str) -> None:
     """The warning on stderr, wrapped to the terminal (or COLUMNS) between words like vgrad's own
     lines: a training log stays readable at 80 columns. The exception keeps it on one line."""
