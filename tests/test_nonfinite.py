@@ -134,7 +134,7 @@ def test_between_logged_steps_the_gradient_check_names_the_step(tmp_path, capsys
         model.fc1.bias.fill_(3.0)  # every unit alive: no sqrt at 0 ...
     x, y = data()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with Monitor(model, optimizer=opt, out=tmp_path, every=10, check_gradients=check, plots=False) as mon:
+    with Monitor(model, optimizer=opt, out=tmp_path, every=10, every_step=check, plots=False) as mon:
         for step in range(25):
             if step == 13:
                 with torch.no_grad():

@@ -17,6 +17,7 @@ LAYERS_CSV = "layers.csv"
 BLOCKS_CSV = "blocks.csv"               # a model with repeated blocks: one row per block (the run's view)
 METRICS_CSV = "metrics.csv"
 TIME_CSV = "time.csv"                   # a model that records its hidden states through time
+STEPS_CSV = "steps.csv"                 # the every-step tier: loss and total gradient norm of every step
 FLOAT64_CSV = "layers_float64.csv"      # step 0 again in float64 (vgrad run, where float32 underflows)
 SPREAD_CSV = "init_spread.csv"          # step 0 of K seeds (vgrad run --init-seeds K)
 DIAGNOSIS_JSON = "diagnosis.json"
@@ -45,6 +46,7 @@ SCALER_COLUMNS = ["loss_scale", "skipped"]
 # what vgrad measures itself: Monitor.log_metrics may not set them (the others it may, and any new name)
 MEASURED_METRICS = ("step", "grad_norm_total", "grad_norm_clipped", "time_s", *SCALER_COLUMNS)
 TIME_COLUMNS = ["step", "layer", "t", "delta_norm", "cell_grad_norm"]
+STEP_COLUMNS = ["step", "loss", "grad_norm_total", "grad_norm_clipped", "lr", "finite", "skipped"]
 SPREAD_COLUMNS = ["seed", "layer", "name", "grad_norm", "delta_norm", "act_std", "act_dead_frac"]
 # how far a layer moved and how much of it is dead or saturated: the HTML report shows them at the last step
 MOVEMENT_COLUMNS = ["weight_drift", "update_ratio", "act_dead_frac", "act_saturated_frac"]

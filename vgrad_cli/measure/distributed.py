@@ -33,12 +33,12 @@ import torch
 WRAPPERS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")
 
 SHARDED_SQ = ("grad_norm", "weight_norm", "_drift", "_old", "_upd", "_w0", "grad_norm_total", "grad_norm_clipped",
-              "view_grad_norm", "view_weight_norm")
+              "view_grad_norm", "view_weight_norm", "recent_grad_norms", "recent_grad_clipped")
 RATIOS = ("weight_drift", "update_ratio", "view_weight_drift", "view_update_ratio", "view_old")
 BATCH_SQ = ("delta_norm", "view_delta_norm", "time_delta_norm", "time_cell_grad_norm")
 MEAN = ("act_mean", "act_saturated_frac", "act_dead_frac", "act_unresponsive_frac", "loss", "recent_losses")
 MAX = ("grad_max_abs", "view_grad_max_abs", "_out", "skipped", "recent_skipped")
-SUM = ("recent_grad_checks",)
+SUM = ()
 FIRST = ("loss_scale",)
 NOT_SHARDED = ("whh_spectral_radius", "whh_sigma_max")  # need the whole W_hh
 

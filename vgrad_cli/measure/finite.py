@@ -3,7 +3,7 @@
 Forward: per row, whether an output of its module (over its calls) holds a NaN or an infinity; rows
 are in forward order, so the first such row is where the forward pass first went non-finite.
 Backward: the per-parameter gradient norms and δ the probe measures anyway (monitor/nonfinite.py
-reads them). Between logged steps: one fused norm of every gradient, kept on the device.
+reads them). Between logged steps: the every-step tier's total gradient norm, kept on the device.
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ def _all_finite(stats: dict, loss) -> bool:
     return finite
 
 
-def gradient_check(grads: list) -> torch.Tensor:
-    """A step that is not logged: one fused norm of every gradient, summed into a 0-d tensor that is
-    non-finite when a gradient is (or when one is beyond float32's range, ~1e19 per element: an
-    explosion anyway). Kept on the device; read at the next logged step."""
+def total_norm(grads: list) -> torch.Tensor:
+    """The L2 norm of every gradient together, as a 0-d tensor kept on the device (one fused norm per
+    tensor, then one over them): the every-step tier's grad_norm_total. Non-finite when a gradient is
+    (or when its elements pass ~1e19, where float32 squares overflow: an explosion anyway)."""
     grads = [g for g in grads if g is not None]
     if not grads:
         return torch.zeros(())
-    return torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)).sum()  # half precision: no overflow at 65504
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)))

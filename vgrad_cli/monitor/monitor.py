@@ -36,13 +36,13 @@ import torch
 from .. import vocab as V
 from ..errors import GradientProblem
 from ..measure.distributed import combine, local, settle, sharding, world
-from ..measure.finite import gradient_check
+from ..measure.finite import total_norm
 from ..measure.hooks import Hooks
 from ..measure.probes import LayerProbe
 from . import describe
 from .nonfinite import find
 from .options import check_names, check_options, checked_figures
-from .pending import Between, transfer
+from .pending import Between, step_row, transfer
 from .recording import Recording
 from .scaler import ScalerWatch
 from .watch import Watch, shared_problem
@@ -58,7 +58,7 @@ class Monitor:
                  name: str | None = None, every=10, on_problem: str | None = "warn", layers=None,
                  activations: bool = True, plots: bool = True, steps: int | None = None,
                  clip_norm: float | None = None, clip_value: float | None = None, log_to=None,
-                 log_modules: bool = False, *, scaler=None, check_gradients: bool = True,
+                 log_modules: bool = False, *, scaler=None, every_step: bool = True,
                  recording: Recording | None = None):
         """model: any torch.nn.Module. optimizer: optional; with it, update_ratio and the gradient
         norm after clipping are recorded and only optimizer steps count. out/name: the run directory
@@ -74,8 +74,10 @@ class Monitor:
         run), a Lightning logger, or a list (trackers/tracking.py: make_sinks); log_modules: send the
         module rows, not the run's view. scaler: the torch.amp.GradScaler of a mixed-precision loop:
         the gradients are recorded unscaled, with the loss scale and the steps it skipped (pass
-        mon.step() the loss before scaling). check_gradients: one fused norm of the gradients on steps
-        that are not logged, to name the step of a non-finite gradient. recording: where the rows go
+        mon.step() the loss before scaling). every_step: the every-step tier (steps.csv): the loss, the
+        total gradient norm before and after your clipping, the learning rate and a finiteness flag of
+        every step, kept on the device until the next logged step (one fused norm per step; it also
+        names the step of a non-finite gradient). recording: where the rows go
         (`vgrad run` makes its own); default: a new run directory under `out`. Distributed (DDP,
         FSDP): make a Monitor on every rank; rank 0 writes."""
         if not isinstance(model, torch.nn.Module):
@@ -110,7 +112,8 @@ class Monitor:
         self._stepped, self._scale = False, None
         # skips are seen through the optimizer's steps: with an optimizer only
         self.scaler = ScalerWatch.make(scaler, optimizer, self._scaler_update if optimizer is not None else None)
-        self._check = check_gradients and self.scaler is None  # a scaler checks every gradient itself
+        self._tier = every_step
+        self._step_norm = None  # this step's total gradient norm before clipping (the tier)
         self._own_recording = recording is None
         self.recording = None         # only rank 0 of a distributed run writes
         if self._rank0:
@@ -152,8 +155,9 @@ class Monitor:
         if not self._armed:
             if loss is not None:
                 self._between.losses.add(self.step_index, loss)
+            if self._tier:
+                self._record_step()
             if self.optimizer is None:
-                self._check_gradients()
                 self._advance()
             return
         if self._measured and self._loss is not None:  # an earlier micro-batch of this step: checked too
@@ -289,8 +293,8 @@ class Monitor:
                 s["grad_norm_clipped"] = s["grad_norm_clipped"] * inv  # re-measured, still scaled (a fused optimizer)
             self.probe.recorder = None            # its layer outputs: not needed past this point
             self.probe.before_update()
-        else:
-            self._check_gradients()
+        elif self._tier and self._step_norm is not None:
+            self._record_clipped()
 
     def _after_update(self, optimizer, args, kwargs):
         if self._measured:
@@ -299,11 +303,27 @@ class Monitor:
         self._advance()
 
     # ------------------------------------------------------------------ internals
-    def _check_gradients(self):
-        """A step that is not logged: one fused norm of every gradient, kept on the device."""
-        if self._check:
+    def _record_step(self):
+        """A step that is not logged, in the every-step tier: its total gradient norm before
+        clipping (one fused norm, kept on the device) and its learning rate."""
+        grads = [p.grad for p in self._trainable]
+        self._step_norm = total_norm([local(g) for g in grads] if self.sharded else grads)
+        self._between.checks.add(self.step_index, self._step_norm)
+        if self.optimizer is not None:
+            self._between.lrs[self.step_index] = self.optimizer.param_groups[0].get("lr")
+
+    def _record_clipped(self):
+        """The norm after the loop's clipping, where the loop said it clips: by norm, torch's own
+        factor min(1, max_norm / (norm + 1e-6)) on the device; by value, the norm taken again."""
+        norm, self._step_norm = self._step_norm, None
+        if self.clip["clip_norm"] is not None:
+            clipped = norm * torch.clamp(self.clip["clip_norm"] / (norm + 1e-6), max=1.0)
+        elif self.clip["clip_value"] is not None:
             grads = [p.grad for p in self._trainable]
-            self._between.checks.add(self.step_index, gradient_check([local(g) for g in grads] if self.sharded else grads))
+            clipped = total_norm([local(g) for g in grads] if self.sharded else grads)
+        else:
+            return
+        self._between.clipped.add(self.step_index, clipped)
 
     def _scaler_update(self):
         """scaler.update(): a step under a loss scaler ends. No optimizer step since the last one:
@@ -371,6 +391,9 @@ class Monitor:
         self._figures, self._loss = {}, None
         problem, rec = None, self.recording
         if rec is not None:
+            if self._tier:  # steps.csv: the steps in between, and this one from its full measurement
+                rec.write_steps(self._between.tier(set(skips)) + [step_row(
+                    step, loss, metrics["grad_norm_total"], metrics["grad_norm_clipped"], lr, skipped)])
             rec.write(step, rows, metrics, probe.time_rows(step, host), earlier, extra, view, skipped=skips)
             rec.note_nonfinite(find(step, None if skipped else host, probe, self.model, earlier, checks, set(skips)))
             if self.watch.on_problem is not None:
@@ -394,5 +417,7 @@ class Monitor:
         scaler skipped and the figures logged on them, in one host transfer. This rank's own."""
         shared, own = self._between.take(torch.device("cpu"))
         earlier, checks, skips, _, rows = self._between.read(transfer({**shared, **own}))
+        if self._tier:
+            self.recording.write_steps(self._between.tier(set(skips)))
         self.recording.check(earlier, rows, skips)
         self.recording.note_nonfinite(find(self.step_index, None, self.probe, self.model, earlier, checks, set(skips), True))

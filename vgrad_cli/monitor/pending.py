@@ -1,7 +1,7 @@
-"""What waits for the next logged step: the losses of the steps in between (checked there for a
-non-finite value, with no work and no host synchronisation before), the fused norms of their
-gradients (Monitor's check_gradients), the steps a loss scaler skipped, and the figures the user
-logged on them (Monitor.log_metrics)."""
+"""What waits for the next logged step: the every-step tier of the steps in between — their losses,
+total gradient norms before and after clipping, learning rates (kept on the device: no work and no
+host synchronisation before; checked there for a non-finite value) —, the steps a loss scaler
+skipped, and the figures the user logged on them (Monitor.log_metrics)."""
 
 from __future__ import annotations
 
@@ -124,7 +124,9 @@ class Between:
 
     def __init__(self):
         self.losses, self.checks, self.skips = LossBuffer(), LossBuffer(), SkipBuffer()
-        self.figures: dict = {}  # step -> {name: value}
+        self.clipped = LossBuffer()  # the total gradient norm after the loop's clipping, where known
+        self.lrs: dict = {}          # step -> the learning rate of its update
+        self.figures: dict = {}      # step -> {name: value}
         self._taken: tuple = ()
 
     def __bool__(self):
@@ -134,21 +136,41 @@ class Between:
         """(shared, own) device tensors. current: the logged step's own figures (step None)."""
         loss_steps, losses = self.losses.take()
         check_steps, checks = self.checks.take()
+        clip_steps, clipped = self.clipped.take()
+        lrs, self.lrs = self.lrs, {}
         skip_steps, own = self.skips.take(device)
         figures = [(None, k, v) for k, v in (current or {}).items()] + [
             (s, k, v) for s, f in sorted(self.figures.items()) for k, v in f.items()]
         self.figures = {}
         own.update({f"figure{i}": v for i, (_, _, v) in enumerate(figures) if isinstance(v, torch.Tensor)})
-        shared = {k: v for k, v in (("recent_losses", losses), ("recent_grad_checks", checks)) if v is not None}
-        self._taken = (loss_steps, check_steps, skip_steps, figures)
+        shared = {k: v for k, v in (("recent_losses", losses), ("recent_grad_norms", checks),
+                                    ("recent_grad_clipped", clipped)) if v is not None}
+        self._taken = (loss_steps, check_steps, clip_steps, lrs, skip_steps, figures)
         return {k: v.to(device) for k, v in shared.items()}, {k: v.to(device) for k, v in own.items()}
 
     def read(self, host: dict) -> tuple[list, list, list, list, list]:
-        """(earlier (step, loss), checks (step, value), skipped steps, figures (step or None, name,
-        value), metrics.csv rows of the unlogged steps) from the values take() handed over."""
-        loss_steps, check_steps, skip_steps, figures = self._taken
+        """(earlier (step, loss), checks (step, total gradient norm), skipped steps, figures (step or
+        None, name, value), metrics.csv rows of the unlogged steps) from the values take() handed
+        over. tier(): their steps.csv rows."""
+        loss_steps, check_steps, clip_steps, lrs, skip_steps, figures = self._taken
         earlier = list(zip(loss_steps, listed(host.get("recent_losses", []))))
-        checks = list(zip(check_steps, listed(host.get("recent_grad_checks", []))))
+        checks = list(zip(check_steps, listed(host.get("recent_grad_norms", []))))
+        self._tier = (earlier, checks, list(zip(clip_steps, listed(host.get("recent_grad_clipped", [])))), lrs)
         skips = [s for s, f in zip(skip_steps, listed(host.get("recent_skipped", []))) if f > 0]
         figures = [(s, k, host.get(f"figure{i}", v)) for i, (s, k, v) in enumerate(figures)]
         return earlier, checks, skips, figures, merged(figure_rows(figures, earlier), skip_rows(skip_steps, host, earlier))
+
+    def tier(self, skipped=()) -> list[dict]:
+        """steps.csv rows of the steps read() read: loss, total gradient norm (before and after
+        clipping), learning rate, and whether the step was finite. Steps that measured no gradient
+        norm (the tier off) have none."""
+        earlier, norms, clipped, lrs = self._tier
+        loss, clip = dict(earlier), dict(clipped)
+        return [step_row(s, loss.get(s), norm, clip.get(s), lrs.get(s), s in skipped) for s, norm in dict(norms).items()]
+
+
+def step_row(step: int, loss, norm, clipped, lr, skipped: bool = False) -> dict:
+    """One steps.csv row. finite: 1 when the loss and the gradient norm are finite numbers."""
+    finite = all(isinstance(v, (int, float)) and v == v and abs(v) != float("inf") for v in (loss, norm) if v is not None)
+    return {"step": step, "loss": loss, "grad_norm_total": norm, "grad_norm_clipped": clipped, "lr": lr,
+            "finite": int(finite), "skipped": int(skipped) if skipped else None}

@@ -65,6 +65,7 @@ class Recording:
         self._metrics = self.writer.table(V.METRICS_CSV, V.METRIC_COLUMNS)
         self._time = None  # made at the first step with hidden states through time
         self._blocks = None  # made at the first step with a block view
+        self._steps, self._last_step_row = None, -1  # steps.csv: made at the first logged step
         self.last_written = -1        # the last step whose rows are in the tables
         self.diverged_step: int | None = None
         self.first = self.last = None  # (rows, metrics, time rows) of the first / last finite step written
@@ -170,6 +171,17 @@ class Recording:
         """Where a NaN first appeared: the earliest finding is kept."""
         if finding is not None and (self.first_nonfinite is None or finding["step"] < self.first_nonfinite["step"]):
             self.first_nonfinite = finding
+
+    def write_steps(self, rows: list[dict]):
+        """steps.csv rows (the every-step tier), in step order; a step already written is skipped
+        (a replay measures its way up again)."""
+        rows = [r for r in rows if r["step"] > self._last_step_row]
+        if not rows:
+            return
+        if self._steps is None:
+            self._steps = self.writer.table(V.STEPS_CSV, V.STEP_COLUMNS)
+        self._steps.append(rows)
+        self._last_step_row = rows[-1]["step"]
 
     def add_table(self, name: str, columns: list[str], rows: list[dict]):
         """A table only the caller measures (vgrad run's layers_float64.csv, init_spread.csv)."""

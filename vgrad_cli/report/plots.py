@@ -345,10 +345,11 @@ def write_run_plots(run_dir, out: Path | None = None) -> list[Path]:
     """Write plots/*.png for one run directory (or into `out`: `vgrad report` leaves the run as it
     is); returns the files written."""
     from ..rundir.store import load_run
+    from .steps_plot import every_step
 
     run = load_run(Path(run_dir))
     out = Path(out) if out is not None else Path(run_dir) / "plots"
     written = [gradient_flow(run, out / "gradient_flow.png"), grad_heatmap(run, out / "grad_heatmap.png"),
                loss_curves(run, out / "loss.png"), activations(run, out / "activations.png"),
-               gradient_through_time(run, out / "gradient_through_time.png")]
+               gradient_through_time(run, out / "gradient_through_time.png"), every_step(run, out / "steps.png")]
     return [p for p in written if p is not None]

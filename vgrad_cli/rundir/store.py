@@ -24,6 +24,7 @@ REQUIRED = {
     V.METRICS_CSV: ("step", "loss"),
     V.TIME_CSV: ("step", "layer", "t", "delta_norm"),
     V.FLOAT64_CSV: ("step", "layer", "grad_norm", "delta_norm"),
+    V.STEPS_CSV: ("step", "loss", "grad_norm_total"),
 }
 _STAMP = re.compile(r"-(\d{4})(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})-[0-9a-f]{4}$")
 
@@ -50,6 +51,7 @@ class Run:
     # model with repeated blocks, else the module rows of layers.csv. `modules` holds layers.csv's rows
     # when the view is the block one (else None: the two are the same).
     modules: list[dict] | None = None
+    every_step: list[dict] | None = None  # steps.csv: the loss and total gradient norm of every step
 
     @property
     def module_rows(self) -> list[dict]:
@@ -243,8 +245,9 @@ def load_run(path: Path) -> Run:
     layers, modules = tables[V.LAYERS_CSV], None
     if (path / V.BLOCKS_CSV).exists():  # a model with repeated blocks: the run is read by its blocks
         layers, modules = _checked_table(path, V.BLOCKS_CSV, incomplete, notes), layers
+    every = _checked_table(path, V.STEPS_CSV, incomplete, notes) if (path / V.STEPS_CSV).exists() else None
     run = Run(path, summary, config if isinstance(config, dict) else {}, layers,
-              tables[V.METRICS_CSV], time_rows, notes, float64 or None, modules)
+              tables[V.METRICS_CSV], time_rows, notes, float64 or None, modules, every)
     if incomplete:
         steps = run.steps
         span = f"steps {steps[0]}–{steps[-1]} of {summary.get('steps_planned', '?')}" if steps else "no steps yet"

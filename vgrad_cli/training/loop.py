@@ -93,7 +93,7 @@ def replay(cfg, task, device, mon: Monitor, detected: int) -> None:
     original = logged_steps(cfg)
     tr = Trainer(cfg, task, device)
     again = Monitor(tr.model, tr.optimizer, every=lambda s: original(s) if s <= last_written else s >= start,
-                    on_problem=None, activations=cfg.log.activations, plots=False, check_gradients=False, recording=rec)
+                    on_problem=None, activations=cfg.log.activations, plots=False, every_step=False, recording=rec)
     found = rec.first_nonfinite  # from a later step; the replay measures the step itself: the module
     rec.diverged_step, rec.first_nonfinite = None, None  # found again, where this training finds them
     try:

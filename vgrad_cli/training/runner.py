@@ -49,8 +49,7 @@ def run_experiment(cfg, out_root: str | Path, on_start=None, on_log=None, plots:
             raise
         mon = Monitor(tr.model, tr.optimizer, every=logged_steps(cfg), on_problem=None,
                       activations=cfg.log.activations, plots=plots, steps=cfg.train.steps,
-                      clip_norm=cfg.train.clip_norm, clip_value=cfg.train.clip_value, recording=rec,
-                      check_gradients=False)  # a divergence is replayed, every step measured: no check between
+                      clip_norm=cfg.train.clip_norm, clip_value=cfg.train.clip_value, recording=rec)
         with mon, StopSignals() as stop:  # an exception: the run ends "failed", its rows kept
             status, step = train(cfg, tr, mon, stop)
             if rec.needs_replay:
