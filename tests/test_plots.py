@@ -14,7 +14,7 @@ from vgrad_cli.report.compare_plot import compare_plot
 from vgrad_cli.report.plots import DPI, FIGSIZE, write_run_plots
 from vgrad_cli.training.runner import run_experiment
 
-RUN_PLOTS = ["gradient_flow", "grad_heatmap", "loss", "activations"]
+RUN_PLOTS = ["gradient_flow", "grad_heatmap", "loss", "activations", "steps"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_every_run_gets_its_plots(runs):
 def test_no_activation_plot_without_activations(runs):
     _, b = runs
     names = [p.name for p in write_run_plots(b)]
-    assert names == ["gradient_flow.png", "grad_heatmap.png", "loss.png"]
+    assert names == ["gradient_flow.png", "grad_heatmap.png", "loss.png", "steps.png"]
 
 
 def test_recurrent_run_gets_the_through_time_curve(runs, tmp_path):
@@ -58,9 +58,8 @@ def test_recurrent_run_gets_the_through_time_curve(runs, tmp_path):
         for step in (0, 10, 20):
             for t in range(40):
                 f.write(f"{step},0,{t},{math.exp(-(39 - t) * 0.5)}\n")
-    paths = write_run_plots(d)
-    assert paths[-1].name == "gradient_through_time.png"
-    check_png(paths[-1], "gradient_through_time")
+    paths = {p.name: p for p in write_run_plots(d)}
+    check_png(paths["gradient_through_time.png"], "gradient_through_time")
 
 
 def test_zero_nan_inf_and_diverged_values_do_not_crash(runs, tmp_path):

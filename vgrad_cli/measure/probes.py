@@ -22,6 +22,7 @@ from .recorder import Recorder  # noqa: F401  (tests and models import it from h
 from .recurrent import spectra_layers, time_rows, whh_spectra
 from .actstats import ActivationStats
 from .hooks import Hooks
+from .updates import UpdateNorms
 from .blocks import BlockView, block_candidates
 from .layers import FROZEN, hook_candidates, is_activation
 
@@ -80,8 +81,9 @@ class LayerProbe:
         # a row whose weights start at 0 (LoRA's B, a zero position embedding) has no drift ratio
         self.no_drift = {i for i, v in enumerate(self.w0_norm.tolist()) if v == 0}
         self.empty = {i for i, layer in enumerate(layers) if not layer.params}
-        # Reused every logged step: the parameters before the update (no fresh allocation per step)
-        self._before_buf: list | None = None
+        self._updates = None  # measure/updates.py: ||update|| per parameter (made at the first update)
+        self._drift_buf: list | None = None  # W - W0, reused from one logged step to the next
+        self._index_cache: dict = {}
         self._param_norms = None      # per-parameter norms at after_backward (= before the update)
         self._grads, self._grad_versions = [], []  # the gradients measured, and their version counters
         self.param_grad_norms = None  # per-parameter gradient norms of the last logged step (naming a NaN)
@@ -227,18 +229,25 @@ class LayerProbe:
         self._grad_versions = [g._version for g in grads]
         self._grads = grads
         s = self.stats
-        self.param_grad_norms = norms64(grads)
+        deltas, delta_index = self._deltas()
+        both = norms64(grads + deltas)  # the parameters' gradients and δ: one pass of fused norms
+        self.param_grad_norms = both[:len(grads)]
         s["grad_norm"] = per_layer_norm(self.param_grad_norms, self.param_layer, self.n)
         dt = torch.float64 if grads[0].dtype == torch.float64 else torch.float32  # float64: its tiny values too
         s["grad_max_abs"] = torch.zeros(self.n, dtype=dt, device=self.param_layer.device).scatter_reduce_(
             0, self.param_layer, abs_max_each(grads).to(dt), "amax", include_self=False
         )
-        self._delta_norms()
+        s["delta_norm"] = per_layer_norm(both[len(grads):], delta_index, self.n)
         # One fused norm over every parameter: weight_norm now, and the "before" norm of update_ratio
         # (the parameters do not change between here and the update; clipping touches only grads).
         self._param_norms = torch.stack(torch._foreach_norm(params)).float()
         s["weight_norm"] = per_layer_norm(self._param_norms[self.weight_index], self.weight_layer, self.n).float()
-        drift = torch.stack(torch._foreach_norm(torch._foreach_sub(self._local(self.weights), self.w0))).float()
+        weights = self._local(self.weights)
+        if self._drift_buf is None:
+            self._drift_buf = [torch.empty_like(w) for w in weights]
+        for w, w0, d in zip(weights, self.w0, self._drift_buf):  # into a kept buffer: no allocation per step
+            torch.sub(w, w0, out=d)
+        drift = torch.stack(torch._foreach_norm(self._drift_buf)).float()
         s["_drift"] = per_layer_norm(drift, self.weight_layer, self.n).float()  # ||W - W0|| per row
         s["weight_drift"] = s["_drift"] / self.w0_norm
         self.act_layers, self.no_saturation, act = ([], set(), {}) if not self.keep_activations else \
@@ -258,8 +267,9 @@ class LayerProbe:
         if not keep_hooks:
             self.recorder = None  # the outputs and activations it holds are not needed any more
 
-    def _delta_norms(self):
-        """δ of every layer: the norm of the gradient at its output (over all calls of its module)."""
+    def _deltas(self) -> tuple[list, torch.Tensor]:
+        """δ's tensors (the gradients at every layer's outputs, over all calls of its module) and the
+        layer each belongs to."""
         rec, zs, index = self.recorder, [], []
         for i, layer in enumerate(self.layers):
             tensors = rec.z.get(i, []) if layer.delta is None else rec.out.get(id(layer.delta), [])
@@ -268,12 +278,10 @@ class LayerProbe:
             zs += tensors
             index += [i] * len(tensors)
         self.missing_delta = set(range(self.n)) - set(index)
-        if not zs:
-            self.stats["delta_norm"] = torch.zeros(self.n, dtype=torch.float64, device=self.param_layer.device)
-            return
-        deltas = [z.grad if z.grad is not None else torch.zeros_like(z) for z in zs]
-        idx = torch.tensor(index, device=self.param_layer.device)
-        self.stats["delta_norm"] = per_layer_norm(norms64(deltas), idx, self.n)
+        key = tuple(index)
+        if key not in self._index_cache:  # the same every logged step: made once
+            self._index_cache = {key: torch.tensor(index, dtype=torch.long, device=self.param_layer.device)}
+        return [z.grad if z.grad is not None else torch.zeros_like(z) for z in zs], self._index_cache[key]
 
     def unscale(self, inv_scale: torch.Tensor):
         """The gradient statistics of a step whose loss a GradScaler multiplied: divided by the
@@ -293,26 +301,31 @@ class LayerProbe:
             clipped = len(grads) != len(self.params) or any(
                 now is not g or g._version != v for now, g, v in zip(self._local([p.grad for p in self.params]), grads, self._grad_versions))
         self._grads = []
+        self._clip_norms = self.param_grad_norms  # per parameter, as the optimizer will see them
         if not clipped:
             self.stats["grad_norm_clipped"] = self.stats["grad_norm_total"]
             return
         grads = [g for g in self._local([p.grad for p in self.params]) if g is not None]
-        self.stats["grad_norm_clipped"] = norms64(grads).square().sum().sqrt()
+        if len(grads) == len(self.params):
+            self._clip_norms = norms64(grads)
+            self.stats["grad_norm_clipped"] = self._clip_norms.square().sum().sqrt()
+        else:
+            self.stats["grad_norm_clipped"] = norms64(grads).square().sum().sqrt()
 
     @torch.no_grad()
-    def before_update(self):
-        if self._before_buf is None:
-            self._before_buf = [p.clone() for p in self._local(self.params)]
-        else:
-            torch._foreach_copy_(self._before_buf, self._local(self.params))
+    def before_update(self, optimizer=None, how: str = "copy"):
+        """Just before the optimizer's step (after after_clip). optimizer, how: updates.rule()'s reading."""
+        if self._updates is None:
+            self._updates = UpdateNorms(optimizer, self.params, how)
+        params = self._local(self.params)
+        grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(self._local([p.grad for p in self.params]), params)]
+        self._updates.before(params, grads, self._clip_norms)
 
     @torch.no_grad()
     def after_update(self):
-        before = self._before_buf
-        if before is None or self._param_norms is None:
+        if self._updates is None or self._param_norms is None:
             raise RuntimeError("after_update needs after_backward and before_update on the same step")
-        torch._foreach_sub_(before, self._local(self.params))  # in place: before - after = -update
-        upd = per_layer_norm(norms64(before), self.param_layer, self.n)
+        upd = per_layer_norm(self._updates.after(self._local(self.params)), self.param_layer, self.n)
         old = per_layer_norm(self._param_norms, self.param_layer, self.n)
         self.stats["update_ratio"] = upd / old  # a row whose parameters are all 0 gets none (rows())
         self.stats["_old"], self.stats["_upd"] = old, upd

@@ -44,7 +44,7 @@ def config(mon) -> dict:
     if mon.path is not None and mon.status != V.RUNNING:  # at close(): what the logged steps show
         train["detected"] = training(mon.path, mon.clip)
     structure = mon.probe.structure
-    every = mon.every if isinstance(mon.every, int) else None
+    every = mon.every if isinstance(mon.every, int) or mon.every == "auto" else None
     return {"name": mon.name, "source": V.SOURCE_MONITOR,
             "model": {"kind": "custom", "class": mon._class,
                       "parameters": sum(whole.get(id(p), p.numel()) for p in mon.model.parameters()),

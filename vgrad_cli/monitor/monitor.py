@@ -17,9 +17,9 @@ in-place version counters; also for step(closure), where forward, backward and c
 the optimizer's step: Lightning, LBFGS). Forward passes without autograd (evaluation under
 torch.no_grad) are not recorded, even on a logged step. When the next step is logged too (every=1)
 the hooks stay armed instead of being removed and made again. Steps that are not logged do no
-measurement work and no host synchronisation: one reference to the (detached) loss, and one fused
-norm of the gradients (check_gradients), both read at the next logged step to find a non-finite
-value in between (nonfinite.py). A loss scaler: scaler.py; several processes (DDP, FSDP): every
+per-layer work and no host synchronisation: the every-step tier (pending.py: the loss, one fused
+norm of the gradients) waits on the device for the next logged step (steps.csv; a non-finite value
+in between: nonfinite.py). A loss scaler: scaler.py; several processes (DDP, FSDP): every
 rank measures its part, the figures are combined by one collective per logged step
 (measure/distributed.py) and rank 0 writes. What a logged step leaves on disk is the Recording's
 (recording.py). Framework callbacks over this class: vgrad_cli/integrations/.
@@ -35,14 +35,15 @@ import torch
 
 from .. import vocab as V
 from ..errors import GradientProblem
-from ..measure.distributed import combine, local, settle, sharding, world
-from ..measure.finite import total_norm
-from ..measure.hooks import Hooks
+from ..measure.distributed import combine, settle, sharding, world
+from ..measure.hooks import Hooks, when_update_begins
 from ..measure.probes import LayerProbe
+from ..measure.updates import rule as update_rule
 from . import describe
 from .nonfinite import find
 from .options import check_names, check_options, checked_figures
-from .pending import Between, step_row, transfer
+from .cadence import Cadence
+from .pending import Between, EveryStep, step_row, transfer
 from .recording import Recording
 from .scaler import ScalerWatch
 from .watch import Watch, shared_problem
@@ -58,12 +59,13 @@ class Monitor:
                  name: str | None = None, every=10, on_problem: str | None = "warn", layers=None,
                  activations: bool = True, plots: bool = True, steps: int | None = None,
                  clip_norm: float | None = None, clip_value: float | None = None, log_to=None,
-                 log_modules: bool = False, *, scaler=None, every_step: bool = True,
+                 log_modules: bool = False, *, scaler=None, every_step: bool = True, budget: float = 0.03,
                  recording: Recording | None = None):
         """model: any torch.nn.Module. optimizer: optional; with it, update_ratio and the gradient
         norm after clipping are recorded and only optimizer steps count. out/name: the run directory
         is out/<name>-<date>-<time>-<id> (name: the model's class). every: log every N steps (step 0
-        always), or a function step -> bool. on_problem: "warn" prints one line the first time a
+        always), a function step -> bool, or "auto": spaced so that measuring costs at most `budget`
+        of the training time (cadence.py). on_problem: "warn" prints one line the first time a
         problem shows, "raise" raises GradientProblem, None is silent. layers: module names (or
         prefixes) to keep, or {row name: [module names]} to group several modules into one row;
         default: every module with parameters. activations: activation statistics (dead, saturated,
@@ -82,9 +84,9 @@ class Monitor:
         FSDP): make a Monitor on every rank; rank 0 writes."""
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"Monitor needs a torch.nn.Module, got {type(model).__name__}")
-        check_options(every, on_problem, layers)
+        check_options(every, on_problem, layers, budget)
         self.model, self.optimizer, self.every, self.plots = model, optimizer, every, plots
-        self._logged = every if callable(every) else (lambda step: step % every == 0)
+        self._logged = Cadence(every, budget)
         self.clip = {"clip_norm": clip_norm, "clip_value": clip_value}
         self.step_index = 0              # the step being accumulated (optimizer steps, or step() calls)
         self.status = V.RUNNING
@@ -102,9 +104,7 @@ class Monitor:
         self.name = name or type(inner).__name__
         self._class = type(inner).__name__
         self.probe = LayerProbe(inner, None, activations and not self.compiled, layers=None, hooks=not self.compiled)
-        self.probe.select = layers
-        if layers is not None:
-            check_names(inner, layers)
+        self.probe.select = check_names(inner, layers) if layers is not None else None
         self._between = Between()     # losses, gradient checks, skips, figures of the unlogged steps
         self._figures: dict = {}      # log_metrics() of the step being measured
         self._handles = Hooks()      # the optimizer's step hooks
@@ -112,8 +112,9 @@ class Monitor:
         self._stepped, self._scale = False, None
         # skips are seen through the optimizer's steps: with an optimizer only
         self.scaler = ScalerWatch.make(scaler, optimizer, self._scaler_update if optimizer is not None else None)
-        self._tier = every_step
-        self._step_norm = None  # this step's total gradient norm before clipping (the tier)
+        self._tier = EveryStep(self._between, self._trainable, optimizer, self.clip, self.sharded, self.scaler) \
+            if every_step else None
+        self._update_rule = update_rule(optimizer, self.scaler, bool(self.sharded))
         self._own_recording = recording is None
         self.recording = None         # only rank 0 of a distributed run writes
         if self._rank0:
@@ -155,8 +156,8 @@ class Monitor:
         if not self._armed:
             if loss is not None:
                 self._between.losses.add(self.step_index, loss)
-            if self._tier:
-                self._record_step()
+            if self._tier is not None:
+                self._tier.record(self.step_index)
             if self.optimizer is None:
                 self._advance()
             return
@@ -263,24 +264,7 @@ class Monitor:
 
     # ------------------------------------------------------------------ the optimizer's hooks
     def _before_update(self, optimizer, args, kwargs):
-        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
-        if closure is None:
-            self._update_begins()
-            return None
-        # step(closure) (Lightning, LBFGS): forward, backward, step() and clipping all run inside the
-        # optimizer's step, in the closure; the update begins once it has returned (the first time)
-        started = []
-
-        def closure_then_measure(*a, **kw):
-            result = closure(*a, **kw)
-            if not started:
-                started.append(True)
-                self._update_begins()
-            return result
-
-        if "closure" in kwargs:
-            return args, {**kwargs, "closure": closure_then_measure}
-        return (args[0], closure_then_measure, *args[2:]), kwargs
+        return when_update_begins(args, kwargs, self._update_begins)
 
     def _update_begins(self):
         self._stepped = True
@@ -292,9 +276,9 @@ class Monitor:
             if inv is not None and s["grad_norm_clipped"] is not s["grad_norm_total"]:
                 s["grad_norm_clipped"] = s["grad_norm_clipped"] * inv  # re-measured, still scaled (a fused optimizer)
             self.probe.recorder = None            # its layer outputs: not needed past this point
-            self.probe.before_update()
-        elif self._tier and self._step_norm is not None:
-            self._record_clipped()
+            self.probe.before_update(self.optimizer, self._update_rule)
+        elif self._tier is not None:
+            self._tier.record_clipped(self.step_index)
 
     def _after_update(self, optimizer, args, kwargs):
         if self._measured:
@@ -303,28 +287,6 @@ class Monitor:
         self._advance()
 
     # ------------------------------------------------------------------ internals
-    def _record_step(self):
-        """A step that is not logged, in the every-step tier: its total gradient norm before
-        clipping (one fused norm, kept on the device) and its learning rate."""
-        grads = [p.grad for p in self._trainable]
-        self._step_norm = total_norm([local(g) for g in grads] if self.sharded else grads)
-        self._between.checks.add(self.step_index, self._step_norm)
-        if self.optimizer is not None:
-            self._between.lrs[self.step_index] = self.optimizer.param_groups[0].get("lr")
-
-    def _record_clipped(self):
-        """The norm after the loop's clipping, where the loop said it clips: by norm, torch's own
-        factor min(1, max_norm / (norm + 1e-6)) on the device; by value, the norm taken again."""
-        norm, self._step_norm = self._step_norm, None
-        if self.clip["clip_norm"] is not None:
-            clipped = norm * torch.clamp(self.clip["clip_norm"] / (norm + 1e-6), max=1.0)
-        elif self.clip["clip_value"] is not None:
-            grads = [p.grad for p in self._trainable]
-            clipped = total_norm([local(g) for g in grads] if self.sharded else grads)
-        else:
-            return
-        self._between.clipped.add(self.step_index, clipped)
-
     def _scaler_update(self):
         """scaler.update(): a step under a loss scaler ends. No optimizer step since the last one:
         the scaler skipped this step (its gradient overflowed)."""
@@ -345,6 +307,7 @@ class Monitor:
 
     def _arm(self):
         self._armed = self._logged(self.step_index)  # on every rank: each measures its part
+        self._logged.tick(self._armed)
         self._measured = False
         self._figures, self._loss = {}, None
         if self._armed:
@@ -367,6 +330,8 @@ class Monitor:
             flag = None if skipped else self.scaler.found_inf()
             own["skipped"] = (flag if flag is not None else torch.tensor(float(skipped))).to(device)
             own["loss_scale"] = (self._scale if self._scale is not None else torch.tensor(float("nan"))).to(device)
+        if self._logged.auto:  # the last logged step's cost and the pace, the same on every rank
+            probe.stats["_cadence"] = torch.tensor(self._logged.figures(), dtype=torch.float64, device=device)
         if self.ranks > 1:
             if self.sharded:
                 probe.stats["_w0"] = probe.w0_norm
@@ -376,6 +341,8 @@ class Monitor:
         if self.sharded:
             settle(probe, host)
         skipped = skipped or host.get("skipped", 0) > 0
+        if self._logged.auto:
+            self._logged.plan(step, *host["_cadence"])
         earlier, checks, skips, figures, extra = self._between.read(host)
         skips += [step] * skipped
         lr = self.optimizer.param_groups[0].get("lr") if self.optimizer is not None else None
@@ -391,7 +358,7 @@ class Monitor:
         self._figures, self._loss = {}, None
         problem, rec = None, self.recording
         if rec is not None:
-            if self._tier:  # steps.csv: the steps in between, and this one from its full measurement
+            if self._tier is not None:  # steps.csv: the steps in between, and this one from its full measurement
                 rec.write_steps(self._between.tier(set(skips)) + [step_row(
                     step, loss, metrics["grad_norm_total"], metrics["grad_norm_clipped"], lr, skipped)])
             rec.write(step, rows, metrics, probe.time_rows(step, host), earlier, extra, view, skipped=skips)
@@ -417,7 +384,7 @@ class Monitor:
         scaler skipped and the figures logged on them, in one host transfer. This rank's own."""
         shared, own = self._between.take(torch.device("cpu"))
         earlier, checks, skips, _, rows = self._between.read(transfer({**shared, **own}))
-        if self._tier:
+        if self._tier is not None:
             self.recording.write_steps(self._between.tier(set(skips)))
         self.recording.check(earlier, rows, skips)
         self.recording.note_nonfinite(find(self.step_index, None, self.probe, self.model, earlier, checks, set(skips), True))

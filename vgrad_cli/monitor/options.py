@@ -12,20 +12,22 @@ ON_PROBLEM = ("warn", "raise", None)
 _METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")
 
 
-def check_options(every, on_problem, layers) -> None:
+def check_options(every, on_problem, layers, budget: float = 0.03) -> None:
     """Monitor's options that can be wrong before there is a model (framework callbacks check them
     when they are made, not at the start of training)."""
-    if not callable(every) and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
-        raise ValueError(f"every must be an integer >= 1 or a function step -> bool, got {every!r}")
+    if not callable(every) and every != "auto" and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+        raise ValueError(f"every must be an integer >= 1, \"auto\" or a function step -> bool, got {every!r}")
+    if not isinstance(budget, (int, float)) or not 0 < budget < 1:
+        raise ValueError(f"budget must be a fraction of the training time, 0 < budget < 1 (0.03: 3 %), got {budget!r}")
     if on_problem not in ON_PROBLEM:
         raise ValueError(f"on_problem must be 'warn', 'raise' or None, got {on_problem!r}")
     if layers is not None and not isinstance(layers, (list, tuple, dict)):
         raise ValueError("layers must be a list of module names or a {row name: [module names]} dict")
 
 
-def check_names(model, layers) -> None:
+def check_names(model, layers):
     """Every name in layers= must be a module of the model, or a prefix of some: else ValueError now,
-    before a run directory exists, not at the first step."""
+    before a run directory exists, not at the first step. Returns layers."""
     names = [clean_name(n) for n, _ in model.named_modules() if clean_name(n)]
     wanted = [p for v in layers.values() for p in ([v] if isinstance(v, str) else v)] if isinstance(layers, dict) else list(layers)
     for w in wanted:
@@ -33,6 +35,7 @@ def check_names(model, layers) -> None:
             close = [n for n in names if str(w) in n][:5] or names[:8]
             raise ValueError(f"layers: {w!r} is not a module of {type(model).__name__}; modules are named like: "
                              + ", ".join(close))
+    return layers
 
 
 def checked_figures(values: dict) -> dict:

@@ -174,3 +174,41 @@ def step_row(step: int, loss, norm, clipped, lr, skipped: bool = False) -> dict:
     finite = all(isinstance(v, (int, float)) and v == v and abs(v) != float("inf") for v in (loss, norm) if v is not None)
     return {"step": step, "loss": loss, "grad_norm_total": norm, "grad_norm_clipped": clipped, "lr": lr,
             "finite": int(finite), "skipped": int(skipped) if skipped else None}
+
+
+class EveryStep:
+    """The every-step tier on a step that is not logged: its total gradient norm before clipping
+    (one fused norm, kept on the device), its learning rate, and, where the loop said it clips, the
+    norm after clipping — by norm, torch's own factor min(1, max_norm / (norm + 1e-6)) on the device;
+    by value, the norm taken again. Into the Between that the next logged step reads."""
+
+    def __init__(self, between: Between, trainable: list, optimizer, clip: dict, sharded: bool, scaler=None):
+        self.between, self.trainable, self.optimizer, self.clip, self.sharded = between, trainable, optimizer, clip, sharded
+        self.scaler = scaler  # a loss scaler's gradients are S times the optimizer's: divided (on the device)
+        self._norm = None
+
+    def _total(self):
+        from ..measure.distributed import local
+        from ..measure.finite import total_norm
+
+        grads = [p.grad for p in self.trainable]
+        norm = total_norm([local(g) for g in grads] if self.sharded else grads)
+        inv = self.scaler.inverse() if self.scaler is not None else None
+        return norm * inv if inv is not None else norm
+
+    def record(self, step: int):
+        """After backward (the norm before the loop's clipping)."""
+        self._norm = self._total()
+        self.between.checks.add(step, self._norm)
+        if self.optimizer is not None:
+            self.between.lrs[step] = self.optimizer.param_groups[0].get("lr")
+
+    def record_clipped(self, step: int):
+        """In the optimizer's step, after the loop's clipping."""
+        norm, self._norm = self._norm, None
+        if norm is None:
+            return
+        if self.clip["clip_norm"] is not None:
+            self.between.clipped.add(step, norm * torch.clamp(self.clip["clip_norm"] / (norm + 1e-6), max=1.0))
+        elif self.clip["clip_value"] is not None:
+            self.between.clipped.add(step, self._total())

@@ -15,6 +15,16 @@ MAX_LINES = 6  # logged steps drawn in one panel: first, last and evenly spaced 
 FEW_POINTS = 30  # a line with at most this many points gets markers
 FEW_LAYERS = 3   # up to this many layers, a statistic reads better as lines over training steps
 
+FIGSIZE = {  # inches; at DPI 100 -> pixels
+    "gradient_flow": (12, 4.8),
+    "grad_heatmap": (10, 5.5),
+    "loss": (12, 4.5),
+    "activations": (12, 4.5),
+    "gradient_through_time": (10, 5),
+    "compare": (16, 6),  # compare_plot.py
+    "steps": (12, 4.5),  # steps_plot.py
+}
+
 
 def pyplot():
     import matplotlib

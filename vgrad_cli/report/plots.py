@@ -12,19 +12,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .axes import (  # noqa: F401 - DPI: figure sizes are FIGSIZE x DPI, part of this module's interface
-    DPI, FEW_LAYERS, below_float32, diverged_line, empty_note, finite, has_values, include_y, integer_x, layer_lines,
+from .axes import (  # noqa: F401 - DPI, FIGSIZE: figure sizes are FIGSIZE x DPI, part of this module's interface
+    DPI, FIGSIZE, FEW_LAYERS, below_float32, diverged_line, empty_note, finite, has_values, include_y, integer_x, layer_lines,
     marks, over_steps, pick_steps, pyplot, positive, row_ticks, save, step_legend, run_title,
 )
 
-FIGSIZE = {  # inches; at DPI 100 -> pixels
-    "gradient_flow": (12, 4.8),
-    "grad_heatmap": (10, 5.5),
-    "loss": (12, 4.5),
-    "activations": (12, 4.5),
-    "gradient_through_time": (10, 5),
-    "compare": (16, 6),  # compare_plot.py
-}
 
 
 def gradient_flow(run, path: Path) -> Path:

@@ -6,9 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .axes import diverged_line, has_values, integer_x, marks, positive, pyplot, run_title, save
+from .axes import FIGSIZE, diverged_line, has_values, integer_x, marks, positive, pyplot, run_title, save
 
-FIGSIZE = (12, 4.5)
 
 
 def every_step(run, path: Path) -> Path | None:
@@ -16,7 +15,7 @@ def every_step(run, path: Path) -> Path | None:
     if not rows:
         return None
     plt = pyplot()
-    fig, (ax_l, ax_g) = plt.subplots(1, 2, figsize=FIGSIZE, layout="constrained")
+    fig, (ax_l, ax_g) = plt.subplots(1, 2, figsize=FIGSIZE["steps"], layout="constrained")
     steps = [r["step"] for r in rows]
     _line(ax_l, steps, [r.get("loss") for r in rows], "loss (every step)", "C0")
     ax_l.set_title("loss at every step")
