@@ -162,8 +162,15 @@ def decide(by_key: dict) -> tuple[str, str, bool]:
     """(verdict, one sentence of why, recovered). Severity order; the gradient evidence decides
     the kind of problem, the training indicators (1, 2, 5, 6) whether it cost anything."""
     on = {k for k, v in by_key.items() if v["status"] == "present"}
+    # Units that die behind residual connections cannot stop the stream's gradient: when it vanishes
+    # too, the vanishing is the problem and the dead units come with it (a Post-LN stack at a high
+    # learning rate); in a plain chain, dead units are what cuts the gradient (dying-relu first).
+    behind = "dying_relu" in on and "gradient_decay" in on and by_key["dying_relu"]["evidence"].get("residual")
     effects = [by_key[k]["name"] for k in ("slow_training", "poor_performance", "reliance_on_upper_layers",
                                            "weights_barely_moving", "unresponsive_units") if k in on]
+    if behind:
+        on.discard("dying_relu")
+        effects.append(by_key["dying_relu"]["name"] + f" ({by_key['dying_relu']['summary']})")
     also = f"; with: {', '.join(effects)}" if effects else ""
     if "exploding" in on:
         return V.EXPLODING, by_key["exploding"]["summary"] + also, False

@@ -178,6 +178,13 @@ def exploding(run, baseline: float | None, clip: float | None, model: dict | Non
     if run.status == V.DIVERGED:
         signs.append(f"the loss became non-finite at step {s.get('diverged_step')}")
     ev["diverged_step"] = s.get("diverged_step")
+    found = s.get("first_nonfinite") or {}
+    bad = [m["step"] for m in run.metrics if m.get("grad_norm_total") is not None and not _finite(m["grad_norm_total"])
+           and not m.get("skipped")]
+    if run.status != V.DIVERGED and (found or bad):  # a NaN or infinite gradient under a finite loss
+        where = found.get("message") or f"grad_norm_total non-finite at step {bad[0]}"
+        signs.append(f"a non-finite gradient while the loss stayed finite ({where})")
+        ev["nonfinite_gradient_steps"] = bad[:10]
     for when, step in _first_last(steps):
         rows = run.layer_rows(step)
         first, last = ends(rows, _kind(run))

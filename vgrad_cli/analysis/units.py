@@ -154,7 +154,10 @@ def dying_relu(run, activation: str | None) -> dict:
     last = [r["act_dead_frac"] for r in last_rows]
     sample = trend[:: max(1, len(trend) // 10)] + ([trend[-1]] if len(trend) > 1 else [])
     dead = [i for i, v in enumerate(last) if v >= 0.999]
-    ev = {"activation": activation, "last_step_per_layer": last, "mean_first": trend[0][1], "mean_last": trend[-1][1],
+    model = (run.config or {}).get("model") or {}
+    stacks = ((model.get("structure") or {}).get("stacks") or []) if isinstance(model.get("structure"), dict) else []
+    ev = {"residual": bool(model.get("residual") or any(st.get("residual") for st in stacks if isinstance(st, dict))),
+          "activation": activation, "last_step_per_layer": last, "mean_first": trend[0][1], "mean_last": trend[-1][1],
           "max_layer_last": max(last), "trend": [{"step": s, "mean": m, "max_layer": x} for s, m, x in sample],
           "fully_dead_layers": dead if not _own(run) else [last_rows[i]["name"] for i in dead]}
     summary = f"dead units: {trend[0][1]:.0%} at step {steps[0]} -> {trend[-1][1]:.0%} at step {steps[-1]} (mean over hidden layers)"

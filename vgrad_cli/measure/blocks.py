@@ -70,10 +70,12 @@ def _runs(model):
                 run.append(child)
 
 
-def find_view(model, layers: list, names: dict, order: list, feeds, keeps_shape) -> tuple[list[ViewRow], str] | None:
+def find_view(model, layers: list, names: dict, order: list, feeds, keeps_shape,
+              adds_input=lambda m: None) -> tuple[list[ViewRow], str] | None:
     """The view rows and the main stack's name, or None when the model has no stack of blocks.
     feeds(a, b): whether b's first input is a's output (or one elementwise op of it);
-    keeps_shape(m): whether m's output has its input's shape (a block on a residual stream)."""
+    keeps_shape(m): whether m's output has its input's shape (a block on a residual stream);
+    adds_input(m): whether m's output adds its input back (x + f(x): a residual block)."""
     called = {id(m) for m in order}
     stacks = []  # (container name, children): runs whose members feed each other, in call order
     for cname, run in _runs(model):
@@ -89,6 +91,10 @@ def find_view(model, layers: list, names: dict, order: list, feeds, keeps_shape)
     # The blocks: members of the innermost stacks that carry a stream (most members keep the shape of
     # their input: not a bottleneck's 1x1/3x3/1x1 convolutions); each counted in its outermost stack.
     stream = [s for s in stacks if 2 * sum(bool(keeps_shape(c)) for c in s[1]) >= len(s[1])]
+    # A stack of residual blocks wins over a plain stack inside its blocks: a basic ResNet block's
+    # two convolutions share a class and keep the shape too, but the stream runs through the blocks.
+    residual = [s for s in stream if 2 * sum(bool(adds_input(c)) for c in s[1]) >= len(s[1])]
+    stream = [s for s in stream if s in residual or not any(inside(s, t) for t in residual)]
     inner = [s for s in stream if not any(inside(t, s) for t in stream)]
     blocks = []
     for s in inner:

@@ -208,7 +208,9 @@ class LayerProbe:
             outs, inp = rec.out.get(id(m)), rec.inp.get(id(m))
             return bool(outs) and inp is not None and outs[0].shape == inp.shape
 
-        view = find_view(self.model, layers, names, rec.order, feeds, keeps_shape) \
+        from .structure import adds_input
+
+        view = find_view(self.model, layers, names, rec.order, feeds, keeps_shape, lambda m: adds_input(m, rec)) \
             if self.select is None and self.hooks and not hasattr(self.model, "probe_layers") else None
         self._setup(layers, view)
         from .structure import detect
@@ -225,6 +227,9 @@ class LayerProbe:
         if self.layers is None:
             self._discover()
         params = self._local(self.params)
+        if all(p.grad is None for p in self.params):  # read as zeros, this would read "healthy"
+            raise RuntimeError("vgrad: Monitor.step() found no gradient on any trainable parameter: call it after "
+                               "loss.backward() (and before optimizer.step() / zero_grad())")
         grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(self._local([p.grad for p in self.params]), params)]
         self._grad_versions = [g._version for g in grads]
         self._grads = grads
@@ -318,6 +323,9 @@ class LayerProbe:
         if self._updates is None:
             self._updates = UpdateNorms(optimizer, self.params, how)
         params = self._local(self.params)
+        if all(p.grad is None for p in self.params):  # read as zeros, this would read "healthy"
+            raise RuntimeError("vgrad: Monitor.step() found no gradient on any trainable parameter: call it after "
+                               "loss.backward() (and before optimizer.step() / zero_grad())")
         grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(self._local([p.grad for p in self.params]), params)]
         self._updates.before(params, grads, self._clip_norms)
 

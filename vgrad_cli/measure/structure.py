@@ -103,7 +103,7 @@ def _stack(stack: str, blocks: list, model, order: list, rec, layers: list, name
         return any(name.startswith(p) for p in prefixes) or (stack and name.startswith(stack + "."))
 
     positions = [_position(b, names, order, rec) for b in modules]
-    residual = [_adds_input(b, rec) for b in modules]
+    residual = [adds_input(b, rec) for b in modules]
     by_graph = [r for r in residual if r is not None]
     entry = {"name": stack, "blocks": len(blocks), "block_type": type(modules[0]).__name__,
              "norms": _kinds(norm_kind(m) for m in order if inside(names.get(id(m), "")) and norm_kind(m)),
@@ -153,7 +153,7 @@ def _position(block, names: dict, order: list, rec) -> str:
     return "pre" if first is not None and norm_kind(first) else "inside"
 
 
-def _adds_input(block, rec) -> bool | None:
+def adds_input(block, rec) -> bool | None:
     """Whether the block's output is computed by an addition of its input (x + f(x)), from the
     autograd graph; None where the input (or the output) has no autograd history."""
     y, x = _first(rec.out.get(id(block))), rec.inp.get(id(block))

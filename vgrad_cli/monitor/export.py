@@ -36,7 +36,7 @@ def export(run_dir: Path, to: str, target: str, modules: bool = False, project: 
     except OSError as e:
         raise UsageError(f"cannot write to '{target}': {e.strerror or e}") from None
     tracking = Tracking([sink], modules)
-    watch = Watch(None, notify=tracking.warn)
+    watch = Watch(None, notify=tracking.warn, kind=(run.config.get("model") or {}).get("kind"))
     metrics = {m["step"]: m for m in run.metrics}
     diverged = run.summary.get("diverged_step") if run.status == V.DIVERGED else None
     for step in run.steps:

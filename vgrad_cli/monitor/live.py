@@ -52,6 +52,7 @@ class Follower:
                 raise
             return False  # caught between two writes (summary.json is replaced atomically, tables appended)
         self.stamp, self.run = stamp, run
+        self.watch.kind = (run.config.get("model") or {}).get("kind")  # the ratios the verdict compares
         metrics = {m["step"]: m for m in run.metrics}
         for step in run.steps:
             if step > self.seen_step:

@@ -41,7 +41,7 @@ from ..measure.probes import LayerProbe
 from ..measure.updates import rule as update_rule
 from . import describe
 from .nonfinite import find
-from .options import check_names, check_options, checked_figures
+from .options import check_values, check_names, check_options, checked_figures
 from .cadence import Cadence
 from .pending import Between, EveryStep, step_row, transfer
 from .recording import Recording
@@ -85,6 +85,8 @@ class Monitor:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"Monitor needs a torch.nn.Module, got {type(model).__name__}")
         check_options(every, on_problem, layers, budget)
+        check_values(optimizer, name, steps, clip_norm, clip_value, activations=activations, plots=plots,
+                     every_step=every_step, log_modules=log_modules)
         self.model, self.optimizer, self.every, self.plots = model, optimizer, every, plots
         self._logged = Cadence(every, budget)
         self.clip = {"clip_norm": clip_norm, "clip_value": clip_value}
@@ -120,7 +122,8 @@ class Monitor:
         if self._rank0:
             self.recording = recording or Recording(out, self.name, describe.config(self), {"steps_planned": steps})
         tracking = self.recording.track(log_to, log_modules) if log_to is not None and self.recording else None
-        self.watch = Watch(on_problem, notify=tracking.warn if tracking is not None else None)
+        self.watch = Watch(on_problem, notify=tracking.warn if tracking is not None else None,
+                           kind=self.recording.kind if self.recording is not None else None)
         if optimizer is not None:
             self._handles.add(optimizer.register_step_pre_hook(self._before_update))
             self._handles.add(optimizer.register_step_post_hook(self._after_update))
@@ -153,6 +156,9 @@ class Monitor:
         scaler.scale(loss).backward(), given the loss before scaling."""
         if self.status != V.RUNNING:
             raise RuntimeError(f"Monitor.step() after close() (status {self.status})")
+        if loss is not None and not (isinstance(loss, (int, float)) or isinstance(loss, torch.Tensor) and loss.numel() == 1):
+            raise TypeError(f"Monitor.step(loss): the loss is one number or a one-element tensor, got "
+                            f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
         if not self._armed:
             if loss is not None:
                 self._between.losses.add(self.step_index, loss)
@@ -212,6 +218,8 @@ class Monitor:
             # ranks: not when this rank stops alone, on an exception, while the others train on)
             if self.ranks == 1 or status in (None, V.COMPLETED, V.DIVERGED):
                 self.finish_step()
+            if self._figures:  # logged on a step that was armed but never measured (the loop ended first)
+                self._between.figures.setdefault(self.step_index, {}).update(self._figures)
             if self.recording is not None and self._between:
                 self._flush()   # losses, checks and figures of the steps since the last logged one
         except GradientProblem as e:  # on_problem="raise" on that last step: end the run, then raise

@@ -25,6 +25,25 @@ def check_options(every, on_problem, layers, budget: float = 0.03) -> None:
         raise ValueError("layers must be a list of module names or a {row name: [module names]} dict")
 
 
+def check_values(optimizer, name, steps, clip_norm, clip_value, **flags) -> None:
+    """The rest of Monitor's arguments, each with what is allowed: a mistake is one ValueError (or
+    TypeError) now, not a traceback at close()."""
+    import torch
+
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (or None), got {type(optimizer).__name__}")
+    if name is not None and (not isinstance(name, str) or not name or any(c in name for c in "/\\\0")):
+        raise ValueError(f"name must be a non-empty text without '/' or '\\' (the run directory's name), got {name!r}")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
+        raise ValueError(f"steps must be a whole number >= 0 (the planned number of steps) or None, got {steps!r}")
+    for key, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0):
+            raise ValueError(f"{key} must be a positive number (the clipping your loop applies) or None, got {value!r}")
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be True or False, got {value!r}")
+
+
 def check_names(model, layers):
     """Every name in layers= must be a module of the model, or a prefix of some: else ValueError now,
     before a run directory exists, not at the first step. Returns layers."""

@@ -24,9 +24,10 @@ def _finite(v) -> bool:
 
 
 class Watch:
-    def __init__(self, on_problem: str | None, notify=None):
-        """notify(step, message): also told each message (Monitor's trackers), before it is raised."""
-        self.on_problem, self.notify = on_problem, notify
+    def __init__(self, on_problem: str | None, notify=None, kind: str | None = None):
+        """notify(step, message): also told each message (Monitor's trackers), before it is raised.
+        kind: the model's (config.yaml model.kind): which rows the ratios compare, as the verdict does."""
+        self.on_problem, self.notify, self.kind = on_problem, notify, kind
         self.seen: set[str] = set()
         self.first_total: float | None = None
 
@@ -48,7 +49,7 @@ class Watch:
                                        "a sqrt or log at 0, a division by a std of 0?)"))
         # every stack of a block view, its first and last trainable blocks (the verdict's readings:
         # analysis/across.py); module rows: their ends; where δ is not measured (compiled): grad_norm
-        low, high = judged(readings(rows))
+        low, high = judged(readings(rows, self.kind))
         if low is not None and low["ratio"] < VANISHING_RATIO:
             found.append(("vanishing", f"{_said(low)} (< {VANISHING_RATIO:g})"))
         elif high is not None and high["ratio"] > EXPLODING_RATIO:

@@ -322,7 +322,8 @@ def status_phrases(summary: dict) -> list[str]:
         parts.append(f"{what} {fmt(summary['final_loss'])}" + (f" (baseline {fmt(base)})" if base is not None else ""))
     acc, ev = summary.get("final_eval_accuracy"), summary.get("final_eval_loss")
     if acc is not None and not diverged:
-        parts.append(f"eval accuracy {fmt(acc)} (chance {fmt(summary.get('chance_accuracy'))})")
+        chance = summary.get("chance_accuracy")
+        parts.append(f"eval accuracy {fmt(acc)}" + (f" (chance {fmt(chance)})" if chance is not None else ""))
     elif ev is not None and not diverged:  # regression, or a Monitor run that logged only its eval loss
         parts.append(f"eval loss {fmt(ev)}")
     parts.append(f"{fmt(summary.get('wall_time_s'))} s")
