@@ -48,8 +48,8 @@ from torch import nn
 
 from vgrad_cli.threads import torch_threads
 
-MODELS = ("mlp", "cnn", "transformer")
-VARIANTS = ("every1", "every10", "lightning", "wandb", "tensorboard", "cockpit")
+MODELS = ("mlp", "cnn", "transformer", "gpt2")
+VARIANTS = ("every1", "every10", "tier", "auto", "lightning", "wandb", "tensorboard", "cockpit")
 PEERS = {  # variant -> the modules it needs
     "lightning": ("lightning",),
     "wandb": ("wandb",),
@@ -60,7 +60,10 @@ RECORDS = {
     "bare": "nothing (the loss read once at the end)",
     "every1": "vgrad's whole layers.csv every step: per layer grad norm and max, delta norm, weight norm "
               "and drift, update ratio, activation mean/std/dead/saturated/unresponsive; loss, total norm",
-    "every10": "the same every 10th step (vgrad's default); the other steps: a reference to the loss",
+    "every10": "the same every 10th step (vgrad's default); the other steps: the every-step tier",
+    "tier": "the every-step tier alone (step 0's table, then per step: loss, total gradient norm, lr -> steps.csv)",
+    "auto": "vgrad Monitor(every=\"auto\"): the whole table on steps spaced to cost at most 3 % of the time, + the tier",
+    "every10_notier": "every10 without the every-step tier (every_step=False): the loss alone between logged steps",
     "lightning": "L2 norm of every parameter's gradient and their total (a dict of tensors)",
     "wandb": "a 64-bin histogram of every parameter's gradient + the loss, offline run files",
     "tensorboard": "a histogram of every parameter's gradient + the loss, event file",
@@ -119,6 +122,22 @@ class Encoder(nn.Module):
         return self.fc(self.encoder(self.embed(x) + self.pos)[:, -1])
 
 
+class GPT2(nn.Module):
+    """transformers' GPT2LMHeadModel built from a config; the logits as (batch, vocab, time), the layout
+    nn.CrossEntropyLoss takes with (batch, time) targets, so the shared loop trains it unchanged."""
+
+    def __init__(self, layers, width, heads, seq_len, vocab):
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = GPT2Config(n_layer=layers, n_embd=width, n_head=heads, n_positions=seq_len, vocab_size=vocab,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        self.gpt2 = GPT2LMHeadModel(cfg)
+
+    def forward(self, x):
+        return self.gpt2(input_ids=x).logits.transpose(1, 2)
+
+
 def setup(model: str, quick: bool) -> dict:
     """The model factory, its data (pre-generated, the same for every variant) and the batch size."""
     g = torch.Generator().manual_seed(0)
@@ -137,6 +156,12 @@ def setup(model: str, quick: bool) -> dict:
         x = torch.randn(1024 if not quick else 32, seq_len, 16, generator=g)
         build = lambda: Encoder(layers, width, heads, 16, seq_len)  # noqa: E731
         shape = {"layers": layers, "width": width, "heads": heads, "seq_len": seq_len, "batch": batch}
+    elif model == "gpt2":  # transformers' GPT-2 from a config (no download), next-token loss
+        layers, width, heads, seq_len, batch, vocab = (1, 16, 2, 8, 2, 64) if quick else (4, 256, 4, 64, 8, 512)
+        tokens = torch.randint(vocab, (512 if not quick else 16, seq_len + 1), generator=g)
+        build = lambda: GPT2(layers, width, heads, seq_len, vocab)  # noqa: E731
+        shape = {"layers": layers, "width": width, "heads": heads, "seq_len": seq_len, "batch": batch, "vocab": vocab}
+        return {"build": build, "x": tokens[:, :-1], "y": tokens[:, 1:], "batch": batch, "shape": shape}
     else:
         raise ValueError(f"unknown model {model!r}: mlp, cnn or transformer")
     y = torch.randint(10, (len(x),), generator=g)
@@ -163,14 +188,14 @@ class Tool:
 
 
 class VgradMonitor(Tool):
-    def __init__(self, every):
-        self.every = every
+    def __init__(self, every, **options):
+        self.every, self.options = every, options
 
     def start(self, model, opt, tmp):
         from vgrad_cli import Monitor
 
         self.mon = Monitor(model, optimizer=opt, out=tmp, name=f"bench-every{self.every}", every=self.every,
-                           on_problem=None, plots=False)
+                           on_problem=None, plots=False, **self.options)
         return model
 
     def after_backward(self, step, loss):
@@ -245,6 +270,8 @@ class CockpitTool(Tool):
 
 
 TOOLS = {"bare": Tool, "every1": lambda: VgradMonitor(1), "every10": lambda: VgradMonitor(10),
+         "tier": lambda: VgradMonitor(10 ** 9), "auto": lambda: VgradMonitor("auto"),
+         "every10_notier": lambda: VgradMonitor(10, every_step=False),
          "lightning": Lightning, "wandb": Wandb, "tensorboard": TensorBoard, "cockpit": CockpitTool}
 
 
@@ -358,6 +385,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     args = ap.parse_args(argv)
     for model in args.model.split(","):
+        if model == "gpt2" and importlib.util.find_spec("transformers") is None:
+            print(json.dumps({"model": model, "installed": False, "needs": "transformers"}))
+            continue
         steps = args.steps or default_steps(model, args.quick)
         reps = args.reps or (1 if args.quick else 5)
         res = measure(model, steps, reps, args.quick, tuple(args.variants.split(",")),
@@ -369,7 +399,7 @@ def main(argv=None) -> int:
 def default_steps(model: str, quick: bool) -> int:
     if quick:
         return 12
-    return {"mlp": 400, "cnn": 200, "transformer": 200}[model]
+    return {"mlp": 400, "cnn": 200, "transformer": 200, "gpt2": 100}[model]
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ that are NOT logged (issue 20). The target: nothing measurable on CPU, and no ad
 
 Timing. The user's loop of benchmarks/monitor.py (its MLP and Transformer, SGD, one torch thread),
 every step after step 0 unlogged (`every=lambda s: s == 0`), so the loop times unlogged steps only:
-  fp32      bare | Monitor(check_gradients=False) | Monitor() (+ one fused norm of the gradients per step)
+  fp32      bare | Monitor(every_step=False) | Monitor() (+ the every-step tier: one fused norm of the gradients per step)
   fp16      autocast("cpu", float16) + GradScaler("cpu"), bare | Monitor(scaler=scaler) (the scaler's
             own check replaces the fused norm; scaler.update() passes through the Monitor's wrapper)
 bf16 autocast adds nothing of its own to an unlogged step and is not timed. Runs alternate B V B V
@@ -58,7 +58,7 @@ def train(precision: str, variant: str, data: dict, steps: int) -> float:
         mon = None
         if variant != "bare":
             mon = Monitor(model, optimizer=opt, out=tmp, every=lambda s: s == 0, on_problem=None, plots=False,
-                          check_gradients=variant == "check", scaler=scaler if variant == "scaler" else None)
+                          every_step=variant == "check", scaler=scaler if variant == "scaler" else None)
         autocast = torch.autocast("cpu", dtype=torch.float16) if precision == "fp16" else contextlib.nullcontext()
         xs, ys, batch, loss_fn = data["x"], data["y"], data["batch"], nn.CrossEntropyLoss()
         gen = torch.Generator().manual_seed(1)
@@ -107,10 +107,10 @@ def timing(model: str, precision: str, steps: int, reps: int, quick: bool) -> di
 
 
 def pieces(model: str, quick: bool, reps: int, n: int) -> dict:
-    """The fused gradient check alone (check_gradients=True: one call per unlogged step) against the
+    """The fused gradient check alone (every_step=True: one call per unlogged step) against the
     bare step it rides on, each the median over `reps` blocks of `n` calls: short blocks, interleaved,
     so a shared machine's load shifts both alike (a whole-loop ratio of a few % drowns in its noise)."""
-    from vgrad_cli.measure.finite import gradient_check
+    from vgrad_cli.measure.finite import total_norm as gradient_check
 
     data = group5.setup(model, quick)
     with torch_threads(1):

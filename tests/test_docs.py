@@ -17,7 +17,7 @@ def test_run_format_documents_every_file_column_status_and_summary_key():
              + V.SUMMARY_KEYS + list(V.STATUSES)
              + [V.SOURCE_RUN, V.SOURCE_MONITOR])
     assert not [w for w in words if f"`{w}`" not in text]
-    files = [V.CONFIG_YAML, V.SUMMARY_JSON, V.LAYERS_CSV, V.BLOCKS_CSV, V.METRICS_CSV, V.TIME_CSV, V.FLOAT64_CSV, V.SPREAD_CSV,
+    files = [V.CONFIG_YAML, V.SUMMARY_JSON, V.LAYERS_CSV, V.BLOCKS_CSV, V.STEPS_CSV, V.METRICS_CSV, V.TIME_CSV, V.FLOAT64_CSV, V.SPREAD_CSV,
              V.DIAGNOSIS_JSON, V.MODEL_PT, V.PLOTS_DIR + "/"]
     assert not [f for f in files if f not in text]
 
