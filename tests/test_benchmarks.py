@@ -44,10 +44,10 @@ def test_run_all_quick_writes_every_group(tmp_path):
         assert all(t["linear"] for t in r["tables"].values())
     assert "time.csv" in g["scale"]["rnn"]["tables"] and "time.csv" not in g["scale"]["mlp"]["tables"]
     # 5. the same loop bare, with Monitor and with each peer: a ratio, or "not installed"
-    for model in ("mlp", "cnn", "transformer"):
+    for model in ("mlp", "cnn", "transformer", "gpt2"):
         variants = g["monitor"][model]["variants"]
-        assert set(variants) == {"every1", "every10", "lightning", "wandb", "tensorboard", "cockpit"}
-        assert variants["every1"]["installed"] and variants["every10"]["installed"]
+        assert set(variants) == {"every1", "every10", "tier", "auto", "lightning", "wandb", "tensorboard", "cockpit"}
+        assert all(variants[v]["installed"] for v in ("every1", "every10", "tier", "auto"))
         for v in variants.values():
             assert v["installed"] is False or "failed" in v or (_numbers(v["ratio"]) and v["ratio"]["median"] > 0)
     assert "not installed" in proc.stdout or all(v["installed"] for v in g["monitor"]["mlp"]["variants"].values())
