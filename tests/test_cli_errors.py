@@ -107,3 +107,20 @@ def test_validation_does_not_import_torch(write_config):
             "assert 'torch' not in sys.modules; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True)
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--bogus"], "error: vgrad run: No such option: --bogus"),
+    (["run"], "error: vgrad run: Missing argument 'config'."),
+    (["export"], "error: vgrad export: Missing argument 'runs'."),
+    (["run", "a.yaml", "b.yaml"], "error: vgrad run: Got unexpected extra argument(s) (b.yaml)"),
+    (["sweep", "depth", "--workers", "two"], "error: vgrad sweep: Invalid value for '--workers'"),
+])
+def test_a_parser_error_is_one_line_too(tmp_path, args, message):
+    """What the parser rejects (an unknown option, a missing argument) reads like vgrad's own
+    errors: one line on stderr naming the command, exit code 2, not click's boxed block."""
+    proc = vgrad_subprocess(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+    assert "-h)" in lines[0] and "Traceback" not in proc.stderr and proc.stdout == ""

@@ -276,3 +276,30 @@ def test_a_healthy_verdict_names_the_indicators_that_are_present_anyway():
                                                      "present")}
     verdict, why, _ = decide(some)
     assert verdict == "healthy" and "no indicator present" not in why and "reliance on upper layers" in why
+
+
+def test_run_prints_its_suggestion_as_a_command_that_pastes(write_config, tmp_path):
+    """The end of `vgrad run` at 60 columns: the suggestion is `vgrad run CONFIG --set ...`,
+    continued after a backslash where it wraps (never broken inside `--set KEY=VALUE`)."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    cfg = write_config(CASES["sigmoid"])
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "60"}
+    proc = subprocess.run([sys.executable, "-m", "vgrad_cli", "run", str(cfg), "--out", str(tmp_path / "runs"), "--no-plots"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("try"))
+    assert lines[at].endswith(":") and lines[at + 1].startswith("  vgrad run "), proc.stdout
+    command = []
+    for line in lines[at + 1:]:
+        command.append(line.rstrip("\\").strip())
+        if not line.endswith("\\"):
+            break
+    assert len(command) > 1 and all(len(line) <= 60 for line in lines[at:at + len(command) + 1])
+    words = shlex.split(" ".join(command))
+    assert words[:2] == ["vgrad", "run"] and words[2].endswith("config.yaml")
+    assert "model.activation=relu" in words and words[words.index("model.activation=relu") - 1] == "--set"

@@ -15,10 +15,13 @@ from .. import vocab as V
 @app.command()
 @usage_errors
 def export(
-    runs: List[str] = typer.Argument(..., help="run directories, unique prefixes of run names, or sweep directories"),
+    # one argument list, split here: click would report "Missing argument 'runs'" for a run given
+    # without its destination
+    args: List[str] = typer.Argument(None, metavar="RUN DIR_OR_URI", show_default=False,
+                                     help="run directories, unique prefixes of run names, or sweep directories; then "
+                                     "the destination — tensorboard: a log directory (one subdirectory per run); "
+                                     "mlflow: a store directory or a tracking URI; wandb: the directory for the run's files"),
     to: str = typer.Option(..., "--to", help=f"the tracker: {', '.join(V.TRACKERS)}"),
-    target: str = typer.Argument(..., metavar="DIR_OR_URI", help="tensorboard: a log directory (one subdirectory per run); "
-                                 "mlflow: a store directory or a tracking URI; wandb: the directory for the run's files"),
     modules: bool = typer.Option(False, "--modules", help="send the module rows (layers.csv), not the run's view"),
     project: str = typer.Option("vgrad", "--project", help="wandb: the project"),
     experiment: str = typer.Option("vgrad", "--experiment", help="mlflow: the experiment (made if missing)"),
@@ -32,6 +35,11 @@ def export(
 
     if to not in V.TRACKERS:
         raise UsageError(f"--to must be one of {', '.join(V.TRACKERS)}, not '{to}'")
+    if not args or len(args) < 2:
+        got = f"only '{args[0]}'" if args else "nothing"
+        raise UsageError(f"vgrad export needs one or more runs and then where to send them "
+                         f"(vgrad export RUN... --to {to} DIR_OR_URI); got {got}")
+    runs, target = args[:-1], args[-1]
     paths = [p for r in runs for p in resolve(r, runs_dir)]
     console = make_console(stderr=True)
     for p in paths:
