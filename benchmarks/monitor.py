@@ -131,7 +131,7 @@ class GPT2(nn.Module):
         from transformers import GPT2Config, GPT2LMHeadModel
 
         cfg = GPT2Config(n_layer=layers, n_embd=width, n_head=heads, n_positions=seq_len, vocab_size=vocab,
-                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
         self.gpt2 = GPT2LMHeadModel(cfg)
 
     def forward(self, x):

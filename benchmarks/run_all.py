@@ -39,17 +39,21 @@ import startup  # noqa: E402
 GROUPS = ("overhead", "startup", "sweep", "scale", "monitor")
 DEFAULT_OUT = HERE / "results" / "latest.json"
 TARGETS = {  # (group, key) -> (comparison, bound)
-    ("overhead", "mlp every1/mlp"): ("<=", 1.15),
-    ("overhead", "mlp every10/mlp"): ("<=", 1.03),
-    ("overhead", "rnn every1/cell"): ("<=", 1.15),
-    ("overhead", "rnn every10/fused"): ("<=", 1.03),
+    # issue #22: `vgrad run`, whole process: the default cadence <= 1.10x, every step <= 1.5x
+    ("overhead", "mlp every1/mlp"): ("<=", 1.5),
+    ("overhead", "mlp every10/mlp"): ("<=", 1.10),
+    ("overhead", "rnn every1/cell"): ("<=", 1.5),
+    ("overhead", "rnn every10/fused"): ("<=", 1.10),
     ("startup", "help_s"): ("<=", 0.3),
     ("startup", "compare_s"): ("<=", 1.0),
     ("sweep", "speedup"): (">=", 1.7),
-    # the Monitor's targets are the same for every model of benchmarks/monitor.py
-    # (issue #22: default cadence <= 1.03x, the every-step tier <= 1.02x, the table every step <= 1.5x)
+    # issue #22, on every model of benchmarks/monitor.py: the default cadence <= 1.03x, the every-step
+    # tier alone <= 1.02x (every=auto: its budget, 3 %); the whole table every step <= 1.5x on the MLP,
+    # <= 1.15x on the GPT-2
     **{("monitor", f"{m} {every}"): ("<=", bound) for m in ("mlp", "cnn", "transformer", "gpt2")
-       for every, bound in (("every1", 1.5), ("every10", 1.03), ("tier", 1.02), ("auto", 1.03))},
+       for every, bound in (("every10", 1.03), ("tier", 1.02), ("auto", 1.03))},
+    ("monitor", "mlp every1"): ("<=", 1.5),
+    ("monitor", "gpt2 every1"): ("<=", 1.15),
 }
 
 

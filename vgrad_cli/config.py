@@ -144,6 +144,9 @@ class LogConfig(Section):
     every: int = Field(10, ge=1, description="write table rows every N steps (step 0 and the last always)")
     eval_every: int = Field(100, ge=1, description="evaluate on the held-out set every N steps (and the last)")
     activations: bool = Field(True, description="activation statistics on/off")
+    every_step: bool = Field(True, description="the every-step tier: the loss, total gradient norm (before and "
+                             "after clipping), learning rate and finiteness of every step, into steps.csv; "
+                             "false: only the loss between logged steps (one read of the gradients per step fewer)")
     init_seeds: int = Field(
         0, ge=0, le=MAX_INIT_SEEDS, description="also measure step 0 of seeds seed .. seed+K-1 (no training) and "
         "report the per-layer factor's spread over them (init_spread.csv, summary.json); 0 = off",

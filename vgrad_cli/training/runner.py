@@ -48,7 +48,7 @@ def run_experiment(cfg, out_root: str | Path, on_start=None, on_log=None, plots:
             rec.finish(V.FAILED, 0, error=e)
             raise
         mon = Monitor(tr.model, tr.optimizer, every=logged_steps(cfg), on_problem=None,
-                      activations=cfg.log.activations, plots=plots, steps=cfg.train.steps,
+                      activations=cfg.log.activations, every_step=cfg.log.every_step, plots=plots, steps=cfg.train.steps,
                       clip_norm=cfg.train.clip_norm, clip_value=cfg.train.clip_value, recording=rec)
         with mon, StopSignals() as stop:  # an exception: the run ends "failed", its rows kept
             status, step = train(cfg, tr, mon, stop)
