@@ -67,3 +67,16 @@ def test_unlogged_benchmark_quick():
     for setting, counts in res["collectives"].items():
         raise_ = setting.endswith("raise")
         assert counts == {"unlogged_steps": 0, "per_logged_step": [2 if raise_ else 1] * 2}, setting
+
+
+@pytest.mark.slow
+def test_tier_cost_benchmark_quick():
+    """benchmarks/tier_cost.py: per model, the tier's and the bare loss reference's cost per step."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tier_cost.py"), "--quick", "--model", "mlp,cnn"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["model"] for r in rows] == ["mlp", "cnn"]
+    for r in rows:
+        assert r["step_us"] > 0 and r["parameters"] > 0 and r["tensors"] > 0
+        assert isinstance(r["tier_us"], float) and isinstance(r["notier_us"], float)
