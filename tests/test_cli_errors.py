@@ -112,8 +112,9 @@ def test_validation_does_not_import_torch(write_config):
 @pytest.mark.parametrize("args,message", [
     (["run", "--bogus"], "error: vgrad run: No such option: --bogus"),
     (["run"], "error: vgrad run: Missing argument 'config'."),
-    (["export"], "error: vgrad export: Missing argument 'runs'."),
+    (["export", "x"], "error: vgrad export: Missing option '--to'."),
     (["run", "a.yaml", "b.yaml"], "error: vgrad run: Got unexpected extra argument(s) (b.yaml)"),
+    (["report", "some-run", "-o"], "error: vgrad report: Option '-o' requires an argument."),
     (["sweep", "depth", "--workers", "two"], "error: vgrad sweep: Invalid value for '--workers'"),
 ])
 def test_a_parser_error_is_one_line_too(tmp_path, args, message):

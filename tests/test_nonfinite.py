@@ -119,7 +119,7 @@ def test_a_nonfinite_gradient_with_a_finite_loss_is_flagged(tmp_path, capsys):
         train(mon, model, 1)
     assert mon.summary["first_nonfinite"]["message"] == (
         "step 0: first non-finite in the gradient of `1.weight` while the loss is finite")
-    assert "vgrad: non-finite gradient at step 0: first non-finite in the gradient of `1.weight`" in " ".join(
+    assert "vgrad: non-finite gradient found at step 0: first non-finite in the gradient of `1.weight`" in " ".join(
         capsys.readouterr().err.split())
 
 
@@ -152,7 +152,7 @@ def test_between_logged_steps_the_gradient_check_names_the_step(tmp_path, capsys
             "at step 20 the first non-finite value is in forward output of `fc1`)")  # its NaN weights, by then
     else:
         assert found["step"] == 20 and found["module"] == "fc1"
-    assert "vgrad: non-finite gradient at step 20" in " ".join(capsys.readouterr().err.split())
+    assert "vgrad: non-finite gradient found at step 20" in " ".join(capsys.readouterr().err.split())
 
 
 def test_vgrad_run_replays_the_step_and_names_the_module(tmp_path, monkeypatch, cli):

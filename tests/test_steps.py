@@ -103,3 +103,42 @@ def test_steps_plot_is_drawn(tmp_path):
     write_run_plots(path)
     png = path / V.PLOTS_DIR / "steps.png"
     assert png.is_file() and png.stat().st_size > 10_000
+
+
+def test_a_tensor_learning_rate_is_read_per_step_as_a_number(tmp_path):
+    """A capturable/compiled optimizer's lr is a tensor a scheduler changes in place: each step's row
+    holds that step's value (copied on the device, read with the logged step's transfer)."""
+    model = _net()
+    opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    g = torch.Generator().manual_seed(1)
+    with Monitor(model, opt, out=tmp_path, every=4, on_problem=None, plots=False) as mon:
+        for _ in range(6):
+            loss = nn.functional.cross_entropy(model(torch.randn(16, 8, generator=g)), torch.randint(3, (16,), generator=g))
+            opt.zero_grad()
+            loss.backward()
+            mon.step(loss)
+            opt.step()
+            sched.step()
+    steps = pd.read_csv(mon.path / V.STEPS_CSV)
+    assert steps["lr"].tolist() == pytest.approx([0.01 * 0.5 ** k for k in range(6)])
+    metrics = pd.read_csv(mon.path / V.METRICS_CSV).set_index("step")
+    assert metrics.loc[4, "lr"] == pytest.approx(0.01 * 0.5 ** 4)
+
+
+def test_numpy_numbers_are_numbers(tmp_path):
+    import numpy as np
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, opt, out=tmp_path, every=2, on_problem=None, plots=False) as mon:
+        for step in range(3):
+            loss = nn.functional.cross_entropy(model(torch.randn(4, 8)), torch.randint(3, (4,)))
+            opt.zero_grad()
+            loss.backward()
+            mon.step(np.float32(loss.item()))
+            mon.log_metrics(accuracy=np.float32(0.5), seen=np.int64(step))
+            opt.step()
+    steps = pd.read_csv(mon.path / V.STEPS_CSV)
+    assert steps["step"].tolist() == [0, 1, 2] and steps["loss"].notna().all()
+    metrics = pd.read_csv(mon.path / V.METRICS_CSV)
+    assert metrics["accuracy"].tolist() == [0.5] * 3 and metrics["seen"].tolist() == [0, 1, 2]

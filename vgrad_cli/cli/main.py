@@ -10,6 +10,12 @@ from . import run, diagnose, sweep, story, compare, report, watch, export  # noq
 from .app import app
 
 
+def _commands() -> set:
+    import typer.main
+
+    return set(typer.main.get_command(app).commands)
+
+
 def main():  # console-script entry point
     """Runs the app; a usage error the parser finds (a missing argument, an unknown option) is one
     line on stderr and exit code 2, like vgrad's own errors, instead of click's boxed block."""
@@ -26,6 +32,9 @@ def main():  # console-script entry point
         from ..report.console import error
 
         where = ctx.command_path if ctx is not None else "vgrad"
+        if where == "vgrad":  # an error in a command's options can come with the root's context
+            command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+            where += f" {command}" if command in _commands() else ""
         hint = f" (usage: {where} -h)" if type(e).__name__ != "ClickException" else ""
         error(f"{where}: {e.format_message()}{hint}")
         sys.exit(e.exit_code)

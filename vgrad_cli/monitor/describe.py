@@ -39,7 +39,7 @@ def config(mon) -> dict:
     train = {"optimizer": type(opt).__name__ if opt is not None else None, **mon.clip}
     if opt is not None:
         group = opt.param_groups[0]
-        train["lr"] = group.get("lr") if isinstance(group.get("lr"), (int, float)) else None
+        train["lr"] = _plain(group.get("lr"))
         train.update({k: _plain(group[k]) for k in OPTIMIZER_KEYS if k in group and _plain(group[k]) is not None})
     if mon.path is not None and mon.status != V.RUNNING:  # at close(): what the logged steps show
         train["detected"] = training(mon.path, mon.clip)
@@ -121,6 +121,8 @@ def _plain(v):
         return None
     if isinstance(v, (int, float)):
         return v
+    if hasattr(v, "numel") and v.numel() == 1:  # a tensor lr or beta: read once, at the start and the end
+        return float(v)
     if isinstance(v, (tuple, list)) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
         return list(v)
     return None

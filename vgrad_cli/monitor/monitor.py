@@ -41,9 +41,9 @@ from ..measure.probes import LayerProbe
 from ..measure.updates import rule as update_rule
 from . import describe
 from .nonfinite import find
-from .options import check_values, check_names, check_options, checked_figures
+from .options import check_values, check_names, check_options, checked_figures, plain_number
 from .cadence import Cadence
-from .pending import Between, EveryStep, step_row, transfer
+from .pending import Between, EveryStep, current_lr, step_row, transfer
 from .recording import Recording
 from .scaler import ScalerWatch
 from .watch import Watch, shared_problem
@@ -156,6 +156,7 @@ class Monitor:
         scaler.scale(loss).backward(), given the loss before scaling."""
         if self.status != V.RUNNING:
             raise RuntimeError(f"Monitor.step() after close() (status {self.status})")
+        loss = plain_number(loss)
         if loss is not None and not (isinstance(loss, (int, float)) or isinstance(loss, torch.Tensor) and loss.numel() == 1):
             raise TypeError(f"Monitor.step(loss): the loss is one number or a one-element tensor, got "
                             f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
@@ -338,6 +339,9 @@ class Monitor:
             flag = None if skipped else self.scaler.found_inf()
             own["skipped"] = (flag if flag is not None else torch.tensor(float(skipped))).to(device)
             own["loss_scale"] = (self._scale if self._scale is not None else torch.tensor(float("nan"))).to(device)
+        lr = current_lr(self.optimizer) if self.optimizer is not None else None
+        if isinstance(lr, torch.Tensor):  # a tensor lr: read in the same transfer
+            own["lr"] = lr.to(device)
         if self._logged.auto:  # the last logged step's cost and the pace, the same on every rank
             probe.stats["_cadence"] = torch.tensor(self._logged.figures(), dtype=torch.float64, device=device)
         if self.ranks > 1:
@@ -353,7 +357,7 @@ class Monitor:
             self._logged.plan(step, *host["_cadence"])
         earlier, checks, skips, figures, extra = self._between.read(host)
         skips += [step] * skipped
-        lr = self.optimizer.param_groups[0].get("lr") if self.optimizer is not None else None
+        lr = host.get("lr", lr)
         loss = host.get("loss", self._loss if isinstance(self._loss, (int, float)) else None)
         metrics = {"step": step, "loss": loss, "accuracy": None, "grad_norm_total": host["grad_norm_total"],
                    "grad_norm_clipped": host.get("grad_norm_clipped"), "eval_loss": None, "eval_accuracy": None,

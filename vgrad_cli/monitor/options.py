@@ -3,6 +3,7 @@ callback) is made: one clear message, before a run directory exists."""
 
 from __future__ import annotations
 
+import numbers
 import re
 
 from .. import vocab as V
@@ -57,6 +58,14 @@ def check_names(model, layers):
     return layers
 
 
+def plain_number(value):
+    """A NumPy scalar (np.float32(0.3), np.int64(2): one number, as sklearn and np.mean give them)
+    as a Python float; anything else unchanged."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (int, float)):
+        return float(value)
+    return value
+
+
 def checked_figures(values: dict) -> dict:
     """Monitor.log_metrics' figures: names that can be metrics.csv columns, values that are numbers
     or one-element tensors (detached, 0-d)."""
@@ -71,6 +80,8 @@ def checked_figures(values: dict) -> dict:
             if value.numel() != 1:
                 raise ValueError(f"log_metrics: {key} must be one number, got a tensor of shape {tuple(value.shape)}")
             value = value.detach().reshape(())
+        elif isinstance(value, numbers.Real) and not isinstance(value, (int, float)):  # NumPy's float32, int64
+            value = float(value)
         elif value is not None and not isinstance(value, (int, float)):
             raise ValueError(f"log_metrics: {key} must be a number or a one-element tensor, "
                              f"not {type(value).__name__}")

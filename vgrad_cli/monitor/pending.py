@@ -139,20 +139,24 @@ class Between:
         clip_steps, clipped = self.clipped.take()
         lrs, self.lrs = self.lrs, {}
         skip_steps, own = self.skips.take(device)
+        lr_steps = [s for s, v in lrs.items() if isinstance(v, torch.Tensor)]  # a tensor lr: read with the rest
+        if lr_steps:
+            own["recent_lrs"] = torch.stack([lrs[s].to(device) for s in lr_steps])
         figures = [(None, k, v) for k, v in (current or {}).items()] + [
             (s, k, v) for s, f in sorted(self.figures.items()) for k, v in f.items()]
         self.figures = {}
         own.update({f"figure{i}": v for i, (_, _, v) in enumerate(figures) if isinstance(v, torch.Tensor)})
         shared = {k: v for k, v in (("recent_losses", losses), ("recent_grad_norms", checks),
                                     ("recent_grad_clipped", clipped)) if v is not None}
-        self._taken = (loss_steps, check_steps, clip_steps, lrs, skip_steps, figures)
+        self._taken = (loss_steps, check_steps, clip_steps, lrs, lr_steps, skip_steps, figures)
         return {k: v.to(device) for k, v in shared.items()}, {k: v.to(device) for k, v in own.items()}
 
     def read(self, host: dict) -> tuple[list, list, list, list, list]:
         """(earlier (step, loss), checks (step, total gradient norm), skipped steps, figures (step or
         None, name, value), metrics.csv rows of the unlogged steps) from the values take() handed
         over. tier(): their steps.csv rows."""
-        loss_steps, check_steps, clip_steps, lrs, skip_steps, figures = self._taken
+        loss_steps, check_steps, clip_steps, lrs, lr_steps, skip_steps, figures = self._taken
+        lrs.update(zip(lr_steps, listed(host.get("recent_lrs", []))))
         earlier = list(zip(loss_steps, listed(host.get("recent_losses", []))))
         checks = list(zip(check_steps, listed(host.get("recent_grad_norms", []))))
         self._tier = (earlier, checks, list(zip(clip_steps, listed(host.get("recent_grad_clipped", [])))), lrs)
@@ -174,6 +178,16 @@ def step_row(step: int, loss, norm, clipped, lr, skipped: bool = False) -> dict:
     finite = all(isinstance(v, (int, float)) and v == v and abs(v) != float("inf") for v in (loss, norm) if v is not None)
     return {"step": step, "loss": loss, "grad_norm_total": norm, "grad_norm_clipped": clipped, "lr": lr,
             "finite": int(finite), "skipped": int(skipped) if skipped else None}
+
+
+def current_lr(optimizer):
+    """The learning rate of the optimizer's first parameter group: a number, or for a tensor lr (a
+    capturable or compiled optimizer's) a copy on its device — a scheduler changes the tensor in place,
+    and reading it now would be a host synchronisation."""
+    lr = optimizer.param_groups[0].get("lr")
+    if isinstance(lr, torch.Tensor):
+        return lr.detach().reshape(-1)[0].clone().double() if lr.numel() == 1 else None
+    return lr if isinstance(lr, (int, float)) else None
 
 
 class EveryStep:
@@ -201,7 +215,7 @@ class EveryStep:
         self._norm = self._total()
         self.between.checks.add(step, self._norm)
         if self.optimizer is not None:
-            self.between.lrs[step] = self.optimizer.param_groups[0].get("lr")
+            self.between.lrs[step] = current_lr(self.optimizer)
 
     def record_clipped(self, step: int):
         """In the optimizer's step, after the loop's clipping."""

@@ -82,7 +82,9 @@ class Watch:
             self.seen.add(kind)
             label = {"dying": "dying units", "diverged": "divergence", "nonfinite": "non-finite gradient"}.get(
                 kind, f"{kind} gradients")
-            out.append((kind, f"vgrad: {label} at step {step}: {evidence}" + (f" (details: vgrad diagnose {path})" if path else "")))
+            # a non-finite gradient's evidence names the step it happened at, maybe an unlogged one
+            at = "found at step" if kind == "nonfinite" else "at step"
+            out.append((kind, f"vgrad: {label} {at} {step}: {evidence}" + (f" (details: vgrad diagnose {path})" if path else "")))
         return out
 
     def check(self, step: int, rows: list[dict], metrics: dict, diverged_step: int | None, path,
