@@ -19,10 +19,9 @@ torch.no_grad) are not recorded, even on a logged step. When the next step is lo
 the hooks stay armed instead of being removed and made again. Steps that are not logged do no
 per-layer work and no host synchronisation: the every-step tier (pending.py: the loss, one fused
 norm of the gradients) waits on the device for the next logged step (steps.csv; a non-finite value
-in between: nonfinite.py). A loss scaler: scaler.py; several processes (DDP, FSDP): every
-rank measures its part, the figures are combined by one collective per logged step
-(measure/distributed.py) and rank 0 writes. What a logged step leaves on disk is the Recording's
-(recording.py). Framework callbacks over this class: vgrad_cli/integrations/.
+in between: nonfinite.py). A loss scaler: scaler.py; several processes (DDP, FSDP): every rank
+measures its part, combined by one collective per logged step (measure/distributed.py); rank 0
+writes what the Recording (recording.py) holds. Framework callbacks: vgrad_cli/integrations/.
 """
 
 from __future__ import annotations
@@ -339,9 +338,8 @@ class Monitor:
             flag = None if skipped else self.scaler.found_inf()
             own["skipped"] = (flag if flag is not None else torch.tensor(float(skipped))).to(device)
             own["loss_scale"] = (self._scale if self._scale is not None else torch.tensor(float("nan"))).to(device)
-        lr = current_lr(self.optimizer) if self.optimizer is not None else None
-        if isinstance(lr, torch.Tensor):  # a tensor lr: read in the same transfer
-            own["lr"] = lr.to(device)
+        lr = current_lr(self.optimizer)
+        own.update({"lr": lr.to(device)} if isinstance(lr, torch.Tensor) else {})  # a tensor lr: in the same transfer
         if self._logged.auto:  # the last logged step's cost and the pace, the same on every rank
             probe.stats["_cadence"] = torch.tensor(self._logged.figures(), dtype=torch.float64, device=device)
         if self.ranks > 1:

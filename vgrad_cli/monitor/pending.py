@@ -184,7 +184,7 @@ def current_lr(optimizer):
     """The learning rate of the optimizer's first parameter group: a number, or for a tensor lr (a
     capturable or compiled optimizer's) a copy on its device — a scheduler changes the tensor in place,
     and reading it now would be a host synchronisation."""
-    lr = optimizer.param_groups[0].get("lr")
+    lr = optimizer.param_groups[0].get("lr") if optimizer is not None else None
     if isinstance(lr, torch.Tensor):
         return lr.detach().reshape(-1)[0].clone().double() if lr.numel() == 1 else None
     return lr if isinstance(lr, (int, float)) else None
