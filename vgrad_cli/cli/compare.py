@@ -40,7 +40,9 @@ def compare(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help=RUNS_DIR_HELP),
     modules: bool = typer.Option(False, "--modules", help="one row per module (layers.csv), not per block"),
 ):
-    """Put runs side by side: per-layer grad_norm and delta_norm, log10 ratios to the first run, each run's verdict.
+    """Put runs side by side: per-layer gradients, ratios to the first run, verdicts.
+
+    Per layer grad_norm and delta_norm, their log10 ratios to the first run, and each run's verdict.
     Rows pair by name (a block view's blocks by their index in their stack)."""
     from ..report.compare import FORMATS, build, parse_step
     from ..report.compare_render import render_csv, render_json, render_markdown, render_table

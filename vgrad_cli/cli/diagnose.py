@@ -32,8 +32,10 @@ def diagnose(
     format_: str = typer.Option("table", "--format", "-f", help="table or json"),
     init_seeds: Optional[int] = typer.Option(None, "--init-seeds", help="re-initialise the model K times (seeds seed..seed+K-1, step 0, no training): the per-layer factor's spread"),
 ):
-    """Check a run for the symptoms of vanishing and exploding gradients, compare the measured
-    per-layer factor with mean-field theory, and recommend config changes."""
+    """Check a run for vanishing and exploding gradients and recommend config changes.
+
+    The symptoms with their evidence, the measured per-layer factor against mean-field theory, and
+    what to change."""
     from ..analysis.diagnose import diagnose as run_diagnosis
     from ..errors import UsageError
     from ..rundir.store import resolve

@@ -28,8 +28,9 @@ def story(
         None, "--configs", help="folder of chapter YAML files (default: ./configs, else the one beside vgrad)"),
     no_plots: bool = typer.Option(False, "--no-plots", help="do not draw figures/ (one PNG per chapter)"),
 ):
-    """Run the bundled chapters with several seeds each; write story.csv and story.md: each figure as
-    median, min and max."""
+    """Run the bundled chapters over several seeds: story.csv and story.md, slide-ready.
+
+    Each figure as the median, min and max over the seeds."""
     from ..errors import UsageError
     from ..story.chapters import configs_dir, find_chapters, load, select
     from ..story.run import create_story_dir, run_story, story_plan
