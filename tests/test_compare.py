@@ -271,7 +271,7 @@ def narrow(text: str, width: int = 80) -> list[str]:
     """The lines of console output, checked: none wider than the console (but a path, never broken),
     none a lone unit."""
     lines = [ln.rstrip() for ln in text.splitlines()]
-    wide = [ln for ln in lines if len(ln) > width and " " in ln.strip()]
+    wide = [ln for ln in lines if len(ln) > width and " " in ln.strip().removesuffix(" \\")]  # a path, then a continuation
     assert not wide, wide
     assert not any(ln.strip() in ("s", "0.01)", ")") for ln in lines), lines
     return lines

@@ -135,3 +135,21 @@ def test_set_task_name_switches_to_the_new_tasks_keys():
     assert cfg.task.name == "temporal_order" and cfg.task.seq_len == load_config(CONFIGS / "11_rnn_adding.yaml").task.seq_len
     cfg = load_config(CONFIGS / "18_cnn_deep_sigmoid.yaml", ["model.kind=mlp", "model.activation=relu", "task.name=blobs"])
     assert cfg.task.name == "blobs" and not hasattr(cfg.task, "image_size")
+
+
+def test_a_quoted_command_is_not_broken_across_lines():
+    """`vgrad diagnose RUN` in prose moves to the next line whole (it is there to be copied); one
+    wider than a line still wraps."""
+    import io
+
+    from rich.console import Console
+
+    from vgrad_cli.report.console import print_lines
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=60, force_terminal=False)
+    print_lines(console, ["symptoms present (explained by `vgrad diagnose deep-sigmoid-20261206-213419-bb10`):",
+                          "see `" + "x " * 40 + "`"])
+    lines = buf.getvalue().splitlines()
+    assert lines[1].strip() == "`vgrad diagnose deep-sigmoid-20261206-213419-bb10`):", lines
+    assert all(len(line) <= 60 for line in lines), lines

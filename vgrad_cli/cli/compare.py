@@ -118,12 +118,13 @@ def show(
         try:
             from ..rundir.store import run_ref
 
-            lines = short_report(stored_or_fresh(r), headline=False, ref=run_ref(r.path))
+            d = stored_or_fresh(r)
+            lines = short_report(d, headline=False, ref=run_ref(r.path))
         except UsageError:  # e.g. no config.yaml: the tables above are all there is
-            lines = []
-        from ..report.console import print_lines
+            d, lines = {}, []
+        from .diagnose import print_short_report
 
-        print_lines(console, lines)
+        print_short_report(console, d, lines, r.path)
     plots = sorted((r.path / "plots").glob("*.png"))
     if plots:
         print_phrases(console, [p.name for p in plots], sep=", ", head=f"plots in {escape(str(r.path / 'plots'))}:")

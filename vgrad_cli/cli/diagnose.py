@@ -143,6 +143,21 @@ def render(d: dict, path: Path) -> None:
     print_lines(console, [f"written: {path / 'diagnosis.json'}"], style="dim")
 
 
+def print_short_report(console, diagnosis: dict, lines: list[str], run_dir) -> None:
+    """short_report's lines, the suggestion last as a command that pastes as printed: `vgrad run
+    CONFIG --set ...` (the config path relative to here when it is below), wrapped after a backslash."""
+    from ..report.console import print_command, print_lines
+
+    rec = (diagnosis.get("recommendations") or [None])[0]
+    if not (rec and rec.get("command") and lines and lines[-1].startswith("try")):
+        print_lines(console, lines)
+        return
+    print_lines(console, lines[:-1] + [lines[-1].rsplit(": ", 1)[0] + ":"])
+    config, here = Path(run_dir, V.CONFIG_YAML).resolve(), Path.cwd().resolve()
+    shown = config.relative_to(here) if config.is_relative_to(here) else config
+    print_command(console, ["vgrad run", str(shown), *_arguments(rec["command"])], "  ")
+
+
 def _arguments(command: str) -> list[str]:
     """'--set a=1 --set b=2' -> ['--set a=1', '--set b=2']: an option and its value stay on one line."""
     words = command.split(" ")

@@ -23,19 +23,9 @@ def _print_diagnosis(console, run_dir):
         lines = short_report(d, headline=False, ref=run_ref(run_dir))
     except UsageError:  # nothing logged yet (e.g. interrupted at step 0): nothing to diagnose
         return
-    from ..report.console import print_command, print_lines
-    from .diagnose import _arguments
+    from .diagnose import print_short_report
 
-    rec = (d.get("recommendations") or [None])[0]
-    if rec and rec.get("command") and lines and lines[-1].startswith("try"):
-        # the suggestion as a command that pastes as printed (wrapped after a backslash)
-        print_lines(console, lines[:-1] + [lines[-1].rsplit(": ", 1)[0] + ":"])
-        config = Path(run_dir, V.CONFIG_YAML).resolve()
-        here = Path.cwd().resolve()
-        shown = config.relative_to(here) if config.is_relative_to(here) else config  # shorter, as the user typed --out
-        print_command(console, ["vgrad run", str(shown), *_arguments(rec["command"])], "  ")
-        return
-    print_lines(console, lines)
+    print_short_report(console, d, lines, run_dir)
 
 
 def _print_spread(console, summary: dict):

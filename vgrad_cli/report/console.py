@@ -339,6 +339,7 @@ def error(message: str) -> None:
 def print_lines(console: Console, lines: list[str], style: str | None = None):
     """Plain-text lines (no markup), broken between their "; "-separated phrases; a phrase longer
     than a line of its own breaks between words."""
+    import re
     import textwrap
 
     width = max(40, console.width)
@@ -354,9 +355,13 @@ def print_lines(console: Console, lines: list[str], style: str | None = None):
             if out:
                 out[-1] += ";"
             first = (lead if not out else more)
-            # "--set KEY=VALUE" is one word to the wrapper (a no-break space): an option keeps its value
+            # "--set KEY=VALUE" and a `quoted command` are one word to the wrapper (no-break spaces):
+            # an option keeps its value, a command stays whole to be copied
+            joined = re.sub(r"`[^`]*`", lambda m, room=width - len(more): m.group(0).replace(" ", "\xa0")
+                            if len(m.group(0)) < room else m.group(0),  # unless wider than a line
+                            phrase.replace("--set ", "--set\xa0"))
             out += [w.replace("\xa0", " ") for w in textwrap.wrap(
-                phrase.replace("--set ", "--set\xa0"), width, initial_indent=first, subsequent_indent=more,
+                joined, width, initial_indent=first, subsequent_indent=more,
                 break_long_words=False, break_on_hyphens=False)] or [first]
         for text in out:
             console.print(text, soft_wrap=True, markup=False, highlight=False, style=style)
