@@ -215,3 +215,16 @@ def test_compare_plot_leaves_values_below_float32_range_as_gaps_and_says_so(tmp_
     assert any(math.isnan(y) for y in ys) and all(math.isnan(y) or y >= FLOAT32_TINY for y in ys)
     assert any("below float32 range" in t.get_text() for t in delta_ax.texts)
     assert (tmp_path / "cmp.png").stat().st_size > 0
+
+
+def test_a_zero_below_all_zero_weights_is_exact_not_underflow():
+    """LoRA starts lora_B at zero: lora_A's gradient is exactly 0 at step 0, a fact, not a value
+    float32 lost. Without such a layer above it, the same 0 reads as below float32's range."""
+    from vgrad_cli.analysis.verdict import underflowed
+
+    lora = [{"name": "lora_A", "grad_norm": 0.0, "weight_norm": 3.1},
+            {"name": "lora_B", "grad_norm": 0.7, "weight_norm": 0.0}]
+    assert not underflowed(lora, 0, "grad_norm")
+    deep = [{"name": "hidden0", "grad_norm": 0.0, "weight_norm": 3.1},
+            {"name": "output", "grad_norm": 0.7, "weight_norm": 2.0}]
+    assert underflowed(deep, 0, "grad_norm")

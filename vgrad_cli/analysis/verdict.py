@@ -35,11 +35,12 @@ FLOAT64_INIT_BELOW = 1e-30
 
 def underflowed(rows: list[dict], i: int, column: str = "delta_norm") -> bool:
     """Whether row i's value is below float32's range for want of precision: under FLOAT32_TINY
-    while no hidden layer at or above it is entirely dead (a dead layer's 0 below it is exact)."""
+    while no layer at or above it is entirely dead or has all-zero weights (a 0 below either is
+    exact: LoRA's lora_B starts at zero, so lora_A's first gradients are exactly 0)."""
     v = rows[i].get(column)
     if v is None or not 0 <= v < FLOAT32_TINY:
         return False
-    return not any((r.get("act_dead_frac") or 0) >= 0.999 for r in rows[i:])
+    return not any((r.get("act_dead_frac") or 0) >= 0.999 or r.get("weight_norm") == 0 for r in rows[i:])
 
 
 def stacks(rows: list[dict]) -> dict[str, list[dict]]:
