@@ -295,3 +295,36 @@ def test_importing_vgrad_cli_stays_light():
     code = ("import sys, vgrad_cli; assert 'torch' not in sys.modules; "
             "from vgrad_cli import Monitor; assert 'torch' in sys.modules")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_update_ratio_with_clipping_and_a_parameter_without_gradient(tmp_path):
+    """Plain SGD clipped by norm, one module unused (its gradient None): each row's update_ratio is
+    still the update the optimizer applied, lr ||clipped g|| / ||W|| (the unused row: 0)."""
+    import pandas as pd
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.unused, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.b(torch.tanh(self.a(x)))
+
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 8), torch.randint(2, (16,))
+    with Monitor(model, opt, out=tmp_path, every=1, clip_norm=0.01, on_problem=None, plots=False) as mon:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        mon.step(loss)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt.step()
+    rows = pd.read_csv(mon.path / "layers.csv").set_index("name")
+    for name in ("a", "b"):
+        params = [(p, before[f"{name}.{k}"]) for k, p in getattr(model, name).named_parameters()]
+        upd = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in params)).item()
+        old = torch.sqrt(sum((b ** 2).sum() for _, b in params)).item()
+        assert rows.loc[name, "update_ratio"] == pytest.approx(upd / old, rel=1e-4), name

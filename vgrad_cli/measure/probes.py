@@ -230,7 +230,7 @@ class LayerProbe:
         if all(p.grad is None for p in self.params):  # read as zeros, this would read "healthy"
             raise RuntimeError("vgrad: Monitor.step() found no gradient on any trainable parameter: call it after "
                                "loss.backward() (and before optimizer.step() / zero_grad())")
-        grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(self._local([p.grad for p in self.params]), params)]
+        grads = self._grads_or_zeros(params)
         self._grad_versions = [g._version for g in grads]
         self._grads = grads
         s = self.stats
@@ -310,12 +310,14 @@ class LayerProbe:
         if not clipped:
             self.stats["grad_norm_clipped"] = self.stats["grad_norm_total"]
             return
-        grads = [g for g in self._local([p.grad for p in self.params]) if g is not None]
-        if len(grads) == len(self.params):
-            self._clip_norms = norms64(grads)
-            self.stats["grad_norm_clipped"] = self._clip_norms.square().sum().sqrt()
-        else:
-            self.stats["grad_norm_clipped"] = norms64(grads).square().sum().sqrt()
+        # a parameter without a gradient counts as zeros, as in after_backward: the per-parameter norms
+        # stay aligned with the parameters (update_ratio's "sgd" rule reads them)
+        self._clip_norms = norms64(self._grads_or_zeros(self._local(self.params)))
+        self.stats["grad_norm_clipped"] = self._clip_norms.square().sum().sqrt()
+
+    def _grads_or_zeros(self, params: list) -> list:
+        """This rank's gradients of the trainable parameters, zeros where a parameter has none."""
+        return [g if g is not None else torch.zeros_like(p) for g, p in zip(self._local([p.grad for p in self.params]), params)]
 
     @torch.no_grad()
     def before_update(self, optimizer=None, how: str = "copy"):
@@ -323,10 +325,9 @@ class LayerProbe:
         if self._updates is None:
             self._updates = UpdateNorms(optimizer, self.params, how)
         params = self._local(self.params)
-        if all(p.grad is None for p in self.params):  # read as zeros, this would read "healthy"
-            raise RuntimeError("vgrad: Monitor.step() found no gradient on any trainable parameter: call it after "
-                               "loss.backward() (and before optimizer.step() / zero_grad())")
-        grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(self._local([p.grad for p in self.params]), params)]
+        # only the "sgd" rule with weight decay reads the gradients themselves (after_backward has
+        # already refused a step without any)
+        grads = self._grads_or_zeros(params) if self._updates.how == "sgd" else []
         self._updates.before(params, grads, self._clip_norms)
 
     @torch.no_grad()

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import torch
 
+from ..measure.distributed import local
+from ..measure.finite import total_norm
+
 
 class LossBuffer:
     """The losses of the steps between two logged ones, as references to the detached tensors: no
@@ -202,9 +205,6 @@ class EveryStep:
         self._norm = None
 
     def _total(self):
-        from ..measure.distributed import local
-        from ..measure.finite import total_norm
-
         grads = [p.grad for p in self.trainable]
         norm = total_norm([local(g) for g in grads] if self.sharded else grads)
         inv = self.scaler.inverse() if self.scaler is not None else None
@@ -214,8 +214,7 @@ class EveryStep:
         """After backward (the norm before the loop's clipping)."""
         self._norm = self._total()
         self.between.checks.add(step, self._norm)
-        if self.optimizer is not None:
-            self.between.lrs[step] = current_lr(self.optimizer)
+        self.between.lrs[step] = current_lr(self.optimizer)
 
     def record_clipped(self, step: int):
         """In the optimizer's step, after the loop's clipping."""
