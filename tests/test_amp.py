@@ -208,3 +208,26 @@ def test_huggingface_trainer_uses_accelerates_scaler(tmp_path):
     metrics = read_table(vgrad.path, "metrics.csv")
     assert [m["loss_scale"] for m in metrics] == [seen[s][1] for s in range(3)] == [1024.0] * 3
     assert [m["grad_norm_total"] for m in metrics] == [pytest.approx(seen[s][0], rel=1e-5) for s in range(3)]
+
+
+@pytest.mark.parametrize("every", ["auto", 2])
+def test_a_fused_optimizers_skip_on_a_logged_step_is_counted_once(tmp_path, every):
+    """A fused optimizer steps even when the scaler found an overflow (it skips on the device): an
+    overflow on logged step 0 is one skipped step, whatever the cadence has planned since."""
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    x, y = data()
+    with Monitor(model, opt, out=tmp_path, every=every, scaler=scaler, on_problem=None, plots=False) as mon:
+        for step in range(4):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            if step == 0:
+                next(model.parameters()).grad[0, 0] = float("inf")
+            mon.step(loss)
+            scaler.step(opt)
+            scaler.update()
+    metrics = read_table(mon.path, "metrics.csv")
+    assert [r["step"] for r in metrics].count(0) == 1
+    assert mon.summary["steps_skipped"] == 1

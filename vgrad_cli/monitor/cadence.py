@@ -31,6 +31,7 @@ class Cadence:
         self.cost: float | None = None   # the last logged step's excess over the pace
         self._mark: float | None = None
         self._was_logged = False
+        self.last: int | None = None     # the last step measured (plan() is told of every one)
 
     def __call__(self, step: int) -> bool:
         if self.auto:
@@ -55,8 +56,10 @@ class Cadence:
         """(cost, pace) to be combined across ranks (NaN where not known yet)."""
         return (self.cost if self.cost is not None else math.nan, self._pace if self._pace is not None else math.nan)
 
-    def plan(self, step: int, cost: float, pace: float):
-        """After logged step `step`: when the next one comes."""
+    def plan(self, step: int, cost: float = math.nan, pace: float = math.nan):
+        """After logged step `step`: when the next one comes. Called for every logged step, so that
+        `last` says which was measured ("auto" moves `next` on: asking __call__ afterwards says no)."""
+        self.last = step
         if not self.auto:
             return
         if step > 0 and cost == cost and pace == pace and pace > 0:

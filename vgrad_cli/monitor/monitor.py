@@ -300,7 +300,7 @@ class Monitor:
         the scaler skipped this step (its gradient overflowed)."""
         stepped, self._stepped = self._stepped, False
         if stepped:  # a fused optimizer steps anyway and skips on the device: keep its flag
-            if self.scaler.fused and self._rank0 and not self._logged(self.step_index - 1):
+            if self.scaler.fused and self._rank0 and self._logged.last != self.step_index - 1:
                 self._between.skips.add(self.step_index - 1, self.scaler.found_inf(), self.scaler.scale())
             return
         if self._measured:
@@ -351,8 +351,7 @@ class Monitor:
         if self.sharded:
             settle(probe, host)
         skipped = skipped or host.get("skipped", 0) > 0
-        if self._logged.auto:
-            self._logged.plan(step, *host["_cadence"])
+        self._logged.plan(step, *host.get("_cadence", ()))
         earlier, checks, skips, figures, extra = self._between.read(host)
         skips += [step] * skipped
         lr = host.get("lr", lr)
