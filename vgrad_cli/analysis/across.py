@@ -25,15 +25,12 @@ from __future__ import annotations
 import math
 import re
 
+from .thresholds import finite
 from .verdict import ends, ends_label, stacks
 
 DELTA, GRAD = "delta_norm", "grad_norm"
 COMPILED = "torch.compile'd model"
 _INDEX = re.compile(r"\.(\d+)(?=\.|$)")  # the first ".<k>" of a module path: block k of the stack before it
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def compiled(run) -> bool:
@@ -50,7 +47,7 @@ def no_delta_reason(run) -> str:
 
 def ratio(first, last) -> float | None:
     """first / last where both are measured and last > 0 (0 when the first is 0: no gradient passes)."""
-    return first / last if _finite(first) and _finite(last) and last > 0 else None
+    return first / last if finite(first) and finite(last) and last > 0 else None
 
 
 def _measured(a: dict, b: dict, column: str = DELTA) -> bool:
@@ -79,7 +76,7 @@ def name_blocks(rows: list[dict]) -> tuple[str, list[dict]] | None:
             continue
         stack = r["name"][:m.start()]
         block = groups.setdefault(stack, {}).setdefault(int(m.group(1)), [])
-        if _finite(r.get(GRAD)):
+        if finite(r.get(GRAD)):
             block.append(r[GRAD])
     groups = {s: {k: v for k, v in g.items() if v} for s, g in groups.items()}
     groups = {s: g for s, g in groups.items() if len(g) >= 2}
@@ -112,7 +109,7 @@ def readings(rows: list[dict], kind: str | None = None) -> list[dict]:
     if named is not None:
         stack, blocks = named
         return [reading(stack, blocks[0], blocks[-1], len(blocks) - 1, True, GRAD)]
-    graded = [r for r in rows if _finite(r.get(GRAD))]
+    graded = [r for r in rows if finite(r.get(GRAD))]
     if len(graded) < 2:
         return []
     ends_named = graded[0] is first and graded[-1] is last

@@ -37,9 +37,7 @@ SHARDED_SQ = ("grad_norm", "weight_norm", "_drift", "_old", "_upd", "_w0", "grad
 RATIOS = ("weight_drift", "update_ratio", "view_weight_drift", "view_update_ratio", "view_old")
 BATCH_SQ = ("delta_norm", "view_delta_norm", "time_delta_norm", "time_cell_grad_norm")
 MEAN = ("act_mean", "act_saturated_frac", "act_dead_frac", "act_unresponsive_frac", "loss", "recent_losses")
-MAX = ("grad_max_abs", "view_grad_max_abs", "_out", "skipped", "recent_skipped", "_cadence")
-SUM = ()
-FIRST = ("loss_scale",)
+MAX = ("grad_max_abs", "view_grad_max_abs", "_out", "_cadence")
 NOT_SHARDED = ("whh_spectral_radius", "whh_sigma_max")  # need the whole W_hh
 
 
@@ -122,9 +120,7 @@ def combine(stats: dict, ranks: int, sharded: bool, view=None) -> dict:
             v = col.mean(0)
         elif k in MAX:
             v = col.amax(0)
-        elif k in SUM:
-            v = col.sum(0)
-        else:  # FIRST, and the ratios of a replicated model: rank 0's
+        else:  # the ratios of a replicated model: rank 0's
             v = col[0]
         out[k] = v.reshape(stats[k].shape)
     if sharded:
@@ -133,7 +129,7 @@ def combine(stats: dict, ranks: int, sharded: bool, view=None) -> dict:
 
 
 def _gathered(key: str, sharded: bool) -> bool:
-    if key in SHARDED_SQ + BATCH_SQ + MEAN + MAX + SUM + FIRST + ("act_std",):
+    if key in SHARDED_SQ + BATCH_SQ + MEAN + MAX + ("act_std",):
         return True
     return key in RATIOS and not sharded  # sharded: computed again from the combined norms
 

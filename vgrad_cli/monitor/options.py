@@ -73,6 +73,7 @@ def checked_figures(values: dict) -> dict:
 
     figures = {}
     for key, value in values.items():
+        value = plain_number(value)  # NumPy's float32, int64: one number
         if not _METRIC_NAME.fullmatch(key) or key in V.MEASURED_METRICS:
             raise ValueError(f"log_metrics: {key!r} cannot be a metrics.csv column (vgrad measures "
                              f"{', '.join(V.MEASURED_METRICS)}; a name is letters, digits, _ . - /)")
@@ -80,8 +81,6 @@ def checked_figures(values: dict) -> dict:
             if value.numel() != 1:
                 raise ValueError(f"log_metrics: {key} must be one number, got a tensor of shape {tuple(value.shape)}")
             value = value.detach().reshape(())
-        elif isinstance(value, numbers.Real) and not isinstance(value, (int, float)):  # NumPy's float32, int64
-            value = float(value)
         elif value is not None and not isinstance(value, (int, float)):
             raise ValueError(f"log_metrics: {key} must be a number or a one-element tensor, "
                              f"not {type(value).__name__}")

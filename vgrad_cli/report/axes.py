@@ -94,6 +94,12 @@ def run_title(what: str, run) -> str:
     return f"{what}: {run.name}\n{setup}\n{run.status}, verdict {verdict}"
 
 
+def decades(values) -> bool:
+    """Whether the positive finite values span more than two decades: a log axis then."""
+    v = [x for x in positive(values) if not math.isnan(x)]
+    return bool(v) and max(v) / min(v) > 100
+
+
 def integer_x(ax):
     """Layers and steps are whole numbers: ticks at round ones (0, 200, 400, not 0.25 or 150)."""
     from matplotlib.ticker import MaxNLocator

@@ -192,13 +192,6 @@ def layer_table(first_rows: list[dict], last_rows: list[dict], title: str,
 FROZEN_NOTE = "frozen"  # measure/layers.py's FROZEN (this module does not import the measuring side)
 
 
-def row_label(r: dict) -> str:
-    """A row's name, and why its cells may be empty: "lm_head (tied to transformer.wte.weight)",
-    "bert.encoder.layer.0 (frozen)"."""
-    note = r.get("note")
-    return f"{r['name']} ({note})" if note else str(r["name"])
-
-
 def short_names(rows: list[dict]) -> tuple[list[str], str]:
     """Row names for a narrow console, and the legend that reads them. A block view names each block
     by its stack's last part and its path below the stack (`h.11` for transformer.h.11, `h.0` for

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from .axes import (  # noqa: F401 - DPI, FIGSIZE: figure sizes are FIGSIZE x DPI, part of this module's interface
-    DPI, FIGSIZE, FEW_LAYERS, below_float32, diverged_line, empty_note, finite, has_values, include_y, integer_x, layer_lines,
+    DPI, FIGSIZE, FEW_LAYERS, below_float32, decades, diverged_line, empty_note, finite, has_values, include_y, integer_x, layer_lines,
     marks, over_steps, pick_steps, pyplot, positive, row_ticks, save, step_legend, run_title,
 )
 
@@ -113,11 +113,6 @@ def _nice_ticks(steps: list[int], target: int = 8) -> list[int]:
     nice = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
     idx = [i for i, step in enumerate(steps) if step % nice == 0]
     return idx if len(idx) >= 2 else list(range(0, len(steps), max(1, math.ceil(len(steps) / 10))))
-
-
-def decades(values) -> bool:
-    v = [x for x in positive(values) if not math.isnan(x)]
-    return bool(v) and max(v) / min(v) > 100
 
 
 def loss_curves(run, path: Path) -> Path:

@@ -3,10 +3,9 @@ training step, not only the logged ones: a spike or a NaN between two logged ste
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from .axes import FIGSIZE, diverged_line, has_values, integer_x, marks, positive, pyplot, run_title, save
+from .axes import FIGSIZE, decades, diverged_line, has_values, marks, positive, pyplot, run_title, save
 
 
 
@@ -29,8 +28,7 @@ def every_step(run, path: Path) -> Path | None:
         if bad:  # where a loss or a gradient was NaN or infinite: a gap in the line, marked here
             ax.axvline(bad[0], color="red", lw=1, ls=":", label=f"step {bad[0]}: first non-finite loss or norm")
         diverged_line(ax, run)
-        ax.set_xlabel("training step")
-        integer_x(ax)
+        ax.set_xlabel("training step")  # diverged_line set integer ticks
         if ax.get_lines():
             ax.legend(fontsize=8)
     fig.suptitle(run_title("every step (steps.csv)", run))
@@ -42,6 +40,5 @@ def _line(ax, steps: list[int], values: list, label: str, color: str):
     if not has_values(ys):
         return
     ax.plot(steps, ys, lw=0.8, color=color, label=label, **marks(ys))
-    finite = [y for y in ys if not math.isnan(y)]
-    if finite and max(finite) / min(finite) > 100:
+    if decades(ys):
         ax.set_yscale("log")
