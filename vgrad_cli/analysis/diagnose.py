@@ -295,10 +295,12 @@ def theory_line(th: dict) -> str:
     return line + (f"\n  theory note: {th['note']}" if th.get("applicable") and th.get("note") else "")
 
 
-def short_report(diagnosis: dict, headline: bool = True, ref: str | None = None) -> list[str]:
+def short_report(diagnosis: dict, headline: bool = True, ref: str | None = None, command: bool = True) -> list[str]:
     """3-6 lines: the verdict, the present indicators, the top recommendation. `vgrad run` and
     `show` print the verdict line themselves (headline=False): the symptoms then lead. ref: how to
-    name the run in a command (default its name, which `vgrad diagnose` finds under runs/)."""
+    name the run in a command (default its name, which `vgrad diagnose` finds under runs/).
+    command=False: a recommendation's line ends with its title and ':' (the caller prints the
+    command itself)."""
     ref = ref or diagnosis["run"]
     present = [i for i in diagnosis["indicators"] if i["status"] == "present"]
     if headline:
@@ -312,5 +314,6 @@ def short_report(diagnosis: dict, headline: bool = True, ref: str | None = None)
     recs = diagnosis.get("recommendations") or []
     if recs:
         r = recs[0]
-        lines.append(f"try{' (optional)' if r.get('optional') else ''}: {r['title']}: {r['command'] or r['why']}")
+        tail = (r["command"] if command else "") if r["command"] else r["why"]
+        lines.append(f"try{' (optional)' if r.get('optional') else ''}: {r['title']}: {tail}".rstrip())
     return lines[:6]

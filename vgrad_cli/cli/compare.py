@@ -113,18 +113,13 @@ def show(
 
         print_blocks([time_block(build([r], ["first", "last"]))], console)
     if steps and r.metrics:  # the diagnosis lines `vgrad run` printed (from diagnosis.json when there is one)
-        from ..analysis.diagnose import short_report, stored_or_fresh
-
-        try:
-            from ..rundir.store import run_ref
-
-            d = stored_or_fresh(r)
-            lines = short_report(d, headline=False, ref=run_ref(r.path))
-        except UsageError:  # e.g. no config.yaml: the tables above are all there is
-            d, lines = {}, []
+        from ..analysis.diagnose import stored_or_fresh
         from .diagnose import print_short_report
 
-        print_short_report(console, d, lines, r.path)
+        try:
+            print_short_report(console, stored_or_fresh(r), r.path)
+        except UsageError:  # e.g. no config.yaml: the tables above are all there is
+            pass
     plots = sorted((r.path / "plots").glob("*.png"))
     if plots:
         print_phrases(console, [p.name for p in plots], sep=", ", head=f"plots in {escape(str(r.path / 'plots'))}:")

@@ -143,19 +143,21 @@ def render(d: dict, path: Path) -> None:
     print_lines(console, [f"written: {path / 'diagnosis.json'}"], style="dim")
 
 
-def print_short_report(console, diagnosis: dict, lines: list[str], run_dir) -> None:
-    """short_report's lines, the suggestion last as a command that pastes as printed: `vgrad run
-    CONFIG --set ...` (the config path relative to here when it is below), wrapped after a backslash."""
+def print_short_report(console, diagnosis: dict, run_dir) -> None:
+    """The short form of `vgrad diagnose` that `vgrad run` and `show` end with; its suggestion as a
+    command that pastes as printed: `vgrad run CONFIG --set ...` (the config path relative to here
+    when it is below), wrapped after a backslash."""
+    from ..analysis.diagnose import short_report
     from ..report.console import print_command, print_lines
+    from ..rundir.store import run_ref
 
+    lines = short_report(diagnosis, headline=False, ref=run_ref(run_dir), command=False)
+    print_lines(console, lines)
     rec = (diagnosis.get("recommendations") or [None])[0]
-    if not (rec and rec.get("command") and lines and lines[-1].startswith("try")):
-        print_lines(console, lines)
-        return
-    print_lines(console, lines[:-1] + [lines[-1].rsplit(": ", 1)[0] + ":"])
-    config, here = Path(run_dir, V.CONFIG_YAML).resolve(), Path.cwd().resolve()
-    shown = config.relative_to(here) if config.is_relative_to(here) else config
-    print_command(console, ["vgrad run", str(shown), *_arguments(rec["command"])], "  ")
+    if rec and rec.get("command") and lines and lines[-1].startswith("try") and lines[-1].endswith(":"):
+        config, here = Path(run_dir, V.CONFIG_YAML).resolve(), Path.cwd().resolve()
+        shown = config.relative_to(here) if config.is_relative_to(here) else config
+        print_command(console, ["vgrad run", str(shown), *_arguments(rec["command"])], "  ")
 
 
 def _arguments(command: str) -> list[str]:

@@ -13,19 +13,15 @@ from .. import vocab as V
 
 def _print_diagnosis(console, run_dir):
     """The short form of `vgrad diagnose` (it also writes diagnosis.json into the run)."""
-    from ..analysis.diagnose import diagnose, short_report
+    from ..analysis.diagnose import diagnose
     from ..errors import UsageError
-
-    try:
-        from ..rundir.store import run_ref
-
-        d = diagnose(run_dir)
-        lines = short_report(d, headline=False, ref=run_ref(run_dir))
-    except UsageError:  # nothing logged yet (e.g. interrupted at step 0): nothing to diagnose
-        return
     from .diagnose import print_short_report
 
-    print_short_report(console, d, lines, run_dir)
+    try:
+        d = diagnose(run_dir)
+    except UsageError:  # nothing logged yet (e.g. interrupted at step 0): nothing to diagnose
+        return
+    print_short_report(console, d, run_dir)
 
 
 def _print_spread(console, summary: dict):
